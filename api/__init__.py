@@ -1,0 +1,1 @@
+"""The HTTP API: routes, upload streaming, problem+json errors."""

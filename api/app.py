@@ -1,0 +1,63 @@
+"""The FastAPI application factory: `uvicorn --factory api.app:create_app`."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import make_asgi_app
+
+from api import problems
+from api.routes import health, jobs, thumbnails
+from api.services import Services
+from api.waiter import JobWaiter
+from thumbify import __version__
+from thumbify.jobs import JobStore
+from thumbify.queue import JobQueue
+from thumbify.redis_conn import connect
+from thumbify.settings import Settings
+from thumbify.storage import open_storage
+
+DESCRIPTION = """
+Upload an image, get a job id at once; the thumbnails are made by workers and fetched from here.
+
+1. `POST /v1/jobs` with a multipart `file` (and options) → `202` with the job.
+2. `GET /v1/jobs/{id}?wait=10` → the job once it is `done` (or `failed`, with a readable error).
+3. `GET` each thumbnail's `url`.
+
+Errors are RFC 9457 `application/problem+json` with a stable `type`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if not settings.redis_url:
+        raise RuntimeError(
+            "THUMBIFY_REDIS_URL is not set: run `thumbify serve` for the embedded Redis, "
+            "or point THUMBIFY_REDIS_URL at a Redis server"
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        redis = connect(settings.redis_url)
+        storage = open_storage(settings)
+        waiter = JobWaiter(redis, f"{settings.key_prefix}:events")
+        app.state.services = Services(
+            settings, redis, JobStore(redis, settings.key_prefix), JobQueue(redis, settings.key_prefix), storage, waiter
+        )
+        await waiter.start()
+        try:
+            yield
+        finally:
+            await waiter.stop()
+            await redis.aclose()
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = FastAPI(title="Thumbify", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    problems.install(app)
+    app.include_router(jobs.router)
+    app.include_router(thumbnails.router)
+    app.include_router(health.router)
+    app.mount("/metrics", make_asgi_app())
+    return app

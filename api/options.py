@@ -1,0 +1,91 @@
+"""The job options, from form fields and query parameters, validated into one `ThumbnailSpec`."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from thumbify.errors import InvalidOptions
+from thumbify.spec import Format, ThumbnailSpec, negotiate_format
+
+OPTION_NAMES = ("sizes", "fit", "crop", "format", "quality", "background")
+
+DESCRIPTIONS = {
+    "sizes": "1 to 8 sizes, comma-separated or repeated: a longest side (`256`, a 256×256 box) or a box "
+    "(`320x200`); each side 8..4096 px. Default `256`.",
+    "fit": "`inside` (default: keep aspect, fit in the box, never enlarge), `cover` (fill the box, crop the rest), "
+    "`fill` (stretch to the box), `contain` (fit in the box, pad with `background`).",
+    "crop": "For `cover`: which part to keep: `centre` (default), `attention` (skin, saturation, edges), "
+    "`entropy` (the busiest part).",
+    "format": "`jpeg` (default), `webp`, `png`, `avif`, or `auto`: the best the `Accept` header allows "
+    "(avif, then webp, else jpeg, or png for images with alpha).",
+    "quality": "Encoder quality 1..100 (default 80).",
+    "background": "Colour for `contain` padding and for flattening alpha into JPEG: `#rrggbb` or `#rrggbbaa` "
+    "(default `#ffffff`).",
+}
+EXAMPLES = {
+    "sizes": "256,640x480",
+    "fit": "cover",
+    "crop": "attention",
+    "format": "webp",
+    "quality": "80",
+    "background": "#ffffff",
+}
+
+
+def collect(query: dict[str, list[str]], form: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Form fields win over query parameters of the same name; anything else is a typo worth reporting."""
+    unknown = sorted((set(query) | set(form)) - set(OPTION_NAMES))
+    if unknown:
+        raise InvalidOptions(
+            f"unknown option(s): {', '.join(unknown)}; known: {', '.join(OPTION_NAMES)}",
+            errors=[{"field": name, "message": "unknown option"} for name in unknown],
+        )
+    return {**query, **form}
+
+
+def build_spec(raw: dict[str, list[str]], accept: str | None, has_alpha: bool) -> tuple[ThumbnailSpec, bool]:
+    """The validated spec, and whether it depended on the Accept header (`format=auto`)."""
+    values: dict[str, object] = {}
+    for name, items in raw.items():
+        if name == "sizes":
+            values[name] = [part for item in items for part in item.split(",") if part.strip()]
+        else:
+            if len(items) > 1:
+                raise InvalidOptions(f"{name}: give it once", errors=[{"field": name, "message": "repeated"}])
+            values[name] = items[0].strip()
+    negotiated = str(values.get("format", "")).lower() == "auto"
+    if negotiated:
+        values["format"] = negotiate_format(accept, has_alpha).value
+    try:
+        return ThumbnailSpec.model_validate(values), negotiated
+    except ValidationError as exc:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "options", "message": e["msg"]} for e in exc.errors()]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise InvalidOptions(detail, errors=errors) from exc
+
+
+def validate_early(query: dict[str, list[str]]) -> None:
+    """Options given in the query are checked before the body is read, so a bad request costs no upload."""
+    if query:
+        build_spec(collect(query, {}), None, False)
+
+
+def openapi_request_body() -> dict:
+    props: dict[str, dict] = {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "The image: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content).",
+        }
+    }
+    for name in OPTION_NAMES:
+        props[name] = {"type": "string", "description": DESCRIPTIONS[name], "example": EXAMPLES[name]}
+    props["format"]["enum"] = [f.value for f in Format] + ["auto"]
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": props}}
+            },
+        }
+    }

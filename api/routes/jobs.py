@@ -1,0 +1,157 @@
+"""Submit, read, list and delete jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from api import upload
+from api.options import DESCRIPTIONS, build_spec, collect, openapi_request_body, validate_early
+from api.services import Services, services
+from api.views import JobPage, JobView, job_view
+from thumbify.errors import InvalidOptions, NotFound, ThumbifyError
+from thumbify.jobs import TERMINAL, Job, Status, decode_cursor, new_job_id
+from thumbify.metrics import UPLOAD_BYTES, UPLOADS
+from thumbify.probe import probe
+from thumbify.spec import safe_stem
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+Svc = Annotated[Services, Depends(services)]
+
+
+def _query_options(request: Request) -> dict[str, list[str]]:
+    return {key: request.query_params.getlist(key) for key in request.query_params.keys()}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobView,
+    summary="Upload an image and queue its thumbnails",
+    description="Multipart body: `file` plus options as form fields; the same options are accepted as query "
+    "parameters (form fields win). Answers at once with the queued job and its `Location`.",
+    openapi_extra=openapi_request_body(),
+    responses={
+        413: {"description": "Too many bytes"},
+        415: {"description": "Not an image we accept"},
+        422: {"description": "Bad options, too many pixels or an unreadable header"},
+    },
+)
+async def create_job(
+    request: Request,
+    response: Response,
+    svc: Svc,
+    sizes: Annotated[list[str] | None, Query(description=DESCRIPTIONS["sizes"], examples=["256"])] = None,
+    fit: Annotated[str | None, Query(description=DESCRIPTIONS["fit"])] = None,
+    crop: Annotated[str | None, Query(description=DESCRIPTIONS["crop"])] = None,
+    format: Annotated[str | None, Query(description=DESCRIPTIONS["format"])] = None,
+    quality: Annotated[str | None, Query(description=DESCRIPTIONS["quality"])] = None,
+    background: Annotated[str | None, Query(description=DESCRIPTIONS["background"])] = None,
+) -> JobView:
+    try:
+        job, negotiated = await _accept(request, svc)
+    except ThumbifyError as exc:
+        UPLOADS.labels(exc.slug).inc()
+        raise
+    UPLOADS.labels("accepted").inc()
+    UPLOAD_BYTES.inc(job.source["bytes"])
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if negotiated:
+        response.headers["Vary"] = "Accept"
+    return job_view(job)
+
+
+async def _accept(request: Request, svc: Services) -> tuple[Job, bool]:
+    """Stream, check and store the upload, then create and enqueue the job in one transaction."""
+    settings = svc.settings
+    query = _query_options(request)
+    validate_early(query)
+    received = await upload.receive(request, settings.spool_dir, settings.max_upload_bytes, settings.upload_chunk_bytes)
+    try:
+        options = collect(query, received.fields)
+        info = await anyio.to_thread.run_sync(probe, received.path, settings.max_pixels)
+        spec, negotiated = build_spec(options, request.headers.get("accept"), info.has_alpha)
+        job_id = new_job_id()
+        stem = safe_stem(received.filename)
+        source = info.public(received.filename or "upload") | {"sha256": received.sha256}
+        record = svc.store.record(job_id, source, spec, stem)
+        await svc.storage.put_file(f"originals/{job_id}", received.path)
+    except BaseException:
+        received.discard()
+        raise
+    try:
+        async with svc.redis.pipeline(transaction=True) as pipe:
+            svc.store.add_to(pipe, job_id, record)
+            svc.queue.add_to(pipe, job_id)
+            await pipe.execute()
+    except BaseException:
+        # No record, no queue entry: take the original back so nothing is left behind.
+        await asyncio.shield(svc.storage.delete_prefix(f"originals/{job_id}"))
+        raise
+    return await svc.store.get(job_id), negotiated
+
+
+@router.get("/{job_id}", response_model=JobView, summary="A job, optionally waiting for it to finish")
+async def get_job(
+    job_id: str,
+    svc: Svc,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=30,
+            description="Wait up to this many seconds (max 30) for the job "
+            "to end `done` or `failed`; answers as soon as it does.",
+        ),
+    ] = 0,
+) -> JobView:
+    with svc.waiter.watch(job_id) as finished:
+        job = await svc.store.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        if wait > 0 and job.status not in TERMINAL:
+            deadline = asyncio.get_running_loop().time() + min(wait, svc.settings.max_wait_s)
+            while job is not None and job.status not in TERMINAL:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                finished.clear()
+                try:
+                    # Wake on the job's event; re-read at least every second in case an event was lost.
+                    await asyncio.wait_for(finished.wait(), min(remaining, 1.0))
+                except TimeoutError:
+                    pass
+                job = await svc.store.get(job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+    return job_view(job)
+
+
+@router.get("", response_model=JobPage, summary="Jobs, newest first")
+async def list_jobs(
+    svc: Svc,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size, 1..200.")] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    status: Annotated[Status | None, Query(description="Only jobs in this status.")] = None,
+) -> JobPage:
+    after = None
+    if cursor:
+        try:
+            after = decode_cursor(cursor)
+        except ValueError as exc:
+            raise InvalidOptions(f"cursor: {exc}", errors=[{"field": "cursor", "message": str(exc)}]) from exc
+    jobs, next_cursor = await svc.store.page(limit, after, status)
+    return JobPage(items=[job_view(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.delete("/{job_id}", status_code=204, summary="Delete a job, its original and its thumbnails")
+async def delete_job(job_id: str, svc: Svc) -> Response:
+    if await svc.store.get(job_id) is None or not await svc.store.delete(job_id):
+        raise NotFound(f"no job {job_id}")
+    # The record goes first: a worker still busy with the job then sees it gone and removes what it wrote.
+    for prefix in (f"originals/{job_id}", f"thumbnails/{job_id}"):
+        await svc.storage.delete_prefix(prefix)
+    return Response(status_code=204)

@@ -1,0 +1,66 @@
+"""Long-poll support: one Redis pub/sub subscription per API process wakes every request waiting on a job."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+
+from redis.asyncio import Redis
+
+log = logging.getLogger("thumbify.api")
+
+
+class JobWaiter:
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self._waiting: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="job-waiter")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str):
+        """Register before reading the job, so an event between the read and the wait is not missed."""
+        event = asyncio.Event()
+        self._waiting[job_id].add(event)
+        try:
+            yield event
+        finally:
+            self._waiting[job_id].discard(event)
+            if not self._waiting[job_id]:
+                self._waiting.pop(job_id, None)
+
+    async def _listen(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    backoff = 0.2
+                    self._wake_all()  # anything that finished while we were not listening
+                    async for message in pubsub.listen():
+                        job_id = str(message.get("data", "")).split(" ", 1)[0]
+                        for event in self._waiting.get(job_id, ()):
+                            event.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis gone: waiters fall back to their timeout; retry with backoff
+                log.warning("job event subscription lost (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _wake_all(self) -> None:
+        for events in self._waiting.values():
+            for event in events:
+                event.set()

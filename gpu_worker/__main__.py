@@ -1,0 +1,38 @@
+"""`python -m gpu_worker`: one worker process, configured from THUMBIFY_* variables."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from gpu_worker.memory import limit_malloc_arenas
+
+
+def main() -> None:
+    limit_malloc_arenas()
+    from prometheus_client import start_http_server
+
+    from gpu_worker.select import select_backend
+    from gpu_worker.worker import Worker
+    from thumbify.settings import Settings
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.redis_url:
+        raise SystemExit("THUMBIFY_REDIS_URL is not set: `thumbify serve` sets it for its workers")
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr=settings.host)
+    worker = Worker(settings, select_backend(settings))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""The CPU backend: streaming libvips.
+
+One decode per job, shrunk on load where the format allows (JPEG's DCT scaling, WebP's scaled decode), read
+sequentially so memory stays flat on huge images; then, per size, the same short list of steps (imgproxy's shape):
+resize → upright → sRGB → crop or pad → flatten → encode, with metadata stripped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyvips
+
+from gpu_worker.backends.base import Rendition
+from thumbify.errors import CorruptImage
+from thumbify.geometry import Placement, load_shrink, place
+from thumbify.probe import open_image, vips_message
+from thumbify.spec import ALPHA_FORMATS, Format, ThumbnailSpec, thumbnail_name
+
+# Each decoded axis keeps at least this many times the target's pixels before the final Lanczos-3 step.
+# 1.9 keeps 45+ dB against a full-decode Lanczos-3 reference (benchmarks/shrink_quality.py measures it) while
+# letting a 12 MP JPEG → 256 px decode at 1/8, which libvips' own thumbnail only does at a total shrink ≥ 16.
+DEFAULT_HEADROOM = 1.9
+_SWAPS_AXES = {5, 6, 7, 8}
+_CROP = {"centre": "centre", "attention": "attention", "entropy": "entropy"}
+
+
+def configure_vips(concurrency: int) -> None:
+    """Process-wide libvips settings for a long-running server: no operation cache (memory that never returns is
+    the peers' most common complaint), a bounded thread pool per image, and untrusted loaders blocked."""
+    pyvips.cache_set_max(0)
+    pyvips.cache_set_max_mem(0)
+    pyvips.cache_set_max_files(0)
+    if concurrency:
+        pyvips.vips_lib.vips_concurrency_set(concurrency)
+    if hasattr(pyvips, "block_untrusted_set"):
+        pyvips.block_untrusted_set(True)
+
+
+@dataclass(frozen=True)
+class _Source:
+    image: pyvips.Image  # as decoded: not yet upright
+    orientation: int
+    upright_w: int  # full-resolution size as displayed
+    upright_h: int
+
+
+class VipsBackend:
+    name = "vips"
+
+    def __init__(self, headroom: float = DEFAULT_HEADROOM) -> None:
+        self.headroom = headroom
+
+    def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
+        try:
+            return self._render(path, fmt, spec, stem)
+        except pyvips.Error as exc:
+            raise CorruptImage(f"the {fmt} image cannot be decoded: {vips_message(exc)}") from exc
+
+    def _render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
+        header = open_image(path, fmt, access="sequential")
+        orientation = header.get("orientation") if header.get_typeof("orientation") else 1
+        w, h = header.width, header.height
+        up_w, up_h = (h, w) if orientation in _SWAPS_AXES else (w, h)
+        placements = {place(up_w, up_h, size, spec.fit) for size in spec.sizes}
+        # Several sizes of one fit can land on the same pixels (256 and 256x300 inside a square source): once each.
+        placements = sorted(placements, key=lambda p: (p.out_w * p.out_h, p.out_w), reverse=True)
+        largest_w = max(p.resize_w for p in placements)
+        largest_h = max(p.resize_h for p in placements)
+        image = self._load(path, fmt, up_w, up_h, largest_w, largest_h)
+        source = _Source(image, orientation, up_w, up_h)
+        if len(placements) > 1:
+            source = self._shared_intermediate(source, largest_w, largest_h)
+        out: list[Rendition] = []
+        seen: set[str] = set()
+        for placement in placements:
+            rendition = self._one(source, placement, spec, stem)
+            if rendition.name not in seen:
+                seen.add(rendition.name)
+                out.append(rendition)
+        return out
+
+    # -- decode -------------------------------------------------------------------------------------------------
+
+    def _load(self, path: Path, fmt: str, up_w: int, up_h: int, target_w: int, target_h: int) -> pyvips.Image:
+        options = {"access": "sequential", "fail_on": "truncated"}
+        if fmt == "jpeg":
+            shrink = load_shrink(up_w, up_h, target_w, target_h, self.headroom)
+            if shrink > 1:
+                options["shrink"] = shrink
+        elif fmt == "webp":
+            scale = min(1.0, self.headroom * max(target_w / up_w, target_h / up_h))
+            if scale < 0.5:
+                options["scale"] = scale
+        return open_image(path, fmt, **options)
+
+    def _shared_intermediate(self, source: _Source, target_w: int, target_h: int) -> _Source:
+        """For several sizes: one streamed reduction to `headroom`× the largest size, held in memory, so each size
+        is cut from it without decoding the source again and memory is bounded by the sizes, not the source."""
+        img = source.image
+        dec_w, dec_h = _decoded_upright(img, source.orientation)
+        scale = min(1.0, self.headroom * max(target_w / dec_w, target_h / dec_h))
+        if scale < 0.75:
+            img = _resize(img, scale, scale)
+        return _Source(img.copy_memory(), source.orientation, source.upright_w, source.upright_h)
+
+    # -- one size -----------------------------------------------------------------------------------------------
+
+    def _one(self, source: _Source, placement: Placement, spec: ThumbnailSpec, stem: str) -> Rendition:
+        img = source.image
+        swap = source.orientation in _SWAPS_AXES
+        dec_w, dec_h = _decoded_upright(img, source.orientation)
+        hscale, vscale = placement.resize_w / dec_w, placement.resize_h / dec_h
+        if swap:
+            hscale, vscale = vscale, hscale
+        img = _resize(img, hscale, vscale)
+        # The thumbnail is small now: hold it in memory so the steps below may read it in any order.
+        img = img.copy_memory()
+        if source.orientation != 1:
+            img = img.autorot()
+        img = _to_srgb(img)
+        img = _exact(img, placement.resize_w, placement.resize_h)
+        if placement.crops:
+            img = img.smartcrop(placement.out_w, placement.out_h, interesting=_CROP[spec.crop.value])
+        background = spec.background_rgba
+        if placement.pads:
+            img = _pad(img, placement, background, keep_alpha=spec.format in ALPHA_FORMATS)
+        if img.hasalpha() and spec.format not in ALPHA_FORMATS:
+            img = img.flatten(background=list(background[:3]))
+        if img.format != "uchar":
+            img = img.cast("uchar")
+        data = _encode(img, spec.format, spec.quality)
+        return Rendition(
+            thumbnail_name(stem, img.width, img.height, spec.format), img.width, img.height, spec.format, data
+        )
+
+
+def _decoded_upright(img: pyvips.Image, orientation: int) -> tuple[int, int]:
+    return (img.height, img.width) if orientation in _SWAPS_AXES else (img.width, img.height)
+
+
+def _resize(img: pyvips.Image, hscale: float, vscale: float) -> pyvips.Image:
+    """Lanczos-3 on premultiplied alpha, so transparent pixels don't bleed dark fringes into the edges."""
+    if abs(hscale - 1.0) < 1e-9 and abs(vscale - 1.0) < 1e-9:
+        return img
+    if img.hasalpha():
+        fmt = img.format
+        return img.premultiply().resize(hscale, vscale=vscale, kernel="lanczos3").unpremultiply().cast(fmt)
+    return img.resize(hscale, vscale=vscale, kernel="lanczos3")
+
+
+def _exact(img: pyvips.Image, width: int, height: int) -> pyvips.Image:
+    """Guard against a one-pixel rounding drift of the resampler: the output has exactly the planned size."""
+    if (img.width, img.height) == (width, height):
+        return img
+    if img.width >= width and img.height >= height:
+        return img.crop(0, 0, width, height)
+    return img.embed(0, 0, width, height, extend="copy")
+
+
+def _to_srgb(img: pyvips.Image) -> pyvips.Image:
+    """8-bit sRGB whatever came in: CMYK and ICC-tagged images through their profile, the rest by colourspace."""
+    if img.get_typeof("icc-profile-data") or img.interpretation == "cmyk":
+        try:
+            fallback = "cmyk" if img.interpretation == "cmyk" else "srgb"
+            img = img.icc_transform("srgb", embedded=True, input_profile=fallback, intent="perceptual")
+        except pyvips.Error:
+            img = img.colourspace("srgb")
+    if img.interpretation != "srgb" or img.format != "uchar":
+        img = img.colourspace("srgb")
+    return img
+
+
+def _pad(img: pyvips.Image, placement: Placement, rgba: tuple[int, int, int, int], keep_alpha: bool) -> pyvips.Image:
+    if keep_alpha and (rgba[3] < 255 or img.hasalpha()):
+        if not img.hasalpha():
+            img = img.bandjoin(255)
+        background = list(rgba)
+    else:
+        background = list(rgba[: img.bands]) if not img.hasalpha() else list(rgba[:3]) + [255]
+    return img.embed(
+        placement.pad_left,
+        placement.pad_top,
+        placement.out_w,
+        placement.out_h,
+        extend="background",
+        background=background,
+    )
+
+
+def _encode(img: pyvips.Image, fmt: Format, quality: int) -> bytes:
+    if fmt is Format.jpeg:
+        return img.jpegsave_buffer(Q=quality, keep="none", optimize_coding=False)
+    if fmt is Format.webp:
+        return img.webpsave_buffer(Q=quality, keep="none", effort=4)
+    if fmt is Format.png:
+        return img.pngsave_buffer(compression=6, keep="none")
+    # AVIF: effort 2 keeps the AV1 encoder from being the slowest step by an order of magnitude.
+    return img.heifsave_buffer(Q=quality, compression="av1", effort=2, keep="none")
+
+
+__all__ = ["VipsBackend", "configure_vips"]

@@ -1,0 +1,206 @@
+"""The job record and its Redis store.
+
+A job is a Redis hash `<p>:job:<id>`. Ids start with the creation time in milliseconds (hex, fixed width) and end
+with 80 random bits, so they are unguessable and sort by age: the listing index is a sorted set read by
+lexicographic range, newest first, and a cursor is simply the last id seen: jobs that arrive while a client
+pages sort before the cursor and can never shift the pages after it, so nothing is skipped or repeated.
+Status changes run as Lua scripts so the record, the per-status indexes and the event stay in step, and a job
+deleted meanwhile is never brought back by a late worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from thumbify.spec import ThumbnailSpec
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class Status(StrEnum):
+    queued = "queued"
+    processing = "processing"
+    done = "done"
+    failed = "failed"
+
+
+TERMINAL = {Status.done, Status.failed}
+
+
+class Thumbnail(BaseModel):
+    name: str
+    width: int
+    height: int
+    format: str
+    bytes: int
+    etag: str
+
+
+class Job(BaseModel):
+    id: str
+    status: Status
+    attempts: int
+    created_at: str
+    updated_at: str
+    source: dict[str, Any]
+    spec: ThumbnailSpec
+    thumbnails: list[Thumbnail]
+    error: dict[str, str] | None
+    stem: str
+
+
+def new_job_id() -> str:
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(bytes.fromhex(job_id)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("cursor is not one this API gave out") from exc
+    job_id = raw.hex()
+    if not JOB_ID_RE.match(job_id):
+        raise ValueError("cursor is not one this API gave out")
+    return job_id
+
+
+# KEYS: job hash, index prefix; ARGV: new status, updated_at, events channel, job id, then field/value pairs.
+_SET_STATUS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local old = redis.call('HGET', KEYS[1], 'status')
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if old ~= ARGV[1] then
+  redis.call('ZREM', KEYS[2] .. ':' .. old, ARGV[4])
+  redis.call('ZADD', KEYS[2] .. ':' .. ARGV[1], 0, ARGV[4])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[1])
+return 1
+"""
+
+# KEYS: job hash, index prefix; ARGV: updated_at, job id. Counts an attempt and marks the job processing.
+_START = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local old = redis.call('HGET', KEYS[1], 'status')
+if old == 'done' or old == 'failed' then return -2 end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'processing', 'updated_at', ARGV[1])
+redis.call('ZREM', KEYS[2] .. ':' .. old, ARGV[2])
+redis.call('ZADD', KEYS[2] .. ':processing', 0, ARGV[2])
+return attempts
+"""
+
+
+class JobStore:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.index = f"{prefix}:index"
+        self.events = f"{prefix}:events"
+        self._set_status = redis.register_script(_SET_STATUS)
+        self._start = redis.register_script(_START)
+
+    def key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def record(self, job_id: str, source: dict, spec: ThumbnailSpec, stem: str) -> dict[str, str]:
+        stamp = now_iso()
+        return {
+            "status": Status.queued.value,
+            "attempts": "0",
+            "created_at": stamp,
+            "updated_at": stamp,
+            "source": json.dumps(source),
+            "spec": spec.model_dump_json(),
+            "thumbnails": "[]",
+            "error": "null",
+            "stem": stem,
+        }
+
+    def add_to(self, pipe, job_id: str, record: dict[str, str]) -> None:
+        """Queue the commands that create the job inside the caller's transaction (which also enqueues it)."""
+        pipe.hset(self.key(job_id), mapping=record)
+        pipe.zadd(self.index, {job_id: 0})
+        pipe.zadd(f"{self.index}:{Status.queued.value}", {job_id: 0})
+
+    async def get(self, job_id: str) -> Job | None:
+        if not JOB_ID_RE.match(job_id):
+            return None
+        raw = await self.redis.hgetall(self.key(job_id))
+        return _job_from(job_id, raw) if raw else None
+
+    async def get_many(self, job_ids: list[str]) -> list[Job]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.key(job_id))
+            rows = await pipe.execute()
+        return [_job_from(job_id, raw) for job_id, raw in zip(job_ids, rows, strict=True) if raw]
+
+    async def page(self, limit: int, cursor: str | None, status: Status | None) -> tuple[list[Job], str | None]:
+        index = f"{self.index}:{status.value}" if status else self.index
+        start = f"({cursor}" if cursor else "+"
+        ids = await self.redis.zrange(index, start, "-", desc=True, bylex=True, offset=0, num=limit + 1)
+        more = len(ids) > limit
+        ids = ids[:limit]
+        jobs = await self.get_many(ids)
+        next_cursor = encode_cursor(ids[-1]) if more and ids else None
+        return jobs, next_cursor
+
+    async def start(self, job_id: str) -> int:
+        """Mark processing and count the attempt: the new count, -1 if the job is gone, -2 if already finished."""
+        return int(await self._start(keys=[self.key(job_id), self.index], args=[now_iso(), job_id]))
+
+    async def set_status(self, job_id: str, status: Status, **fields: Any) -> bool:
+        args: list[str] = [status.value, now_iso(), self.events, job_id]
+        for name, value in fields.items():
+            args += [name, json.dumps(value)]
+        return int(await self._set_status(keys=[self.key(job_id), self.index], args=args)) == 1
+
+    async def finish(self, job_id: str, thumbnails: list[Thumbnail]) -> bool:
+        return await self.set_status(job_id, Status.done, thumbnails=[t.model_dump() for t in thumbnails], error=None)
+
+    async def fail(self, job_id: str, error: dict[str, str]) -> bool:
+        return await self.set_status(job_id, Status.failed, error=error)
+
+    async def delete(self, job_id: str) -> bool:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.key(job_id))
+            pipe.zrem(self.index, job_id)
+            for status in Status:
+                pipe.zrem(f"{self.index}:{status.value}", job_id)
+            results = await pipe.execute()
+        return bool(results[0])
+
+
+def _job_from(job_id: str, row: dict[str, str]) -> Job:
+    return Job(
+        id=job_id,
+        status=Status(row["status"]),
+        attempts=int(row.get("attempts", 0)),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        source=json.loads(row["source"]),
+        spec=ThumbnailSpec.model_validate_json(row["spec"]),
+        thumbnails=[Thumbnail(**t) for t in json.loads(row.get("thumbnails", "[]"))],
+        error=json.loads(row.get("error", "null")),
+        stem=row.get("stem", "image"),
+    )

