@@ -106,6 +106,13 @@ class Worker:
         return batch
 
     async def _handle(self, message: Message) -> None:
+        try:
+            await self._handle_one(message)
+        except Exception:
+            # Redis went away while recording the outcome: the message stays pending and is claimed again.
+            log.exception("job %s: could not record the outcome; it will be retried", message.job_id)
+
+    async def _handle_one(self, message: Message) -> None:
         job_id = message.job_id
         try:
             job = await self.store.get(job_id)

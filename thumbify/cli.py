@@ -108,7 +108,9 @@ class _Supervisor:
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen:
-        return subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL)
+        from thumbify.process import die_with_parent
+
+        return subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def _watch(self) -> None:
         while not self._stopping.wait(1.0):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from thumbify.process import die_with_parent
+
 
 def connect(url: str) -> Redis:
     return Redis.from_url(url, decode_responses=True, health_check_interval=15, socket_connect_timeout=5)
@@ -74,8 +76,14 @@ class EmbeddedRedis:
         if not self.port:
             self.socket.unlink(missing_ok=True)
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        # Its own session, so a Ctrl-C in the terminal reaches the server's owner first (workers finish, then Redis
+        # stops); and it dies with its owner.
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
