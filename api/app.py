@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
-from prometheus_client import make_asgi_app
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import problems
 from api.routes import health, jobs, thumbnails
@@ -59,5 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(thumbnails.router)
     app.include_router(health.router)
-    app.mount("/metrics", make_asgi_app())
+
+    # A route, not a mounted app: a mount answers `GET /metrics` with a redirect to `/metrics/`.
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     return app

@@ -90,6 +90,8 @@ class _Receiver:
             fd, name = tempfile.mkstemp(dir=self.spool, prefix="upload-", suffix=".part")
             self.path = Path(name)
             self.fh = os.fdopen(fd, "wb")
+        elif b"filename" in params:
+            raise InvalidUpload(f"send the image in a part named `file`, not {name!r}")
         elif sum(len(v) for v in self.fields.values()) >= MAX_FIELDS:
             raise InvalidUpload(f"at most {MAX_FIELDS} form fields")
 

@@ -86,12 +86,19 @@ def serve(
         f"[green]{settings.workers} worker(s)[/]; API on http://{settings.host}:{settings.port} "
         f"(docs at /docs); data in {data}"
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown; with the default action that would kill this process
+    # before the cleanup below, so SIGTERM becomes an exception here instead.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         _run_api(_settings())
     finally:
         supervisor.stop()
         if embedded:
             embedded.stop()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 class _Supervisor:

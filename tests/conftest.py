@@ -1,0 +1,330 @@
+"""Service fixtures: a real redis-server, and the API and a worker as real subprocesses on loopback.
+
+Nothing here is mocked. `redis_server` is one `EmbeddedRedis` for the session; `service` is uvicorn serving
+`api.app:create_app` plus one `python -m gpu_worker`, both pointed at that Redis and at a temporary data folder.
+Every process started here is stopped (and waited for) on teardown; the subprocess logs are written to files and
+attached to the report of any test that fails, and printed at the end of the session if they hold a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from thumbify.redis_conn import EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+TERMINAL = {"done", "failed"}
+PROBLEM_BASE = "https://thumbify.dev/problems/"
+
+# Small caps so the limit tests stay fast.
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+MAX_PIXELS = 100_000_000
+
+
+# -- images ---------------------------------------------------------------------------------------------------------
+
+
+def noise_image(width: int, height: int, bands: int = 3):
+    """An sRGB image with real entropy (so a JPEG of it has a long, meaningful scan)."""
+    import pyvips
+
+    planes = [
+        pyvips.Image.gaussnoise(width, height, mean=128, sigma=48, seed=i + 1).cast("uchar") for i in range(bands)
+    ]
+    image = planes[0].bandjoin(planes[1:]) if bands > 1 else planes[0]
+    return image.copy(interpretation="srgb" if bands >= 3 else "b-w")
+
+
+def make_jpeg(width: int = 640, height: int = 480, quality: int = 85) -> bytes:
+    return noise_image(width, height).jpegsave_buffer(Q=quality)
+
+
+def make_png(width: int = 64, height: int = 48, alpha: bool = False) -> bytes:
+    return noise_image(width, height, 4 if alpha else 3).pngsave_buffer()
+
+
+# -- processes ------------------------------------------------------------------------------------------------------
+
+
+def clean_env(**values: object) -> dict[str, str]:
+    """This process's environment without any THUMBIFY_* variable, plus `values` as THUMBIFY_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THUMBIFY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({f"THUMBIFY_{k.upper()}": str(v) for k, v in values.items()})
+    return env
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on the loopback port (connections in TIME_WAIT don't count: the server's own restart
+    binds with SO_REUSEADDR too)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 20.0) -> None:
+    """Signal one process we started, wait for it; kill it if it does not go within `grace` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def log_tail(path: Path, chars: int = 6000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"({path} was not written)"
+    return text if len(text) <= chars else "...\n" + text[-chars:]
+
+
+def wait_ready(base_url: str, procs: list[subprocess.Popen], logs: list[Path], timeout: float = 60.0) -> None:
+    """Poll /readyz until 200; fail at once, with the logs, if a process exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                dump = "\n".join(f"--- {p.name} ---\n{log_tail(p)}" for p in logs)
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} during start-up\n{dump}")
+        try:
+            r = httpx.get(f"{base_url}/readyz", timeout=2.0)
+            if r.status_code == 200:
+                return
+            last = f"{r.status_code} {r.text[:300]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.1)
+    dump = "\n".join(f"--- {p.name} ---\n{log_tail(p)}" for p in logs)
+    raise RuntimeError(f"{base_url}/readyz did not answer 200 within {timeout}s (last: {last})\n{dump}")
+
+
+# -- the service object tests use ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    base_url: str
+    data_dir: Path
+    redis_url: str
+    key_prefix: str
+    client: httpx.Client
+    logs: list[Path] = field(default_factory=list)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    # requests
+
+    def submit(
+        self,
+        data: bytes,
+        filename: str = "image.jpg",
+        *,
+        content_type: str = "image/jpeg",
+        params: dict | None = None,
+        headers: dict | None = None,
+        **options: object,
+    ) -> httpx.Response:
+        """POST /v1/jobs with `data` as the multipart `file` and `options` as form fields (`params`: as query)."""
+        form = {k: (v if isinstance(v, list) else str(v)) for k, v in options.items()}
+        return self.client.post(
+            "/v1/jobs",
+            files={"file": (filename, data, content_type)},
+            data=form,
+            params=params,
+            headers=headers,
+        )
+
+    def submit_ok(self, data: bytes, filename: str = "image.jpg", **kwargs) -> dict:
+        r = self.submit(data, filename, **kwargs)
+        assert r.status_code == 202, f"upload refused: {r.status_code} {r.text}"
+        return r.json()
+
+    def get_job(self, job_id: str, **params) -> httpx.Response:
+        return self.client.get(f"/v1/jobs/{job_id}", params=params)
+
+    def wait(self, job_id: str, timeout: float = 60.0) -> dict:
+        """The job once it is done or failed (long-polling with ?wait=); an assertion error if it does not end."""
+        deadline = time.monotonic() + timeout
+        job: dict = {}
+        while True:
+            remaining = deadline - time.monotonic()
+            r = self.get_job(job_id, wait=max(0.0, min(30.0, remaining)))
+            assert r.status_code == 200, f"GET job {job_id}: {r.status_code} {r.text}"
+            job = r.json()
+            if job["status"] in TERMINAL:
+                return job
+            if remaining <= 0:
+                raise AssertionError(f"job {job_id} did not end within {timeout}s; last seen: {job}")
+
+    def run_job(self, data: bytes, filename: str = "image.jpg", **kwargs) -> dict:
+        return self.wait(self.submit_ok(data, filename, **kwargs)["id"])
+
+    # what is on disk and in Redis
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def originals_dir(self) -> Path:
+        return self.data_dir / "objects" / "originals"
+
+    def thumbnails_dir(self, job_id: str) -> Path:
+        return self.data_dir / "objects" / "thumbnails" / job_id
+
+    def spool_files(self) -> set[str]:
+        return {p.name for p in self.spool_dir.iterdir()} if self.spool_dir.exists() else set()
+
+    def originals(self) -> set[str]:
+        return {p.name for p in self.originals_dir.iterdir()} if self.originals_dir.exists() else set()
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def job_ids_in_redis(self) -> set[str]:
+        """Every job record under this service's key prefix (read from Redis itself, not through the API)."""
+        with self.redis() as r:
+            keys = set(r.scan_iter(match=f"{self.key_prefix}:job:*", count=1000))
+            indexed = set(r.zrange(f"{self.key_prefix}:index", 0, -1))
+        return {k.rsplit(":", 1)[1] for k in keys} | indexed
+
+    def snapshot(self) -> dict[str, set[str]]:
+        """What a rejected upload must not change."""
+        return {"spool": self.spool_files(), "originals": self.originals(), "jobs": self.job_ids_in_redis()}
+
+    def log_text(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{log_tail(p)}" for p in self.logs)
+
+
+def start_service(
+    base: Path, redis_url: str, *, key_prefix: str | None = None, extra_env: dict | None = None
+) -> Service:
+    """Start uvicorn (the API) and one worker as subprocesses; the caller must call `stop_service`."""
+    data_dir = (base / "data").resolve()
+    logs_dir = base / "logs"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    key_prefix = key_prefix or f"t{uuid.uuid4().hex[:10]}"
+    env = clean_env(
+        redis_url=redis_url,
+        data_dir=data_dir,
+        key_prefix=key_prefix,
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_pixels=MAX_PIXELS,
+        worker_threads=2,
+        host="127.0.0.1",
+        port=port,
+        **(extra_env or {}),
+    )
+    commands = {
+        "api": [PYTHON, "-m", "uvicorn", "api.app:create_app", "--factory", "--no-server-header"]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        "worker": [PYTHON, "-m", "gpu_worker"],
+    }
+    base_url = f"http://127.0.0.1:{port}"
+    service = Service(base_url, data_dir, redis_url, key_prefix, httpx.Client(base_url=base_url, timeout=60.0))
+    try:
+        for name, argv in commands.items():
+            log = logs_dir / f"{name}.log"
+            service.logs.append(log)
+            with open(log, "wb") as fh:
+                service.procs[name] = subprocess.Popen(
+                    argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
+                )
+        wait_ready(base_url, list(service.procs.values()), service.logs)
+    except BaseException:
+        stop_service(service)
+        raise
+    return service
+
+
+def stop_service(service: Service) -> None:
+    service.client.close()
+    for proc in service.procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in service.procs.values():
+        stop_process(proc)
+
+
+_TRACEBACK = re.compile(r"^Traceback \(most recent call last\):", re.MULTILINE)
+
+
+def report_tracebacks(config: pytest.Config, service: Service) -> None:
+    """Print the subprocess logs at the end of the run when they hold a traceback (a bug somewhere)."""
+    bad = [p for p in service.logs if p.exists() and _TRACEBACK.search(p.read_text(errors="replace"))]
+    if not bad:
+        return
+    text = "\n".join(f"--- {p} ---\n{log_tail(p, 20000)}" for p in bad)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "service logs with tracebacks", red=True)
+        reporter.write_line(text)
+    else:
+        print(text, file=sys.stderr)
+
+
+# -- fixtures -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port; yields its URL."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port()).start()
+    try:
+        yield server.url
+    finally:
+        port = server.port
+        server.stop()
+        assert port_is_free(port), f"redis port {port} is still bound after stop"
+
+
+@pytest.fixture(scope="session")
+def service(
+    redis_server: str, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Service]:
+    """The API and one worker, real subprocesses on loopback; a warm-up job proves the stack works end to end."""
+    svc = start_service(tmp_path_factory.mktemp("service"), redis_server)
+    try:
+        job = svc.run_job(make_jpeg(64, 48), "warmup.jpg")
+        assert job["status"] == "done", f"warm-up job did not finish: {job}\n{svc.log_text()}"
+        yield svc
+    finally:
+        stop_service(svc)
+        report_tracebacks(pytestconfig, svc)
+        port = int(svc.base_url.rsplit(":", 1)[1])
+        assert port_is_free(port), f"API port {port} is still bound after stop"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failing test that used `service` gets the subprocess logs in its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        svc = getattr(item, "funcargs", {}).get("service")
+        if isinstance(svc, Service):
+            report.sections.append(("service logs", svc.log_text()))
