@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MIN_SIDE = 8
 MAX_SIDE = 4096
 MAX_SIZES = 8
-_SIZE_RE = re.compile(r"^\s*(\d{1,6})(?:\s*[xX×]\s*(\d{1,6}))?\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d{1,6})(?:\s*[xX×]\s*(\d{1,6}))?\s*$", re.ASCII)  # ASCII digits only
 _COLOUR_RE = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
 
 
@@ -92,7 +92,7 @@ class ThumbnailSpec(BaseModel):
         if isinstance(value, list):
             if len(value) > MAX_SIZES:
                 raise ValueError(f"at most {MAX_SIZES} sizes, got {len(value)}")
-            return [Size.parse(v) if isinstance(v, str | int) and not isinstance(v, bool) else v for v in value]
+            return [Size.parse(str(v)) if isinstance(v, str | int) and not isinstance(v, bool) else v for v in value]
         return value
 
     @field_validator("background")
@@ -123,7 +123,7 @@ def negotiate_format(accept: str | None, has_alpha: bool) -> Format:
         q = 1.0
         for param in params.split(";"):
             key, _, val = param.strip().partition("=")
-            if key == "q":
+            if key.strip().lower() == "q":
                 try:
                     q = float(val)
                 except ValueError:
@@ -143,7 +143,7 @@ def safe_stem(filename: str | None) -> str:
     """The upload's name reduced to a safe stem: no path, no dots at the ends, a short ASCII word."""
     base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
     stem = base.rsplit(".", 1)[0] if "." in base.strip(".") else base
-    stem = _STEM_BAD.sub("_", stem).strip("._-")[:64]
+    stem = _STEM_BAD.sub("_", stem).strip("._-")[:64].rstrip("._-")
     return stem or "image"
 
 

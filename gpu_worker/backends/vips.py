@@ -7,6 +7,7 @@ resize → upright → sRGB → crop or pad → flatten → encode, with metadat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from thumbify.spec import ALPHA_FORMATS, Format, ThumbnailSpec, thumbnail_name
 # letting a 12 MP JPEG → 256 px decode at 1/8, which libvips' own thumbnail only does at a total shrink ≥ 16.
 DEFAULT_HEADROOM = 1.9
 _SWAPS_AXES = {5, 6, 7, 8}
+# `cover` resamples at most this many pixels (or twice the box) before cropping: see `_cut_overflow`.
+_OVERFLOW_BUDGET = 8_000_000
 _CROP = {"centre": "centre", "attention": "attention", "entropy": "entropy"}
 
 
@@ -56,7 +59,9 @@ class VipsBackend:
         try:
             return self._render(path, fmt, spec, stem)
         except pyvips.Error as exc:
-            raise CorruptImage(f"the {fmt} image cannot be decoded: {vips_message(exc)}") from exc
+            raise CorruptImage(
+                f"the {fmt} image is corrupt or truncated and cannot be decoded: {vips_message(exc)}"
+            ) from exc
 
     def _render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
         header = open_image(path, fmt, access="sequential")
@@ -86,6 +91,9 @@ class VipsBackend:
     def _load(self, path: Path, fmt: str, up_w: int, up_h: int, target_w: int, target_h: int) -> pyvips.Image:
         options = {"access": "sequential", "fail_on": "truncated"}
         if fmt == "jpeg":
+            # libjpeg reports damaged scan data only as warnings and fills the gaps with grey: without this a
+            # corrupt JPEG would end `done` with garbage pixels (sharp's default is the same, failOn: 'warning').
+            options["fail_on"] = "warning"
             shrink = load_shrink(up_w, up_h, target_w, target_h, self.headroom)
             if shrink > 1:
                 options["shrink"] = shrink
@@ -108,7 +116,7 @@ class VipsBackend:
     # -- one size -----------------------------------------------------------------------------------------------
 
     def _one(self, source: _Source, placement: Placement, spec: ThumbnailSpec, stem: str) -> Rendition:
-        img = source.image
+        img, placement = _cut_overflow(source.image, source.orientation, placement)
         swap = source.orientation in _SWAPS_AXES
         dec_w, dec_h = _decoded_upright(img, source.orientation)
         hscale, vscale = placement.resize_w / dec_w, placement.resize_h / dec_h
@@ -136,6 +144,27 @@ class VipsBackend:
         )
 
 
+def _cut_overflow(img: pyvips.Image, orientation: int, placement: Placement) -> tuple[pyvips.Image, Placement]:
+    """`cover` of an extreme aspect ratio (a 2x4000 strip into a 512 box) would resample the whole source at the
+    output's scale, a gigapixel image from a tiny upload. Past a budget, keep only the source's centre band that
+    resamples to at most `_OVERFLOW_BUDGET` pixels (or twice the box), and crop within that."""
+    budget = max(_OVERFLOW_BUDGET, 2 * placement.out_w * placement.out_h)
+    if not placement.crops or placement.resize_w * placement.resize_h <= budget:
+        return img, placement
+    dec_w, dec_h = _decoded_upright(img, orientation)
+    sx, sy = placement.resize_w / dec_w, placement.resize_h / dec_h
+    # Only one axis overflows the box in cover: shorten that one.
+    if placement.resize_w > placement.out_w:
+        keep_w, keep_h = min(dec_w, max(1, math.ceil(budget / placement.resize_h / sx))), dec_h
+    else:
+        keep_w, keep_h = dec_w, min(dec_h, max(1, math.ceil(budget / placement.resize_w / sy)))
+    resize_w = max(placement.out_w, min(placement.resize_w, round(keep_w * sx)))
+    resize_h = max(placement.out_h, min(placement.resize_h, round(keep_h * sy)))
+    cut_w, cut_h = (keep_h, keep_w) if orientation in _SWAPS_AXES else (keep_w, keep_h)
+    img = img.crop((img.width - cut_w) // 2, (img.height - cut_h) // 2, cut_w, cut_h)
+    return img, Placement(resize_w, resize_h, placement.out_w, placement.out_h)
+
+
 def _decoded_upright(img: pyvips.Image, orientation: int) -> tuple[int, int]:
     return (img.height, img.width) if orientation in _SWAPS_AXES else (img.width, img.height)
 
@@ -160,11 +189,13 @@ def _exact(img: pyvips.Image, width: int, height: int) -> pyvips.Image:
 
 
 def _to_srgb(img: pyvips.Image) -> pyvips.Image:
-    """8-bit sRGB whatever came in: CMYK and ICC-tagged images through their profile, the rest by colourspace."""
+    """8-bit sRGB whatever came in: CMYK and ICC-tagged images through their profile, the rest by colourspace.
+    Relative colorimetric, as libvips' own thumbnail: a CMYK profile's perceptual table is a gamut-mapping rendering
+    that shifts in-gamut colours by 20+ levels; the colorimetric table gives the colours the file describes."""
     if img.get_typeof("icc-profile-data") or img.interpretation == "cmyk":
         try:
             fallback = "cmyk" if img.interpretation == "cmyk" else "srgb"
-            img = img.icc_transform("srgb", embedded=True, input_profile=fallback, intent="perceptual")
+            img = img.icc_transform("srgb", embedded=True, input_profile=fallback, intent="relative")
         except pyvips.Error:
             img = img.colourspace("srgb")
     if img.interpretation != "srgb" or img.format != "uchar":

@@ -1,0 +1,324 @@
+"""Real test images, made by the tests with pyvips and numpy (no binary fixtures are committed).
+
+Every generator is deterministic. `*_image`, `from_array`, `with_orientation`, `zone_plate` and `checkerboard`
+return a `pyvips.Image` (uchar/ushort, with its interpretation set); the others return the encoded file as `bytes`
+(write it with `write(path, data)`). The main ones:
+
+- `photo_like(w, h, seed)`: JPEG of gradients, noise at several scales and hard edges (`photo_like_image` unencoded)
+- `oriented_jpeg(orientation)`: shows as a landscape image with a MARK top-left quadrant, stored per its EXIF tag
+- `cmyk_jpeg()`, `cmyk_jpeg_without_profile()`, `p3_tagged(colours)`: colour-managed sources of known sRGB patches
+- `png16`, `grey_png`, `grey_jpeg`, `grey16_png`, `rgba_png`: bit depths and band layouts
+- `animated("gif" | "webp")`: three frames of FRAME_COLOURS; `encode(image, container)` for every container
+- `truncated_jpeg()`, `corrupt_jpeg()`, `jpeg_with_sof_size(w, h)`: broken or lying files
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyvips
+
+# Solid colours that lie well inside the gamut of libvips' built-in CMYK profile, so a CMYK round trip keeps them.
+CMYK_PATCHES: list[tuple[int, int, int]] = [
+    (180, 70, 60),  # brick red
+    (70, 140, 90),  # leaf green
+    (60, 90, 150),  # slate blue
+    (128, 128, 128),  # mid grey
+    (210, 190, 90),  # ochre
+    (235, 235, 235),  # near white
+]
+MARK = (220, 30, 30)  # the marked corner's colour
+GREY = (128, 128, 128)  # the rest of a marked image
+FRAME_COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]  # an animation's three frames, in order
+
+
+# -- building blocks ---------------------------------------------------------------------------------------------
+
+
+def from_array(array: np.ndarray, interpretation: str | None = None) -> pyvips.Image:
+    """A pyvips image from an HxW or HxWxB array, with the interpretation the array's dtype and bands imply."""
+    array = np.ascontiguousarray(array)
+    image = pyvips.Image.new_from_array(array)
+    if interpretation is None:
+        bands = 1 if array.ndim == 2 else array.shape[2]
+        sixteen = array.dtype == np.uint16
+        if bands <= 2:
+            interpretation = "grey16" if sixteen else "b-w"
+        else:
+            interpretation = "rgb16" if sixteen else "srgb"
+    return image.copy(interpretation=interpretation)
+
+
+def solid_image(width: int, height: int, rgb: tuple[int, ...]) -> pyvips.Image:
+    array = np.empty((height, width, len(rgb)), np.uint8)
+    array[:] = rgb
+    return from_array(array)
+
+
+def patches_image(colours: list[tuple[int, int, int]], patch: int = 64, columns: int = 3) -> pyvips.Image:
+    """Solid square patches in a grid, row-major: patch i's centre is at `patch_centre(i, patch, columns)`."""
+    rows = -(-len(colours) // columns)
+    array = np.zeros((rows * patch, columns * patch, 3), np.uint8)
+    for i, colour in enumerate(colours):
+        r, c = divmod(i, columns)
+        array[r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] = colour
+    return from_array(array)
+
+
+def patch_centre(i: int, patch: int = 64, columns: int = 3) -> tuple[int, int]:
+    """(x, y) of patch i's centre in a `patches_image`."""
+    r, c = divmod(i, columns)
+    return c * patch + patch // 2, r * patch + patch // 2
+
+
+def _noise_field(width: int, height: int, cells: int, rng: np.random.Generator) -> pyvips.Image:
+    """Gaussian noise on a grid of about `cells` cells along the long side, blown up with a smooth (bicubic)
+    interpolator to `width`x`height`: band-limited to its own scale, like texture in a photograph."""
+    cw = max(2, cells * width // max(width, height))
+    ch = max(2, cells * height // max(width, height))
+    field = pyvips.Image.new_from_array(rng.normal(0.0, 1.0, (ch, cw, 3)).astype(np.float32))
+    big = field.resize(width / cw, vscale=height / ch, kernel="cubic")
+    big = big.crop(0, 0, min(width, big.width), min(height, big.height))
+    return big.embed(0, 0, width, height, extend="copy")
+
+
+def photo_like_image(width: int, height: int, seed: int = 0) -> pyvips.Image:
+    """An 8-bit sRGB photo stand-in: smooth gradients, noise at several scales down to single-pixel grain, and a few
+    hard edges (a rectangle, a disc, a thin diagonal bar). Built as one lazy libvips pipeline, so a 12 MP image
+    costs well under a second."""
+    rng = np.random.default_rng(seed)
+    xy = pyvips.Image.xyz(width, height).cast("float")
+    x, y = xy[0] / max(1, width - 1), xy[1] / max(1, height - 1)  # 0..1
+    red = 60 + 120 * x + 30 * (y * 170).sin()  # libvips' sin takes degrees
+    green = 50 + 90 * y + 40 * x * y
+    blue = 170 - 100 * x * (1 - y) + 20 * (x * 230).cos()
+    out = red.bandjoin([green, blue])
+    for cells, amplitude in ((4, 30.0), (16, 18.0), (64, 10.0), (256, 6.0), (1024, 4.0)):
+        out = out + amplitude * _noise_field(width, height, cells, rng)
+    grain = pyvips.Image.gaussnoise(width, height, sigma=3.0, mean=0.0, seed=int(rng.integers(1 << 30)))
+    out = out + grain.gaussblur(0.6)
+    # Hard edges.
+    short = min(width, height)
+    rect = (x > 1 / 6) & (x < 1 / 3) & (y > 1 / 5) & (y < 1 / 2)
+    out = rect.ifthenelse([235, 225, 40], out)
+    disc = ((xy[0] - 0.7 * width) ** 2 + (xy[1] - 0.6 * height) ** 2) < (0.12 * short) ** 2
+    out = disc.ifthenelse([20, 35, 90], out)
+    bar = (((xy[0] - 0.1 * width) - (xy[1] - 0.55 * height) * 0.8).abs() < max(2.0, 0.01 * width)) & (
+        xy[1] > 0.55 * height
+    )
+    out = bar.ifthenelse([250, 250, 250], out)
+    return (out + 0.5).cast("uchar").copy(interpretation="srgb")  # cast clips to 0..255
+
+
+def photo_like(width: int, height: int, seed: int = 0, quality: int = 95) -> bytes:
+    """A photo-like JPEG."""
+    return photo_like_image(width, height, seed).jpegsave_buffer(Q=quality)
+
+
+def marked_image(width: int, height: int) -> pyvips.Image:
+    """Upright: the top-left quadrant is MARK, the rest GREY."""
+    array = np.empty((height, width, 3), np.uint8)
+    array[:] = GREY
+    array[: height // 2, : width // 2] = MARK
+    return from_array(array)
+
+
+def zone_plate(size: int) -> pyvips.Image:
+    """A 0..255 zone plate whose frequency rises to Nyquist at the edges: downscaling it aliases unless filtered."""
+    zone = pyvips.Image.zone(size, size)  # float, -1..1
+    return ((zone + 1) * 127.5).cast("uchar").copy(interpretation="b-w")
+
+
+def checkerboard(size: int) -> pyvips.Image:
+    """A 1-px black/white checkerboard: all its energy is at Nyquist."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    return from_array(np.where((xx + yy) % 2 == 0, 0, 255).astype(np.uint8))
+
+
+# -- orientation -------------------------------------------------------------------------------------------------
+
+# What must be done to an upright image to get the pixels a file with this EXIF orientation stores
+# (the inverse of what a viewer does when it shows the file).
+_STORE = {
+    1: lambda im: im,
+    2: lambda im: im.fliphor(),
+    3: lambda im: im.rot180(),
+    4: lambda im: im.flipver(),
+    5: lambda im: im.rot90().fliphor(),  # transpose
+    6: lambda im: im.rot270(),
+    7: lambda im: im.rot270().fliphor(),  # transverse
+    8: lambda im: im.rot90(),
+}
+
+
+def with_orientation(upright: pyvips.Image, orientation: int) -> pyvips.Image:
+    """The stored pixels and the EXIF tag a camera would write for an image that displays as `upright`."""
+    stored = _STORE[orientation](upright).copy()
+    stored.set_type(pyvips.GValue.gint_type, "orientation", orientation)
+    return stored
+
+
+def oriented_jpeg(orientation: int, width: int = 320, height: int = 160) -> bytes:
+    """A JPEG that a viewer shows as `width`x`height` with the top-left quadrant MARK, tagged `orientation`."""
+    return with_orientation(marked_image(width, height), orientation).jpegsave_buffer(Q=95)
+
+
+# -- colour management -------------------------------------------------------------------------------------------
+
+
+def cmyk_jpeg(colours: list[tuple[int, int, int]] = CMYK_PATCHES, patch: int = 64) -> bytes:
+    """A CMYK JPEG with libvips' built-in CMYK profile embedded; it shows as `patches_image(colours)`."""
+    cmyk = patches_image(colours, patch).icc_transform("cmyk", intent="relative")
+    assert cmyk.interpretation == "cmyk" and cmyk.bands == 4
+    return cmyk.jpegsave_buffer(Q=98, keep="icc")
+
+
+def cmyk_jpeg_without_profile(colours: list[tuple[int, int, int]] = CMYK_PATCHES, patch: int = 64) -> bytes:
+    cmyk = patches_image(colours, patch).icc_transform("cmyk", intent="relative")
+    return cmyk.jpegsave_buffer(Q=98, keep="none")
+
+
+def p3_tagged(colours: list[tuple[int, int, int]], patch: int = 64, fmt: str = "png") -> bytes:
+    """RGB values in Display P3 with the P3 profile embedded; it shows as `patches_image(colours)` (sRGB).
+    Raises pyvips.Error where this libvips has no built-in P3 profile."""
+    p3 = patches_image(colours, patch).icc_transform("p3", intent="relative")
+    if fmt == "png":
+        return p3.pngsave_buffer(keep="icc")
+    return p3.jpegsave_buffer(Q=98, keep="icc")
+
+
+# -- bit depth, bands ----------------------------------------------------------------------------------------------
+
+
+def png16(colours: list[tuple[int, int, int]], patch: int = 32) -> bytes:
+    """A 16-bit RGB PNG of solid patches; 8-bit level v is stored as v * 257."""
+    eight = patches_image(colours, patch, columns=len(colours))
+    sixteen = (eight.cast("ushort") * 257).cast("ushort").copy(interpretation="rgb16")
+    return sixteen.pngsave_buffer(bitdepth=16)
+
+
+def grey_levels_image(levels: list[int], patch: int = 32) -> pyvips.Image:
+    array = np.zeros((patch, patch * len(levels)), np.uint8)
+    for i, level in enumerate(levels):
+        array[:, i * patch : (i + 1) * patch] = level
+    return from_array(array)
+
+
+def grey_png(levels: list[int], patch: int = 32) -> bytes:
+    return grey_levels_image(levels, patch).pngsave_buffer()
+
+
+def grey_jpeg(levels: list[int], patch: int = 32) -> bytes:
+    image = grey_levels_image(levels, patch)
+    assert image.bands == 1
+    return image.jpegsave_buffer(Q=98)
+
+
+def grey16_png(levels16: list[int], patch: int = 32) -> bytes:
+    array = np.zeros((patch, patch * len(levels16)), np.uint16)
+    for i, level in enumerate(levels16):
+        array[:, i * patch : (i + 1) * patch] = level
+    return from_array(array).pngsave_buffer(bitdepth=16)
+
+
+def rgba_image(width: int = 200, height: int = 100, rgb=(40, 90, 200), hidden=(0, 255, 0)) -> pyvips.Image:
+    """Left half opaque `rgb`; right half fully transparent (its colour, `hidden`, must never show)."""
+    array = np.zeros((height, width, 4), np.uint8)
+    array[:, : width // 2] = (*rgb, 255)
+    array[:, width // 2 :] = (*hidden, 0)
+    return from_array(array, "srgb")
+
+
+def rgba_png(width: int = 200, height: int = 100, rgb=(40, 90, 200)) -> bytes:
+    return rgba_image(width, height, rgb).pngsave_buffer()
+
+
+# -- containers and encodings --------------------------------------------------------------------------------------
+
+
+def animated(fmt: str, colours: list[tuple[int, int, int]] = FRAME_COLOURS, width: int = 64, height: int = 48) -> bytes:
+    """A three-frame animation (GIF or WebP), one solid colour per frame, frames stacked as libvips pages."""
+    frames = [solid_image(width, height, c) for c in colours]
+    strip = pyvips.Image.arrayjoin(frames, across=1).copy()
+    strip.set_type(pyvips.GValue.gint_type, "page-height", height)
+    strip.set_type(pyvips.GValue.gint_type, "n-pages", len(colours))
+    strip.set_type(pyvips.GValue.array_int_type, "delay", [100] * len(colours))
+    strip.set_type(pyvips.GValue.gint_type, "loop", 0)
+    if fmt == "gif":
+        return strip.gifsave_buffer()
+    if fmt == "webp":
+        return strip.webpsave_buffer(Q=95)
+    raise ValueError(fmt)
+
+
+def encode(image: pyvips.Image, fmt: str, **options) -> bytes:
+    """`image` in one container: jpeg, progressive-jpeg, png, webp, tiff, gif, heic, avif."""
+    if fmt == "jpeg":
+        return image.jpegsave_buffer(Q=options.pop("Q", 95), **options)
+    if fmt == "progressive-jpeg":
+        return image.jpegsave_buffer(Q=options.pop("Q", 95), interlace=True, **options)
+    if fmt == "png":
+        return image.pngsave_buffer(**options)
+    if fmt == "webp":
+        return image.webpsave_buffer(Q=options.pop("Q", 95), **options)
+    if fmt == "tiff":
+        return image.tiffsave_buffer(**options)
+    if fmt == "gif":
+        return image.gifsave_buffer(**options)
+    if fmt == "heic":  # the HEVC encoder is often left out of libheif builds; callers skip on pyvips.Error
+        return image.heifsave_buffer(Q=options.pop("Q", 90), compression="hevc", **options)
+    if fmt == "avif":
+        return image.heifsave_buffer(Q=options.pop("Q", 90), compression="av1", effort=2, **options)
+    raise ValueError(fmt)
+
+
+# -- broken files ----------------------------------------------------------------------------------------------------
+
+
+def _scan_start(jpeg: bytes) -> int:
+    """Offset of the first entropy-coded byte: just after the SOS segment."""
+    sos = jpeg.index(b"\xff\xda")
+    length = int.from_bytes(jpeg[sos + 2 : sos + 4], "big")
+    return sos + 2 + length
+
+
+def truncated_jpeg(width: int = 640, height: int = 480, keep: float = 0.5) -> bytes:
+    """A photo-like JPEG cut off part-way through its scan (no EOI)."""
+    data = photo_like(width, height, seed=3, quality=90)
+    start = _scan_start(data)
+    return data[: start + int((len(data) - start) * keep)]
+
+
+def corrupt_jpeg(width: int = 640, height: int = 480) -> bytes:
+    """A photo-like JPEG whose entropy-coded data is damaged a third of the way in: 4 KiB of garbage with a stray
+    restart marker inside, the file's length, headers and EOI intact. (Garbage alone often decodes silently into
+    wrong pixels: a Huffman decoder cannot tell; the stray marker is what any decoder notices.)"""
+    data = bytearray(photo_like(width, height, seed=4, quality=90))
+    start = _scan_start(bytes(data))
+    mid = start + (len(data) - start) // 3
+    rng = np.random.default_rng(5)
+    garbage = bytearray(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes().replace(b"\xff", b"\xfe"))
+    garbage[2048:2050] = b"\xff\xd3"  # RST3 where no restart interval was declared
+    data[mid : mid + len(garbage)] = garbage
+    return bytes(data)
+
+
+def jpeg_with_sof_size(width: int, height: int) -> bytes:
+    """A tiny valid JPEG whose SOF says it is `width`x`height`: a header-only reader sees the big size, any decoder
+    would fail or run out of data at once. The cheap way to make a 'huge' upload."""
+    data = bytearray(solid_image(16, 16, (90, 90, 90)).jpegsave_buffer(Q=50))
+    for marker in (b"\xff\xc0", b"\xff\xc2", b"\xff\xc1"):
+        at = data.find(marker)
+        if at >= 0:
+            break
+    else:  # pragma: no cover
+        raise AssertionError("no SOF in the JPEG")
+    data[at + 5 : at + 7] = height.to_bytes(2, "big")
+    data[at + 7 : at + 9] = width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

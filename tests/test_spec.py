@@ -1,0 +1,312 @@
+"""The thumbnail spec: size parsing, validation, format negotiation, safe stems and thumbnail names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from thumbify.spec import (
+    ALPHA_FORMATS,
+    EXTENSIONS,
+    MAX_SIDE,
+    MAX_SIZES,
+    MEDIA_TYPES,
+    MIN_SIDE,
+    Crop,
+    Fit,
+    Format,
+    Size,
+    ThumbnailSpec,
+    negotiate_format,
+    parse_colour,
+    safe_stem,
+    thumbnail_name,
+)
+
+# -- Size.parse -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("256", (256, 256)),
+        ("320x200", (320, 200)),
+        ("320X200", (320, 200)),
+        ("320×200", (320, 200)),
+        (" 320 x 200 ", (320, 200)),
+        ("8", (8, 8)),
+        ("4096", (4096, 4096)),
+        ("4096x8", (4096, 8)),
+        ("0256", (256, 256)),
+    ],
+)
+def test_size_parse_accepts(text: str, expected: tuple[int, int]) -> None:
+    size = Size.parse(text)
+    assert (size.width, size.height) == expected
+    assert str(size) == f"{expected[0]}x{expected[1]}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["0", "7", "5000", "4097", "256x0", "0x256", "256x5000", "999999x1"],
+)
+def test_size_parse_rejects_out_of_range_sides(text: str) -> None:
+    with pytest.raises(ValueError, match=f"between {MIN_SIDE} and {MAX_SIDE}"):
+        Size.parse(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "abc", "-256", "256.5", "256x", "x256", "256x200x100", "1e3", "256px", "256,320", "0x100", "١٢٨"],
+)
+def test_size_parse_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError) as info:
+        Size.parse(text)
+    assert str(info.value)  # a message the client can read
+
+
+def test_size_model_enforces_bounds_too() -> None:
+    with pytest.raises(ValidationError):
+        Size(width=4, height=100)
+    with pytest.raises(ValidationError):
+        Size(width=100, height=MAX_SIDE + 1)
+
+
+def test_size_is_hashable_and_compares_by_value() -> None:
+    assert Size.parse("256") == Size.parse("256x256")
+    assert len({Size.parse("256"), Size.parse("256x256"), Size.parse("320x200")}) == 2
+
+
+# -- ThumbnailSpec ----------------------------------------------------------------------------------------------------
+
+
+def test_spec_defaults() -> None:
+    spec = ThumbnailSpec()
+    assert spec.sizes == [Size(width=256, height=256)]
+    assert (spec.fit, spec.crop, spec.format, spec.quality) == (Fit.inside, Crop.centre, Format.jpeg, 80)
+    assert spec.background_rgba == (255, 255, 255, 255)
+
+
+def test_spec_sizes_from_a_comma_separated_string() -> None:
+    spec = ThumbnailSpec(sizes="256, 320x200 ,64,")
+    assert [str(s) for s in spec.sizes] == ["256x256", "320x200", "64x64"]
+
+
+def test_spec_sizes_from_a_list_of_strings_ints_and_objects() -> None:
+    spec = ThumbnailSpec(sizes=["320x200", 128, {"width": 10, "height": 20}, Size(width=50, height=60)])
+    assert [str(s) for s in spec.sizes] == ["320x200", "128x128", "10x20", "50x60"]
+
+
+def test_spec_duplicate_sizes_are_kept_once_in_order() -> None:
+    spec = ThumbnailSpec(sizes="64,256,64,256x256,128")
+    assert [str(s) for s in spec.sizes] == ["64x64", "256x256", "128x128"]
+
+
+@pytest.mark.parametrize("count", [1, MAX_SIZES])
+def test_spec_accepts_one_to_eight_sizes(count: int) -> None:
+    sizes = ",".join(str(16 + i) for i in range(count))
+    assert len(ThumbnailSpec(sizes=sizes).sizes) == count
+
+
+@pytest.mark.parametrize("sizes", ["", " , ", [], ",".join(str(16 + i) for i in range(MAX_SIZES + 1))])
+def test_spec_rejects_no_sizes_or_too_many(sizes) -> None:
+    with pytest.raises(ValidationError):
+        ThumbnailSpec(sizes=sizes)
+
+
+@pytest.mark.parametrize("sizes", ["256,abc", "256,0", "5000", [True], None, 256])
+def test_spec_rejects_bad_sizes_with_a_validation_error(sizes) -> None:
+    # Always pydantic's ValidationError (the API turns it into a 422), never a TypeError from deep inside.
+    with pytest.raises(ValidationError):
+        ThumbnailSpec(sizes=sizes)
+
+
+@pytest.mark.parametrize("quality", [1, 50, 100, "75"])
+def test_spec_quality_in_bounds(quality) -> None:
+    assert ThumbnailSpec(quality=quality).quality == int(quality)
+
+
+@pytest.mark.parametrize("quality", [0, -1, 101, 1000, 50.5, "high"])
+def test_spec_quality_out_of_bounds(quality) -> None:
+    with pytest.raises(ValidationError):
+        ThumbnailSpec(quality=quality)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "png", "avif"])
+def test_spec_formats(fmt: str) -> None:
+    assert ThumbnailSpec(format=fmt).format is Format(fmt)
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "gif", "tiff", "heic", "JPEG2000", "", "auto"])
+def test_spec_rejects_other_formats(fmt: str) -> None:
+    with pytest.raises(ValidationError):
+        ThumbnailSpec(format=fmt)
+
+
+@pytest.mark.parametrize("fit", ["inside", "cover", "fill", "contain"])
+def test_spec_fits(fit: str) -> None:
+    assert ThumbnailSpec(fit=fit).fit is Fit(fit)
+
+
+@pytest.mark.parametrize("field, value", [("fit", "stretch"), ("crop", "center"), ("crop", "smart")])
+def test_spec_rejects_unknown_fit_and_crop(field: str, value: str) -> None:
+    with pytest.raises(ValidationError):
+        ThumbnailSpec(**{field: value})
+
+
+def test_spec_rejects_unknown_fields() -> None:
+    with pytest.raises(ValidationError):
+        ThumbnailSpec(width=256)
+
+
+@pytest.mark.parametrize(
+    "text, normalised, rgba",
+    [
+        ("#ffffff", "#ffffffff", (255, 255, 255, 255)),
+        ("#ABCDEF", "#abcdefff", (0xAB, 0xCD, 0xEF, 255)),
+        ("abcdef", "#abcdefff", (0xAB, 0xCD, 0xEF, 255)),
+        ("#11223344", "#11223344", (0x11, 0x22, 0x33, 0x44)),
+        ("#00000000", "#00000000", (0, 0, 0, 0)),
+        (" #102030 ", "#102030ff", (16, 32, 48, 255)),
+    ],
+)
+def test_spec_background_colours(text: str, normalised: str, rgba: tuple[int, int, int, int]) -> None:
+    spec = ThumbnailSpec(background=text)
+    assert spec.background == normalised
+    assert spec.background_rgba == rgba
+    assert parse_colour(text) == rgba
+
+
+@pytest.mark.parametrize(
+    "text", ["#fff", "white", "#abcdefgg", "#abcdef1", "#abcdef12345", "", "rgb(1,2,3)", "##abcdef"]
+)
+def test_spec_rejects_bad_background_colours(text: str) -> None:
+    with pytest.raises(ValidationError, match="colour"):
+        ThumbnailSpec(background=text)
+    with pytest.raises(ValueError):
+        parse_colour(text)
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = ThumbnailSpec(
+        sizes="256,320x200", fit="cover", crop="attention", format="webp", quality=90, background="#123456"
+    )
+    again = ThumbnailSpec.model_validate_json(spec.model_dump_json())
+    assert again == spec
+    stored = json.loads(spec.model_dump_json())
+    assert stored["sizes"] == [{"width": 256, "height": 256}, {"width": 320, "height": 200}]
+
+
+def test_spec_round_trips_through_json_with_background() -> None:
+    spec = ThumbnailSpec(sizes="64", background="#12345678")
+    again = ThumbnailSpec.model_validate(json.loads(spec.model_dump_json()))
+    assert again.background_rgba == (0x12, 0x34, 0x56, 0x78)
+
+
+def test_format_tables_are_complete() -> None:
+    assert set(EXTENSIONS) == set(MEDIA_TYPES) == set(Format)
+    assert Format.jpeg not in ALPHA_FORMATS
+    assert ALPHA_FORMATS == {Format.png, Format.webp, Format.avif}
+
+
+# -- negotiate_format ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "accept, has_alpha, expected",
+    [
+        (None, False, Format.jpeg),
+        (None, True, Format.png),
+        ("", False, Format.jpeg),
+        ("*/*", False, Format.jpeg),
+        ("image/*", True, Format.png),
+        ("image/avif,image/webp,image/*,*/*;q=0.8", False, Format.avif),
+        ("image/webp,*/*", False, Format.webp),
+        ("image/webp,*/*", True, Format.webp),
+        ("image/avif;q=0,image/webp", False, Format.webp),
+        ("image/avif; q=0, image/webp; q=0", False, Format.jpeg),
+        ("image/avif;q=0.0,image/webp;q=0.000", True, Format.png),
+        ("image/avif;Q=0,image/webp", False, Format.webp),  # parameter names are case-insensitive
+        ("image/avif;q=0.1", False, Format.avif),  # a low q still accepts
+        ("IMAGE/AVIF", False, Format.avif),
+        ("  image/webp  ;  q=0.5 ", False, Format.webp),
+        ("image/avif;q=abc", False, Format.jpeg),  # an unreadable q counts as not accepted
+        ("text/html,application/xhtml+xml", False, Format.jpeg),
+        ("image/png", False, Format.jpeg),  # png is only the alpha fallback
+        ("image/jpeg", True, Format.png),
+        (",,;;,", False, Format.jpeg),
+    ],
+)
+def test_negotiate_format(accept: str | None, has_alpha: bool, expected: Format) -> None:
+    assert negotiate_format(accept, has_alpha) is expected
+
+
+def test_negotiate_format_prefers_avif_over_webp_whatever_the_order() -> None:
+    assert negotiate_format("image/webp;q=1.0, image/avif;q=0.5", False) is Format.avif
+
+
+# -- safe_stem, thumbnail_name -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "filename, stem",
+    [
+        ("photo.jpg", "photo"),
+        ("holiday.photo.JPG", "holiday.photo"),
+        ("archive.tar.gz", "archive.tar"),
+        ("my photo (1).jpeg", "my_photo_1"),
+        ("../../etc/passwd", "passwd"),
+        ("/abs/path/to/pic.png", "pic"),
+        ("C:\\Users\\me\\Pictures\\pic.png", "pic"),
+        ("..", "image"),
+        ("...", "image"),
+        ("../..", "image"),
+        ("dir/", "image"),
+        (".bashrc", "bashrc"),
+        ("a\x00b.jpg", "a_b"),
+        ("evil\x00.jpg/../x", "x"),
+        ("фото.jpg", "image"),
+        ("été 2024.jpg", "t_2024"),
+        ("日本語_name.png", "name"),
+        ("-_-.png", "image"),
+        ("", "image"),
+        (None, "image"),
+        ("noext", "noext"),
+        ("trailingdot.", "trailingdot"),
+    ],
+)
+def test_safe_stem(filename: str | None, stem: str) -> None:
+    assert safe_stem(filename) == stem
+
+
+@pytest.mark.parametrize(
+    "filename",
+    ["x" * 300 + ".jpg", "a" * 63 + ".b.jpg", "_" * 70 + "abc.png", "../" * 50 + "z" * 100, "\x00\x01\x02" * 40],
+)
+def test_safe_stem_is_short_safe_ascii(filename: str) -> None:
+    stem = safe_stem(filename)
+    assert 1 <= len(stem) <= 64
+    assert all(c.isascii() and (c.isalnum() or c in "._-") for c in stem)
+    assert stem[0] not in "._-" and stem[-1] not in "._-"
+    assert "/" not in stem and "\\" not in stem
+
+
+@pytest.mark.parametrize(
+    "fmt, name",
+    [
+        (Format.jpeg, "thumb_photo_256x192.jpg"),
+        (Format.webp, "thumb_photo_256x192.webp"),
+        (Format.png, "thumb_photo_256x192.png"),
+        (Format.avif, "thumb_photo_256x192.avif"),
+    ],
+)
+def test_thumbnail_name(fmt: Format, name: str) -> None:
+    assert thumbnail_name("photo", 256, 192, fmt) == name
+
+
+def test_thumbnail_name_of_a_hostile_upload_name_is_safe() -> None:
+    name = thumbnail_name(safe_stem("../../../etc/passwd\x00.png"), 64, 64, Format.png)
+    assert name == "thumb_passwd_64x64.png"
+    assert "/" not in name
