@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Annotated
 
 import anyio
@@ -108,25 +109,21 @@ async def get_job(
         ),
     ] = 0,
 ) -> JobView:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait, svc.settings.max_wait_s)
     with svc.waiter.watch(job_id) as finished:
-        job = await svc.store.get(job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id}")
-        if wait > 0 and job.status not in TERMINAL:
-            deadline = asyncio.get_running_loop().time() + min(wait, svc.settings.max_wait_s)
-            while job is not None and job.status not in TERMINAL:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                finished.clear()
-                try:
-                    # Wake on the job's event; re-read at least every second in case an event was lost.
-                    await asyncio.wait_for(finished.wait(), min(remaining, 1.0))
-                except TimeoutError:
-                    pass
-                job = await svc.store.get(job_id)
+        while True:
+            # Clear before reading: an event that lands between the read and the wait then still wakes us.
+            finished.clear()
+            job = await svc.store.get(job_id)
             if job is None:
                 raise NotFound(f"no job {job_id}")
+            remaining = deadline - loop.time()
+            if job.status in TERMINAL or remaining <= 0:
+                break
+            # Wake on the job's event; re-read at least every second in case an event was lost.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), min(remaining, 1.0))
     return job_view(job)
 
 
