@@ -3,7 +3,8 @@
     python -m benchmarks.shrink_quality [--corpus DIR] [--photos 16] [--rounds 3] [--size 256] [--quick]
 
 `VipsBackend(headroom=h)` decodes a JPEG at the largest DCT scale (1/8, 1/4, 1/2) that still leaves h× the target's
-pixels on each axis, then finishes with Lanczos-3 (thumbify.geometry.load_shrink). For h in 1.0 … 2.5, and for
+pixels on each axis and drops at most a tenth of an output pixel at the edges, then finishes with Lanczos-3
+(thumbify.geometry.load_shrink). For h in 1.0 … 2.5, and for
 libvips' own `thumbnail` (which takes 1/8 only at a total shrink ≥ 16), this measures on every JPEG of the corpus
 (12 MP photos and the web-size mix):
 
@@ -38,30 +39,6 @@ HEADROOMS = [round(1.0 + 0.1 * i, 1) for i in range(16)]  # 1.0 … 2.5
 THRESHOLD_DB = 45.0
 
 
-def divisible_shrink(w: int, h: int, tw: int, th: int, headroom: float) -> int:
-    """A candidate rule, measured beside the product's: load_shrink, but only scales that divide both sides, so the
-    decoder never drops a partial block row/column (a 853-row JPEG at 1/2 gives 426 rows standing for 852)."""
-    for step in (8, 4, 2):
-        if w % step == 0 and h % step == 0 and load_shrink(w, h, tw, th, headroom, steps=(step,)) == step:
-            return step
-    return 1
-
-
-class DivisibleShrink(VipsBackend):
-    """VipsBackend with `divisible_shrink` for JPEG (benchmark-only: overrides the private `_load`)."""
-
-    def _load(self, path, fmt, up_w, up_h, target_w, target_h):
-        if fmt != "jpeg":
-            return super()._load(path, fmt, up_w, up_h, target_w, target_h)
-        from thumbify.probe import open_image
-
-        options = {"access": "sequential", "fail_on": "warning"}
-        shrink = divisible_shrink(up_w, up_h, target_w, target_h, self.headroom)
-        if shrink > 1:
-            options["shrink"] = shrink
-        return open_image(path, fmt, **options)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m benchmarks.shrink_quality")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
@@ -91,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         dims[f] = (info.width, info.height, p.resize_w, p.resize_h)
 
     variants: dict[str, object] = {f"h={h:.1f}": VipsBackend(headroom=h) for h in headrooms}
-    variants[f"h={DEFAULT_HEADROOM:.1f}+div"] = DivisibleShrink(headroom=DEFAULT_HEADROOM)
     variants["thumbnail"] = None
 
     def render(name: str, f: Path, spec: ThumbnailSpec) -> bytes:
@@ -131,12 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     def shrinks(name: str) -> str:
         if name == "thumbnail":
             return "libvips"
-        rule = divisible_shrink if name.endswith("+div") else load_shrink
-        hr = float(name[2:].removesuffix("+div"))
+        hr = float(name[2:])
         counts: dict[int, int] = {}
         for f in files:
             w, h, rw, rh = dims[f]
-            s = rule(w, h, rw, rh, hr)
+            s = load_shrink(w, h, rw, rh, hr)
             counts[s] = counts.get(s, 0) + 1
         return " ".join(f"1/{s}×{n}" for s, n in sorted(counts.items(), reverse=True))
 
@@ -188,13 +163,6 @@ def main(argv: list[str] | None = None) -> int:
             f"recommended: headroom {recommended:.1f} (smallest with it and every larger one ≥ {THRESHOLD_DB} dB); "
             f"{verdict} DEFAULT_HEADROOM = {DEFAULT_HEADROOM}"
         )
-    div = f"h={DEFAULT_HEADROOM:.1f}+div"
-    div_min = min(quality[div].values())
-    print(
-        f"candidate rule {div} (load_shrink at the default headroom, only scales dividing both sides): "
-        f"min {div_min:.1f} dB → {'holds' if div_min >= THRESHOLD_DB else 'does not hold'} {THRESHOLD_DB} dB; "
-        f"{results[div]['ratio_to_thumbnail']:.2f}× thumbnail"
-    )
     path = write_json(
         "shrink_quality",
         {

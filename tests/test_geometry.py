@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from thumbify.geometry import Placement, load_shrink, place
+from thumbify.geometry import MAX_EDGE_LOSS, Placement, load_shrink, place
 from thumbify.spec import Fit, Size
 
 SOURCES = [
@@ -204,6 +204,10 @@ def test_placements_are_hashable_values() -> None:
         ((30000, 1), (256, 1), 1.9, 1),  # the short side has nothing to spare
         ((4000, 3000), (256, 1000), 1.9, 1),  # each axis must keep its headroom, not just one
         ((4000, 3000), (1000, 192), 1.9, 2),
+        # libvips drops the last n mod s source pixels: only where that is under a tenth of an output pixel.
+        ((1283, 851), (128, 85), 1.9, 2),  # 1/4 would drop 0.3 px of the last column
+        ((1280, 853), (128, 85), 1.9, 4),  # 1/8 would drop 0.5 px of the last row; 1/4 drops 0.1
+        ((4097, 4095), (256, 256), 1.9, 2),
     ],
 )
 def test_load_shrink(src, target, headroom, shrink) -> None:
@@ -218,9 +222,15 @@ def test_load_shrink_always_keeps_the_headroom(src, target) -> None:
     if shrink > 1:
         assert src[0] / shrink >= target[0] * headroom
         assert src[1] / shrink >= target[1] * headroom
-        bigger = {2: 4, 4: 8}.get(shrink)
-        if bigger:  # and it is the largest step that does
-            assert src[0] / bigger < target[0] * headroom or src[1] / bigger < target[1] * headroom
+        assert (src[0] % shrink) * target[0] / src[0] <= MAX_EDGE_LOSS
+        assert (src[1] % shrink) * target[1] / src[1] <= MAX_EDGE_LOSS
+    for bigger in (s for s in (2, 4, 8) if s > shrink):  # and it is the largest step that does
+        assert (
+            src[0] / bigger < target[0] * headroom
+            or src[1] / bigger < target[1] * headroom
+            or (src[0] % bigger) * target[0] / src[0] > MAX_EDGE_LOSS
+            or (src[1] % bigger) * target[1] / src[1] > MAX_EDGE_LOSS
+        )
 
 
 def test_load_shrink_custom_steps() -> None:

@@ -466,7 +466,8 @@ def test_cover_overflow_is_cut_before_resampling(orientation: int) -> None:
     stored = pyvips.Image.black(*((upright_h, upright_w) if orientation == 6 else (upright_w, upright_h)))
     placement = place(upright_w, upright_h, Size(width=4096, height=4096), Fit.cover)
     assert placement.resize_h == 4096 * 30000
-    img, bounded = vips_module._cut_overflow(stored, orientation, placement)
+    source = vips_module._Source(stored, orientation, upright_w, upright_h, upright_w, upright_h)
+    img, bounded, _ = vips_module._cut_overflow(source, placement)
     assert (bounded.out_w, bounded.out_h) == (4096, 4096)
     assert bounded.resize_w >= 4096 and bounded.resize_h >= 4096
     assert bounded.resize_w * bounded.resize_h <= max(vips_module._OVERFLOW_BUDGET, 2 * 4096 * 4096)
@@ -474,7 +475,8 @@ def test_cover_overflow_is_cut_before_resampling(orientation: int) -> None:
     assert cut_w == 1 and 1 <= cut_h <= 4
     # An ordinary cover is left alone.
     ordinary = place(4000, 3000, Size(width=256, height=256), Fit.cover)
-    assert vips_module._cut_overflow(pyvips.Image.black(4000, 3000), 1, ordinary)[1] == ordinary
+    source = vips_module._Source(pyvips.Image.black(4000, 3000), 1, 4000, 3000, 4000, 3000)
+    assert vips_module._cut_overflow(source, ordinary)[1] == ordinary
 
 
 def test_fill_stretches_to_the_exact_box(render) -> None:
@@ -728,3 +730,17 @@ def test_configure_vips_turns_the_operation_cache_off() -> None:
     configure_vips(1)
     assert pyvips.cache_get_max() == 0
     assert pyvips.cache_get_max_mem() == 0
+
+
+@pytest.mark.parametrize("width, height", [(1280, 853), (1283, 851), (4000, 3000)])
+def test_shrink_on_load_holds_45_db_when_sides_are_not_multiples_of_the_shrink(
+    backend, tmp_path: Path, width: int, height: int
+) -> None:
+    """A JPEG decoded at 1/8 has ceil(side / 8) pixels, the last one only partly image: resampling must use the exact
+    extent, or the thumbnail is stretched by a fraction of a pixel and loses several dB."""
+    data = images.photo_like(width, height, seed=5, quality=95)
+    path = images.write(tmp_path / "photo.jpg", data)
+    r = only(backend.render(path, "jpeg", ThumbnailSpec(sizes="128", format="png"), STEM))
+    full = pyvips.Image.new_from_buffer(data, "").numpy().astype(np.float64)
+    score = psnr(pixels(r), lanczos3_reference(full, r.width, r.height))
+    assert score >= 45.0, f"{width}x{height} → {r.width}x{r.height}: {score:.1f} dB"

@@ -53,10 +53,20 @@ def place(src_w: int, src_h: int, size: Size, fit: Fit) -> Placement:
     return Placement(w, h, box_w, box_h)
 
 
+# How much of one output pixel a JPEG shrink-on-load may drop at the right and bottom edges: see `load_shrink`.
+MAX_EDGE_LOSS = 0.1
+
+
 def load_shrink(src_w: int, src_h: int, target_w: int, target_h: int, headroom: float, steps=(8, 4, 2)) -> int:
     """The largest decoder shrink (JPEG's DCT scaling: 8, 4, 2) that still leaves `headroom`× the target's pixels
-    on each axis, so the final Lanczos-3 step has real detail to work from. 1 when none does."""
+    on each axis, so the final Lanczos-3 step has real detail to work from. 1 when none does.
+
+    libvips decodes a side of n pixels at 1/s into floor(n / s) pixels, dropping the last n mod s source pixels; a
+    shrink is only taken when that loses at most `MAX_EDGE_LOSS` of an output pixel (1283 → 128 px at 1/4 would
+    drop 0.3 px of the last column and fall from 47 to 39 dB against a full-decode Lanczos-3)."""
     for step in steps:
-        if src_w / step >= target_w * headroom and src_h / step >= target_h * headroom:
+        if src_w / step < target_w * headroom or src_h / step < target_h * headroom:
+            continue
+        if (src_w % step) * target_w / src_w <= MAX_EDGE_LOSS and (src_h % step) * target_h / src_h <= MAX_EDGE_LOSS:
             return step
     return 1

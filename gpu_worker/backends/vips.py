@@ -8,7 +8,7 @@ resize → upright → sRGB → crop or pad → flatten → encode, with metadat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyvips
@@ -47,6 +47,10 @@ class _Source:
     orientation: int
     upright_w: int  # full-resolution size as displayed
     upright_h: int
+    # The source's exact extent in decoded pixels (upright). A JPEG decoded at 1/8 of 853 rows has 107 rows, of
+    # which only 106.625 are the image; resampling by the size ratio would stretch it by a third of an output pixel.
+    extent_w: float
+    extent_h: float
 
 
 class VipsBackend:
@@ -73,8 +77,12 @@ class VipsBackend:
         placements = sorted(placements, key=lambda p: (p.out_w * p.out_h, p.out_w), reverse=True)
         largest_w = max(p.resize_w for p in placements)
         largest_h = max(p.resize_h for p in placements)
-        image = self._load(path, fmt, up_w, up_h, largest_w, largest_h)
-        source = _Source(image, orientation, up_w, up_h)
+        image, shrink = self._load(path, fmt, up_w, up_h, largest_w, largest_h)
+        if shrink > 1:
+            extent_w, extent_h = up_w / shrink, up_h / shrink
+        else:
+            extent_w, extent_h = _decoded_upright(image, orientation)
+        source = _Source(image, orientation, up_w, up_h, extent_w, extent_h)
         if len(placements) > 1:
             source = self._shared_intermediate(source, largest_w, largest_h)
         out: list[Rendition] = []
@@ -88,8 +96,12 @@ class VipsBackend:
 
     # -- decode -------------------------------------------------------------------------------------------------
 
-    def _load(self, path: Path, fmt: str, up_w: int, up_h: int, target_w: int, target_h: int) -> pyvips.Image:
+    def _load(
+        self, path: Path, fmt: str, up_w: int, up_h: int, target_w: int, target_h: int
+    ) -> tuple[pyvips.Image, int]:
+        """The decoded image and the JPEG DCT shrink it was decoded at (1 for none)."""
         options = {"access": "sequential", "fail_on": "truncated"}
+        shrink = 1
         if fmt == "jpeg":
             # libjpeg reports damaged scan data only as warnings and fills the gaps with grey: without this a
             # corrupt JPEG would end `done` with garbage pixels (sharp's default is the same, failOn: 'warning').
@@ -101,25 +113,29 @@ class VipsBackend:
             scale = min(1.0, self.headroom * max(target_w / up_w, target_h / up_h))
             if scale < 0.5:
                 options["scale"] = scale
-        return open_image(path, fmt, **options)
+        return open_image(path, fmt, **options), shrink
 
     def _shared_intermediate(self, source: _Source, target_w: int, target_h: int) -> _Source:
         """For several sizes: one streamed reduction to `headroom`× the largest size, held in memory, so each size
         is cut from it without decoding the source again and memory is bounded by the sizes, not the source."""
         img = source.image
-        dec_w, dec_h = _decoded_upright(img, source.orientation)
-        scale = min(1.0, self.headroom * max(target_w / dec_w, target_h / dec_h))
-        if scale < 0.75:
-            img = _resize(img, scale, scale)
-        return _Source(img.copy_memory(), source.orientation, source.upright_w, source.upright_h)
+        scale = min(1.0, self.headroom * max(target_w / source.extent_w, target_h / source.extent_h))
+        if scale >= 0.75:
+            return replace(source, image=img.copy_memory())
+        # libvips maps by the factor, so the exact extent scales by it too.
+        return replace(
+            source,
+            image=_resize(img, scale, scale).copy_memory(),
+            extent_w=source.extent_w * scale,
+            extent_h=source.extent_h * scale,
+        )
 
     # -- one size -----------------------------------------------------------------------------------------------
 
     def _one(self, source: _Source, placement: Placement, spec: ThumbnailSpec, stem: str) -> Rendition:
-        img, placement = _cut_overflow(source.image, source.orientation, placement)
+        img, placement, (extent_w, extent_h) = _cut_overflow(source, placement)
         swap = source.orientation in _SWAPS_AXES
-        dec_w, dec_h = _decoded_upright(img, source.orientation)
-        hscale, vscale = placement.resize_w / dec_w, placement.resize_h / dec_h
+        hscale, vscale = placement.resize_w / extent_w, placement.resize_h / extent_h
         if swap:
             hscale, vscale = vscale, hscale
         img = _resize(img, hscale, vscale)
@@ -144,15 +160,16 @@ class VipsBackend:
         )
 
 
-def _cut_overflow(img: pyvips.Image, orientation: int, placement: Placement) -> tuple[pyvips.Image, Placement]:
+def _cut_overflow(source: _Source, placement: Placement) -> tuple[pyvips.Image, Placement, tuple[float, float]]:
     """`cover` of an extreme aspect ratio (a 2x4000 strip into a 512 box) would resample the whole source at the
     output's scale, a gigapixel image from a tiny upload. Past a budget, keep only the source's centre band that
     resamples to at most `_OVERFLOW_BUDGET` pixels (or twice the box), and crop within that."""
+    img, orientation, extent = source.image, source.orientation, (source.extent_w, source.extent_h)
     budget = max(_OVERFLOW_BUDGET, 2 * placement.out_w * placement.out_h)
     if not placement.crops or placement.resize_w * placement.resize_h <= budget:
-        return img, placement
+        return img, placement, extent
     dec_w, dec_h = _decoded_upright(img, orientation)
-    sx, sy = placement.resize_w / dec_w, placement.resize_h / dec_h
+    sx, sy = placement.resize_w / extent[0], placement.resize_h / extent[1]
     # Only one axis overflows the box in cover: shorten that one.
     if placement.resize_w > placement.out_w:
         keep_w, keep_h = min(dec_w, max(1, math.ceil(budget / placement.resize_h / sx))), dec_h
@@ -162,7 +179,9 @@ def _cut_overflow(img: pyvips.Image, orientation: int, placement: Placement) -> 
     resize_h = max(placement.out_h, min(placement.resize_h, round(keep_h * sy)))
     cut_w, cut_h = (keep_h, keep_w) if orientation in _SWAPS_AXES else (keep_w, keep_h)
     img = img.crop((img.width - cut_w) // 2, (img.height - cut_h) // 2, cut_w, cut_h)
-    return img, Placement(resize_w, resize_h, placement.out_w, placement.out_h)
+    # The kept band is whole decoded pixels on the cut axis; the other axis keeps its exact extent.
+    kept = (keep_w if keep_w < dec_w else extent[0], keep_h if keep_h < dec_h else extent[1])
+    return img, Placement(resize_w, resize_h, placement.out_w, placement.out_h), kept
 
 
 def _decoded_upright(img: pyvips.Image, orientation: int) -> tuple[int, int]:
