@@ -9,6 +9,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import problems
+from api.idempotency import IdempotencyKeys
 from api.routes import health, jobs, thumbnails
 from api.services import Services
 from api.waiter import JobWaiter
@@ -44,7 +45,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage = open_storage(settings)
         waiter = JobWaiter(redis, f"{settings.key_prefix}:events")
         app.state.services = Services(
-            settings, redis, JobStore(redis, settings.key_prefix), JobQueue(redis, settings.key_prefix), storage, waiter
+            settings,
+            redis,
+            JobStore(redis, settings.key_prefix),
+            JobQueue(redis, settings.key_prefix),
+            storage,
+            waiter,
+            IdempotencyKeys(redis, settings.key_prefix, settings.idempotency_window_s),
         )
         await waiter.start()
         try:

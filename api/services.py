@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from redis.asyncio import Redis
 
+from api.idempotency import IdempotencyKeys
 from api.waiter import JobWaiter
 from thumbify.jobs import JobStore
 from thumbify.queue import JobQueue
@@ -22,6 +23,7 @@ class Services:
     queue: JobQueue
     storage: Storage
     waiter: JobWaiter
+    idempotency: IdempotencyKeys
 
 
 def services(request: Request) -> Services:

@@ -175,13 +175,13 @@ async def receive(request: Request, spool: Path, max_bytes: int, chunk_bytes: in
         if rx.path is not None:
             rx.path.unlink(missing_ok=True)
         if more and isinstance(exc, ThumbifyError):
-            await _drain(request, consumed)
+            await drain(request, consumed)
         raise
     assert rx.format is not None
     return Upload(rx.path, rx.filename, rx.size, rx.digest.hexdigest(), rx.format, rx.fields)
 
 
-async def _drain(request: Request, consumed: int) -> None:
+async def drain(request: Request, consumed: int = 0) -> None:
     """Read and drop what is left of the body (up to DRAIN_LIMIT), so a client still sending reads our answer
     instead of a reset connection."""
     while consumed <= DRAIN_LIMIT:

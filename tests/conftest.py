@@ -133,6 +133,19 @@ class Service:
     client: httpx.Client
     logs: list[Path] = field(default_factory=list)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    logs_dir: Path = Path(".")
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        """Start one more process of this service (e.g. another worker); `stop_service` stops it too."""
+        log = self.logs_dir / f"{name}.log"
+        self.logs.append(log)
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(
+                argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
+            )
+        self.procs[name] = proc
+        return proc
 
     # requests
 
@@ -219,9 +232,15 @@ class Service:
 
 
 def start_service(
-    base: Path, redis_url: str, *, key_prefix: str | None = None, extra_env: dict | None = None
+    base: Path,
+    redis_url: str,
+    *,
+    key_prefix: str | None = None,
+    extra_env: dict | None = None,
+    with_worker: bool = True,
 ) -> Service:
-    """Start uvicorn (the API) and one worker as subprocesses; the caller must call `stop_service`."""
+    """Start uvicorn (the API) and, unless told not to, one worker as subprocesses; the caller must call
+    `stop_service`."""
     data_dir = (base / "data").resolve()
     logs_dir = base / "logs"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -244,16 +263,14 @@ def start_service(
         + ["--host", "127.0.0.1", "--port", str(port)],
         "worker": [PYTHON, "-m", "gpu_worker"],
     }
+    if not with_worker:
+        del commands["worker"]
     base_url = f"http://127.0.0.1:{port}"
     service = Service(base_url, data_dir, redis_url, key_prefix, httpx.Client(base_url=base_url, timeout=60.0))
+    service.env, service.logs_dir = env, logs_dir
     try:
         for name, argv in commands.items():
-            log = logs_dir / f"{name}.log"
-            service.logs.append(log)
-            with open(log, "wb") as fh:
-                service.procs[name] = subprocess.Popen(
-                    argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
-                )
+            service.start(name, argv)
         wait_ready(base_url, list(service.procs.values()), service.logs)
     except BaseException:
         stop_service(service)

@@ -57,3 +57,11 @@ class Unavailable(ThumbifyError):
 
 class InvalidUpload(ThumbifyError):
     slug, title, status, permanent = "invalid-upload", "Invalid upload", 422, True
+
+
+class QueueFull(ThumbifyError):
+    slug, title, status = "queue-full", "Queue full", 503
+
+
+class Conflict(ThumbifyError):
+    slug, title, status = "conflict", "Conflict", 409

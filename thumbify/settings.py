@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 200 * 1024 * 1024
     max_pixels: int = 1_000_000_000
     upload_chunk_bytes: int = 1024 * 1024
+    # Backpressure: above this many queued or in-flight jobs `POST /v1/jobs` answers 503 before reading the body
+    # (0 = no cap).
+    max_queue_depth: int = Field(10_000, ge=0)
+    # How long an `Idempotency-Key` returns the job it first created.
+    idempotency_window_s: int = Field(24 * 3600, ge=1)
 
     # Worker.
     batch_size: int = Field(16, ge=1, le=1024)

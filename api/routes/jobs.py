@@ -7,13 +7,13 @@ import contextlib
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from api import upload
+from api import idempotency, upload
 from api.options import DESCRIPTIONS, build_spec, collect, openapi_request_body, validate_early
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
-from thumbify.errors import InvalidOptions, NotFound, ThumbifyError
+from thumbify.errors import InvalidOptions, NotFound, QueueFull, ThumbifyError
 from thumbify.jobs import TERMINAL, Job, Status, decode_cursor, new_job_id
 from thumbify.metrics import UPLOAD_BYTES, UPLOADS
 from thumbify.probe import probe
@@ -33,12 +33,16 @@ def _query_options(request: Request) -> dict[str, list[str]]:
     response_model=JobView,
     summary="Upload an image and queue its thumbnails",
     description="Multipart body: `file` plus options as form fields; the same options are accepted as query "
-    "parameters (form fields win). Answers at once with the queued job and its `Location`.",
+    "parameters (form fields win). Answers at once with the queued job and its `Location`. With an "
+    "`Idempotency-Key` header, a retried request (same key, same client) within the window gets the job the key "
+    "first created (header `Idempotent-Replayed: true`) instead of a new one.",
     openapi_extra=openapi_request_body(),
     responses={
         413: {"description": "Too many bytes"},
         415: {"description": "Not an image we accept"},
+        409: {"description": "A request with the same Idempotency-Key is still in progress"},
         422: {"description": "Bad options, too many pixels or an unreadable header"},
+        503: {"description": "The queue is full or the job store is unavailable; see Retry-After"},
     },
 )
 async def create_job(
@@ -51,22 +55,70 @@ async def create_job(
     format: Annotated[str | None, Query(description=DESCRIPTIONS["format"])] = None,
     quality: Annotated[str | None, Query(description=DESCRIPTIONS["quality"])] = None,
     background: Annotated[str | None, Query(description=DESCRIPTIONS["background"])] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=idempotency.HEADER,
+            description="A client-chosen key (1..255 visible ASCII characters): retrying with the same key returns "
+            "the job it first created instead of a new one.",
+        ),
+    ] = None,
 ) -> JobView:
     try:
-        job, negotiated = await _accept(request, svc)
+        job, negotiated, replayed = await _submit(request, svc)
     except ThumbifyError as exc:
         UPLOADS.labels(exc.slug).inc()
         raise
-    UPLOADS.labels("accepted").inc()
-    UPLOAD_BYTES.inc(job.source["bytes"])
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        UPLOADS.labels("accepted").inc()
+        UPLOAD_BYTES.inc(job.source["bytes"])
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if negotiated:
         response.headers["Vary"] = "Accept"
     return job_view(job)
 
 
-async def _accept(request: Request, svc: Services) -> tuple[Job, bool]:
-    """Stream, check and store the upload, then create and enqueue the job in one transaction."""
+async def _submit(request: Request, svc: Services) -> tuple[Job, bool, bool]:
+    """Admit the request before reading its body (backpressure, then the idempotency key), then accept the upload.
+    Returns the job, whether its format was negotiated, and whether it is a replay of an earlier request."""
+    key = idempotency.header_key(request)
+    client = idempotency.client_of(request)
+    try:
+        await _admit(svc)
+        while key:
+            held = await svc.idempotency.claim(client, key)
+            if held is None:
+                break
+            job = await svc.store.get(held)
+            if job is not None:
+                await upload.drain(request)
+                return job, False, True
+            await svc.idempotency.forget(client, key, held)  # its job was deleted since: start afresh
+    except BaseException:
+        await upload.drain(request)
+        raise
+    try:
+        job, negotiated = await _accept(request, svc, (client, key) if key else None)
+    except BaseException:
+        if key:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(svc.idempotency.forget(client, key))
+        raise
+    return job, negotiated, False
+
+
+async def _admit(svc: Services) -> None:
+    """Backpressure: refuse while the queue is over its cap. Also fails fast (503) while Redis is down."""
+    cap = svc.settings.max_queue_depth
+    if cap and await svc.queue.depth() >= cap:
+        raise QueueFull(f"the queue holds {cap:,} or more jobs; retry later")
+
+
+async def _accept(request: Request, svc: Services, key: tuple[str, str] | None) -> tuple[Job, bool]:
+    """Stream, check and store the upload, then create and enqueue the job in one transaction (which also binds
+    the idempotency key, if any, to it)."""
     settings = svc.settings
     query = _query_options(request)
     validate_early(query)
@@ -87,6 +139,8 @@ async def _accept(request: Request, svc: Services) -> tuple[Job, bool]:
         async with svc.redis.pipeline(transaction=True) as pipe:
             svc.store.add_to(pipe, job_id, record)
             svc.queue.add_to(pipe, job_id)
+            if key:
+                svc.idempotency.bind_to(pipe, *key, job_id)
             await pipe.execute()
     except BaseException:
         # No record, no queue entry: take the original back so nothing is left behind.

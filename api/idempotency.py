@@ -1,0 +1,79 @@
+"""`Idempotency-Key` on `POST /v1/jobs`: a retried request (same key, same client) gets the job it first created.
+
+Redis holds `<prefix>:idem:<sha256(client, key)>`. A request claims the key with a short-lived placeholder (SET NX)
+before it reads the body, so two concurrent requests with one key cannot both create a job: the second is told
+409 while the first is in flight. The job id replaces the placeholder inside the transaction that creates the job,
+so the key never points at a job that was not created; a request that fails gives its claim back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from fastapi import Request
+from redis.asyncio import Redis
+
+from thumbify.errors import Conflict, InvalidOptions
+
+HEADER = "Idempotency-Key"
+_VALID = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as the IETF draft's sf-string allows
+_PENDING = "pending"
+# A claim outlives a slow upload, but not a crashed API by long: the client's retry may proceed after it.
+_CLAIM_TTL_S = 600
+
+
+def header_key(request: Request) -> str | None:
+    """The request's key, or None; 422 naming the header when it is malformed."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    if not _VALID.match(key):
+        message = "must be 1 to 255 visible ASCII characters"
+        raise InvalidOptions(f"{HEADER}: {message}", errors=[{"field": HEADER, "message": message}])
+    return key
+
+
+def client_of(request: Request) -> str:
+    """Who the key belongs to: one client's key never replays another's job."""
+    return request.client.host if request.client else "unknown"
+
+
+class IdempotencyKeys:
+    def __init__(self, redis: Redis, prefix: str, window_s: int) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.window_s = window_s
+
+    def _name(self, client: str, key: str) -> str:
+        digest = hashlib.sha256(f"{client}\0{key}".encode()).hexdigest()
+        return f"{self.prefix}:idem:{digest}"
+
+    async def claim(self, client: str, key: str) -> str | None:
+        """None if this request now owns the key; else the id of the job the key already created.
+        Raises 409 while another request with the key is in flight."""
+        name = self._name(client, key)
+        while True:
+            if await self.redis.set(name, _PENDING, nx=True, ex=_CLAIM_TTL_S):
+                return None
+            held = await self.redis.get(name)
+            if held == _PENDING:
+                raise Conflict(f"a request with this {HEADER} is still in progress; retry when it has finished")
+            if held is not None:
+                return held
+            # Expired between SET and GET: try to claim it again.
+
+    async def forget(self, client: str, key: str, job_id: str | None = None) -> None:
+        """Give back our claim (the request failed), or drop a key whose job no longer exists."""
+        name = self._name(client, key)
+        expected = job_id or _PENDING
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(name)
+            if await pipe.get(name) == expected:
+                pipe.multi()
+                pipe.delete(name)
+                await pipe.execute()
+
+    def bind_to(self, pipe, client: str, key: str, job_id: str) -> None:
+        """Queue the key → job binding inside the caller's transaction that creates the job."""
+        pipe.set(self._name(client, key), job_id, ex=self.window_s)
