@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - collected with the repository root on 
     from tests import images
 
 import gpu_worker.backends.vips as vips_module
+from gpu_worker.backends import finish
 from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 from thumbify.errors import CorruptImage, TooManyPixels
@@ -466,17 +467,17 @@ def test_cover_overflow_is_cut_before_resampling(orientation: int) -> None:
     stored = pyvips.Image.black(*((upright_h, upright_w) if orientation == 6 else (upright_w, upright_h)))
     placement = place(upright_w, upright_h, Size(width=4096, height=4096), Fit.cover)
     assert placement.resize_h == 4096 * 30000
-    source = vips_module._Source(stored, orientation, upright_w, upright_h, upright_w, upright_h)
-    img, bounded, _ = vips_module._cut_overflow(source, placement)
+    source = finish.Source(stored, orientation, upright_w, upright_h, upright_w, upright_h)
+    img, bounded, _ = finish.cut_overflow(source, placement)
     assert (bounded.out_w, bounded.out_h) == (4096, 4096)
     assert bounded.resize_w >= 4096 and bounded.resize_h >= 4096
-    assert bounded.resize_w * bounded.resize_h <= max(vips_module._OVERFLOW_BUDGET, 2 * 4096 * 4096)
+    assert bounded.resize_w * bounded.resize_h <= max(finish.OVERFLOW_BUDGET, 2 * 4096 * 4096)
     cut_w, cut_h = (img.height, img.width) if orientation == 6 else (img.width, img.height)
     assert cut_w == 1 and 1 <= cut_h <= 4
     # An ordinary cover is left alone.
     ordinary = place(4000, 3000, Size(width=256, height=256), Fit.cover)
-    source = vips_module._Source(pyvips.Image.black(4000, 3000), 1, 4000, 3000, 4000, 3000)
-    assert vips_module._cut_overflow(source, ordinary)[1] == ordinary
+    source = finish.Source(pyvips.Image.black(4000, 3000), 1, 4000, 3000, 4000, 3000)
+    assert finish.cut_overflow(source, ordinary)[1] == ordinary
 
 
 def test_fill_stretches_to_the_exact_box(render) -> None:

@@ -2,31 +2,35 @@
 
 One decode per job, shrunk on load where the format allows (JPEG's DCT scaling, WebP's scaled decode), read
 sequentially so memory stays flat on huge images; then, per size, the same short list of steps (imgproxy's shape):
-resize → upright → sRGB → crop or pad → flatten → encode, with metadata stripped.
+resize → upright → sRGB → crop or pad → flatten → encode, with metadata stripped (`finish`, shared by every backend).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pyvips
 
 from gpu_worker.backends.base import Rendition
+from gpu_worker.backends.finish import (
+    SWAPS_AXES,
+    Source,
+    decoded_upright,
+    intermediate_scale,
+    plan,
+    render_sizes,
+    resize,
+)
 from thumbify.errors import CorruptImage
-from thumbify.geometry import Placement, load_shrink, place
+from thumbify.geometry import load_shrink
 from thumbify.probe import open_image, vips_message
-from thumbify.spec import ALPHA_FORMATS, Format, ThumbnailSpec, thumbnail_name
+from thumbify.spec import ThumbnailSpec
 
 # Each decoded axis keeps at least this many times the target's pixels before the final Lanczos-3 step.
 # 1.9 keeps 45+ dB against a full-decode Lanczos-3 reference (benchmarks/shrink_quality.py measures it) while
 # letting a 12 MP JPEG → 256 px decode at 1/8, which libvips' own thumbnail only does at a total shrink ≥ 16.
 DEFAULT_HEADROOM = 1.9
-_SWAPS_AXES = {5, 6, 7, 8}
-# `cover` resamples at most this many pixels (or twice the box) before cropping: see `_cut_overflow`.
-_OVERFLOW_BUDGET = 8_000_000
-_CROP = {"centre": "centre", "attention": "attention", "entropy": "entropy"}
 
 
 def configure_vips(concurrency: int) -> None:
@@ -39,18 +43,6 @@ def configure_vips(concurrency: int) -> None:
         pyvips.vips_lib.vips_concurrency_set(concurrency)
     if hasattr(pyvips, "block_untrusted_set"):
         pyvips.block_untrusted_set(True)
-
-
-@dataclass(frozen=True)
-class _Source:
-    image: pyvips.Image  # as decoded: not yet upright
-    orientation: int
-    upright_w: int  # full-resolution size as displayed
-    upright_h: int
-    # The source's exact extent in decoded pixels (upright). A JPEG decoded at 1/8 of 853 rows has 107 rows, of
-    # which only 106.625 are the image; resampling by the size ratio would stretch it by a third of an output pixel.
-    extent_w: float
-    extent_h: float
 
 
 class VipsBackend:
@@ -71,28 +63,19 @@ class VipsBackend:
         header = open_image(path, fmt, access="sequential")
         orientation = header.get("orientation") if header.get_typeof("orientation") else 1
         w, h = header.width, header.height
-        up_w, up_h = (h, w) if orientation in _SWAPS_AXES else (w, h)
-        placements = {place(up_w, up_h, size, spec.fit) for size in spec.sizes}
-        # Several sizes of one fit can land on the same pixels (256 and 256x300 inside a square source): once each.
-        placements = sorted(placements, key=lambda p: (p.out_w * p.out_h, p.out_w), reverse=True)
+        up_w, up_h = (h, w) if orientation in SWAPS_AXES else (w, h)
+        placements = plan(up_w, up_h, spec)
         largest_w = max(p.resize_w for p in placements)
         largest_h = max(p.resize_h for p in placements)
         image, shrink = self._load(path, fmt, up_w, up_h, largest_w, largest_h)
         if shrink > 1:
             extent_w, extent_h = up_w / shrink, up_h / shrink
         else:
-            extent_w, extent_h = _decoded_upright(image, orientation)
-        source = _Source(image, orientation, up_w, up_h, extent_w, extent_h)
+            extent_w, extent_h = decoded_upright(image, orientation)
+        source = Source(image, orientation, up_w, up_h, extent_w, extent_h)
         if len(placements) > 1:
             source = self._shared_intermediate(source, largest_w, largest_h)
-        out: list[Rendition] = []
-        seen: set[str] = set()
-        for placement in placements:
-            rendition = self._one(source, placement, spec, stem)
-            if rendition.name not in seen:
-                seen.add(rendition.name)
-                out.append(rendition)
-        return out
+        return render_sizes(source, placements, spec, stem)
 
     # -- decode -------------------------------------------------------------------------------------------------
 
@@ -115,139 +98,20 @@ class VipsBackend:
                 options["scale"] = scale
         return open_image(path, fmt, **options), shrink
 
-    def _shared_intermediate(self, source: _Source, target_w: int, target_h: int) -> _Source:
+    def _shared_intermediate(self, source: Source, target_w: int, target_h: int) -> Source:
         """For several sizes: one streamed reduction to `headroom`× the largest size, held in memory, so each size
         is cut from it without decoding the source again and memory is bounded by the sizes, not the source."""
         img = source.image
-        scale = min(1.0, self.headroom * max(target_w / source.extent_w, target_h / source.extent_h))
-        if scale >= 0.75:
+        scale = intermediate_scale(source.extent_w, source.extent_h, target_w, target_h, self.headroom)
+        if scale == 1.0:
             return replace(source, image=img.copy_memory())
         # libvips maps by the factor, so the exact extent scales by it too.
         return replace(
             source,
-            image=_resize(img, scale, scale).copy_memory(),
+            image=resize(img, scale, scale).copy_memory(),
             extent_w=source.extent_w * scale,
             extent_h=source.extent_h * scale,
         )
-
-    # -- one size -----------------------------------------------------------------------------------------------
-
-    def _one(self, source: _Source, placement: Placement, spec: ThumbnailSpec, stem: str) -> Rendition:
-        img, placement, (extent_w, extent_h) = _cut_overflow(source, placement)
-        swap = source.orientation in _SWAPS_AXES
-        hscale, vscale = placement.resize_w / extent_w, placement.resize_h / extent_h
-        if swap:
-            hscale, vscale = vscale, hscale
-        img = _resize(img, hscale, vscale)
-        # The thumbnail is small now: hold it in memory so the steps below may read it in any order.
-        img = img.copy_memory()
-        if source.orientation != 1:
-            img = img.autorot()
-        img = _to_srgb(img)
-        img = _exact(img, placement.resize_w, placement.resize_h)
-        if placement.crops:
-            img = img.smartcrop(placement.out_w, placement.out_h, interesting=_CROP[spec.crop.value])
-        background = spec.background_rgba
-        if placement.pads:
-            img = _pad(img, placement, background, keep_alpha=spec.format in ALPHA_FORMATS)
-        if img.hasalpha() and spec.format not in ALPHA_FORMATS:
-            img = img.flatten(background=list(background[:3]))
-        if img.format != "uchar":
-            img = img.cast("uchar")
-        data = _encode(img, spec.format, spec.quality)
-        return Rendition(
-            thumbnail_name(stem, img.width, img.height, spec.format), img.width, img.height, spec.format, data
-        )
-
-
-def _cut_overflow(source: _Source, placement: Placement) -> tuple[pyvips.Image, Placement, tuple[float, float]]:
-    """`cover` of an extreme aspect ratio (a 2x4000 strip into a 512 box) would resample the whole source at the
-    output's scale, a gigapixel image from a tiny upload. Past a budget, keep only the source's centre band that
-    resamples to at most `_OVERFLOW_BUDGET` pixels (or twice the box), and crop within that."""
-    img, orientation, extent = source.image, source.orientation, (source.extent_w, source.extent_h)
-    budget = max(_OVERFLOW_BUDGET, 2 * placement.out_w * placement.out_h)
-    if not placement.crops or placement.resize_w * placement.resize_h <= budget:
-        return img, placement, extent
-    dec_w, dec_h = _decoded_upright(img, orientation)
-    sx, sy = placement.resize_w / extent[0], placement.resize_h / extent[1]
-    # Only one axis overflows the box in cover: shorten that one.
-    if placement.resize_w > placement.out_w:
-        keep_w, keep_h = min(dec_w, max(1, math.ceil(budget / placement.resize_h / sx))), dec_h
-    else:
-        keep_w, keep_h = dec_w, min(dec_h, max(1, math.ceil(budget / placement.resize_w / sy)))
-    resize_w = max(placement.out_w, min(placement.resize_w, round(keep_w * sx)))
-    resize_h = max(placement.out_h, min(placement.resize_h, round(keep_h * sy)))
-    cut_w, cut_h = (keep_h, keep_w) if orientation in _SWAPS_AXES else (keep_w, keep_h)
-    img = img.crop((img.width - cut_w) // 2, (img.height - cut_h) // 2, cut_w, cut_h)
-    # The kept band is whole decoded pixels on the cut axis; the other axis keeps its exact extent.
-    kept = (keep_w if keep_w < dec_w else extent[0], keep_h if keep_h < dec_h else extent[1])
-    return img, Placement(resize_w, resize_h, placement.out_w, placement.out_h), kept
-
-
-def _decoded_upright(img: pyvips.Image, orientation: int) -> tuple[int, int]:
-    return (img.height, img.width) if orientation in _SWAPS_AXES else (img.width, img.height)
-
-
-def _resize(img: pyvips.Image, hscale: float, vscale: float) -> pyvips.Image:
-    """Lanczos-3 on premultiplied alpha, so transparent pixels don't bleed dark fringes into the edges."""
-    if abs(hscale - 1.0) < 1e-9 and abs(vscale - 1.0) < 1e-9:
-        return img
-    if img.hasalpha():
-        fmt = img.format
-        return img.premultiply().resize(hscale, vscale=vscale, kernel="lanczos3").unpremultiply().cast(fmt)
-    return img.resize(hscale, vscale=vscale, kernel="lanczos3")
-
-
-def _exact(img: pyvips.Image, width: int, height: int) -> pyvips.Image:
-    """Guard against a one-pixel rounding drift of the resampler: the output has exactly the planned size."""
-    if (img.width, img.height) == (width, height):
-        return img
-    if img.width >= width and img.height >= height:
-        return img.crop(0, 0, width, height)
-    return img.embed(0, 0, width, height, extend="copy")
-
-
-def _to_srgb(img: pyvips.Image) -> pyvips.Image:
-    """8-bit sRGB whatever came in: CMYK and ICC-tagged images through their profile, the rest by colourspace.
-    Relative colorimetric, as libvips' own thumbnail: a CMYK profile's perceptual table is a gamut-mapping rendering
-    that shifts in-gamut colours by 20+ levels; the colorimetric table gives the colours the file describes."""
-    if img.get_typeof("icc-profile-data") or img.interpretation == "cmyk":
-        try:
-            fallback = "cmyk" if img.interpretation == "cmyk" else "srgb"
-            img = img.icc_transform("srgb", embedded=True, input_profile=fallback, intent="relative")
-        except pyvips.Error:
-            img = img.colourspace("srgb")
-    if img.interpretation != "srgb" or img.format != "uchar":
-        img = img.colourspace("srgb")
-    return img
-
-
-def _pad(img: pyvips.Image, placement: Placement, rgba: tuple[int, int, int, int], keep_alpha: bool) -> pyvips.Image:
-    if keep_alpha and (rgba[3] < 255 or img.hasalpha()):
-        if not img.hasalpha():
-            img = img.bandjoin(255)
-        background = list(rgba)
-    else:
-        background = list(rgba[: img.bands]) if not img.hasalpha() else list(rgba[:3]) + [255]
-    return img.embed(
-        placement.pad_left,
-        placement.pad_top,
-        placement.out_w,
-        placement.out_h,
-        extend="background",
-        background=background,
-    )
-
-
-def _encode(img: pyvips.Image, fmt: Format, quality: int) -> bytes:
-    if fmt is Format.jpeg:
-        return img.jpegsave_buffer(Q=quality, keep="none", optimize_coding=False)
-    if fmt is Format.webp:
-        return img.webpsave_buffer(Q=quality, keep="none", effort=4)
-    if fmt is Format.png:
-        return img.pngsave_buffer(compression=6, keep="none")
-    # AVIF: effort 2 keeps the AV1 encoder from being the slowest step by an order of magnitude.
-    return img.heifsave_buffer(Q=quality, compression="av1", effort=2, keep="none")
 
 
 __all__ = ["VipsBackend", "configure_vips"]
