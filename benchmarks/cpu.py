@@ -299,10 +299,11 @@ def peers(skip: set[str]) -> tuple[list[Method], dict[str, str]]:
 
 def parse_variant(text: str) -> tuple[str, dict[str, str], int]:
     """NAME:VAR=VAL,VAR=VAL → ("thumbify-worker[NAME]", {THUMBIFY_VAR: VAL}, processes). `procs=N` starts N
-    worker processes; short names (threads, concurrency) are accepted."""
+    worker processes; short names (images or threads: render processes per worker; concurrency) are accepted."""
     name, _, rest = text.partition(":")
     env, procs = {}, 1
-    aliases = {"threads": "WORKER_THREADS", "concurrency": "VIPS_CONCURRENCY", "batch": "BATCH_SIZE"}
+    aliases = {"images": "IMAGE_PROCESSES", "threads": "IMAGE_PROCESSES", "concurrency": "VIPS_CONCURRENCY"}
+    aliases["batch"] = "BATCH_SIZE"
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         if key == "procs":
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME:VAR=VAL,...",
-        help="another worker configuration to time beside the default, e.g. t3:threads=3 or p2:procs=2,threads=1",
+        help="another worker configuration to time beside the default, e.g. i3:images=3 or p2:procs=2,images=1",
     )
     parser.add_argument("--skip", default="", help="comma list of methods or groups to leave out")
     parser.add_argument("--no-quality", action="store_true", help="skip the PSNR pass")

@@ -27,6 +27,8 @@ def main() -> None:
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
+        # SIGTERM/SIGINT: a graceful stop (in-flight jobs get `shutdown_grace_s`, the rest go back to the queue);
+        # a second one ends the grace at once.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
         await worker.run()

@@ -1,4 +1,18 @@
-"""The consumer loop: read jobs from the stream in batches, render them in a thread pool, store, finish, ack."""
+"""The consumer loop: read jobs from the stream, render each in a render process, store, finish, ack.
+
+What keeps it reliable (README "Reliability"):
+- every message stays pending until its outcome is recorded together with its ack (one Lua script each, in
+  `thumbify.queue`); a worker killed mid-batch leaves its messages to be claimed by another after
+  `visibility_timeout_s`, while a live worker renews the claims on what it holds (`_keep_claims`);
+- a transient failure (storage, a crashed render process, anything unexpected) goes back to the queue after an
+  exponential backoff with full jitter; a permanent one (corrupt image, image-timeout) fails at once; past
+  `max_attempts` the job is failed and its message moved to the dead-letter stream;
+- images render in child processes (`gpu_worker.pool`), so one that hangs is stopped at `image_timeout_s`;
+- SIGTERM: stop reading, let in-flight jobs finish within `shutdown_grace_s`, hand the rest back to the queue;
+- Redis going away is waited out with backoff, by every loop and every job's next step; the worker never exits
+  for it, and on reconnecting it takes back its own deliveries whose replies were lost;
+- housekeeping: due retries promoted onto the stream, expired jobs swept (`thumbify.retention`).
+"""
 
 from __future__ import annotations
 
@@ -9,22 +23,30 @@ import logging
 import os
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gpu_worker.backends.base import Backend
-from thumbify.errors import ThumbifyError
-from thumbify.jobs import TERMINAL, JobStore, Status, Thumbnail
+from gpu_worker.pool import RenderPool
+from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
+from thumbify.jobs import GONE, OK, TERMINAL, Job, JobStore, Thumbnail
 from thumbify.metrics import BATCH_SIZE, JOB_SECONDS, JOBS
-from thumbify.queue import JobQueue, Message
+from thumbify.queue import JobQueue, Message, backoff_delay
 from thumbify.redis_conn import connect
+from thumbify.retention import Retention
 from thumbify.settings import Settings
 from thumbify.storage import Storage, open_storage
 
 log = logging.getLogger("thumbify.worker")
-CLAIM_EVERY_S = 5.0
+
+# What "Redis is not answering" looks like (BusyLoadingError, while it reads its AOF back, is a ConnectionError).
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+PROMOTE_EVERY_S = 0.25
+T = TypeVar("T")
 
 
 class Worker:
@@ -32,54 +54,74 @@ class Worker:
         self.settings = settings
         self.backend = backend
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        self.threads = settings.image_threads()
-        # Twice the threads in flight, so the next images are fetched while the current ones render.
-        self.capacity = max(2, self.threads * 2)
+        self.processes = settings.image_process_count()
+        # Twice the render processes in flight, so the next images are fetched while the current ones render.
+        self.capacity = max(2, self.processes * 2)
+        vis = settings.visibility_timeout_s
+        self.extend_every_s = max(0.05, vis / 3)  # renew our claims well before anyone may take them
+        self.claim_every_s = max(0.1, min(5.0, vis / 2))  # look for others' stale messages (and our orphans)
         self.stopping = asyncio.Event()
+        self.inflight: dict[str, asyncio.Task] = {}  # message id -> its handler
         self.processed = 0
+        self._stop_at: float | None = None
+        self._grace = settings.shutdown_grace_s
+
+    # -- life cycle ---------------------------------------------------------------------------------------------
+
+    def stop(self, grace: float | None = None) -> None:
+        """Begin a graceful stop (SIGTERM): no more reading; in-flight jobs get `shutdown_grace_s` to finish. A
+        second call (a second signal) shortens the grace to `grace` (default: none left)."""
+        if self.stopping.is_set():
+            self._grace = 0.0 if grace is None else grace
+            return
+        if grace is not None:
+            self._grace = grace
+        self._stop_at = time.monotonic()
+        self.stopping.set()
 
     async def run(self) -> None:
-        redis = connect(self.settings.redis_url)
-        self.store = JobStore(redis, self.settings.key_prefix)
-        self.queue = JobQueue(redis, self.settings.key_prefix)
+        self.redis = connect(self.settings.redis_url)
+        prefix = self.settings.key_prefix
+        self.store = JobStore(self.redis, prefix)
+        self.queue = JobQueue(self.redis, prefix)
         self.storage: Storage = open_storage(self.settings)
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="image")
-        inflight: set[asyncio.Task] = set()
-        last_claim = 0.0
-        log.info("worker %s: %d image threads, batches of up to %d", self.name, self.threads, self.settings.batch_size)
+        self.retention = Retention(
+            self.redis,
+            self.storage,
+            prefix,
+            self.settings.retention_s,
+            self.settings.cleanup_interval_s,
+            self.name,
+        )
+        self.pool = RenderPool(self.settings, self.backend, self.processes)
+        await self.pool.start()
+        log.info(
+            "worker %s: %d render processes, up to %d jobs in flight, batches of up to %d",
+            self.name,
+            self.processes,
+            self.capacity,
+            self.settings.batch_size,
+        )
+        background: list[asyncio.Task] = []
         try:
             await self._until_ready()
-            while not self.stopping.is_set():
-                free = self.capacity - len(inflight)
-                if free <= 0:
-                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                try:
-                    batch: list[Message] = []
-                    if time.monotonic() - last_claim > CLAIM_EVERY_S:
-                        last_claim = time.monotonic()
-                        idle_ms = int(self.settings.visibility_timeout_s * 1000)
-                        batch = await self.queue.claim_stale(self.name, idle_ms, min(free, self.settings.batch_size))
-                    if not batch:
-                        batch = await self._read_batch(min(free, self.settings.batch_size), busy=bool(inflight))
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    log.warning("redis unavailable (%s); retrying", exc)
-                    await asyncio.sleep(1.0)
-                    continue
-                if batch:
-                    BATCH_SIZE.observe(len(batch))
-                for message in batch:
-                    task = asyncio.create_task(self._handle(message))
-                    inflight.add(task)
-                    task.add_done_callback(inflight.discard)
+            background = [
+                asyncio.create_task(self._keep_claims(), name="keep-claims"),
+                asyncio.create_task(self._housekeeping(), name="housekeeping"),
+            ]
+            await self._consume()
+            await self._drain()
         finally:
-            if inflight:
-                await asyncio.wait(inflight)
-            self.pool.shutdown(wait=True)
-            await redis.aclose()
-
-    def stop(self) -> None:
-        self.stopping.set()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            for task in self.inflight.values():
+                task.cancel()
+            if self.inflight:
+                await asyncio.wait(list(self.inflight.values()), timeout=5)
+            await self.pool.close()
+            await self.redis.aclose()
+            log.info("worker %s stopped (%d jobs done)", self.name, self.processed)
 
     async def _until_ready(self) -> None:
         delay = 0.2
@@ -87,98 +129,282 @@ class Worker:
             try:
                 await self.queue.ensure_group()
                 return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("waiting for redis (%s)", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            except REDIS_DOWN as exc:
+                log.warning("waiting for redis (%s); retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 2.0)
 
-    async def _read_batch(self, count: int, busy: bool) -> list[Message]:
-        """Up to `count` messages: block for the first, then wait at most `batch_wait_ms` to fill the batch."""
-        block_ms = 200 if busy else 1000
-        batch = await self.queue.read(self.name, count, block_ms)
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when a stop begins."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    # -- reading ------------------------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        last_claim = 0.0
+        delay = 0.2
+        while not self.stopping.is_set():
+            free = self.capacity - len(self.inflight)
+            if free <= 0:
+                await asyncio.wait(list(self.inflight.values()), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                if time.monotonic() - last_claim > self.claim_every_s:
+                    last_claim = time.monotonic()
+                    await self._recover(free)
+                    free = self.capacity - len(self.inflight)
+                    if free <= 0:
+                        continue
+                await self._read_batch(min(free, self.settings.batch_size))
+                delay = 0.2
+            except REDIS_DOWN as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 2.0)
+                last_claim = 0.0  # once it answers again, take back what we were sent but never heard
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    log.warning("the consumer group is gone (redis lost its data?); creating it again")
+                    await self._until_ready()
+                    continue
+                log.warning("redis refused (%s); retrying in %.1fs", exc, delay)  # OOM, MISCONF, ...
+                await self._sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception:  # a bug: log it, but never let it take the worker down
+                log.exception("consumer loop error; retrying in %.1fs", delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _read_batch(self, count: int) -> None:
+        """Up to `count` messages: one blocking read for the first, then non-blocking reads (no BLOCK: Redis times
+        a BLOCK at 10 Hz, so even a 1 ms BLOCK can cost 100 ms on an idle queue) until the batch is full or
+        `batch_wait_ms` has passed. Each message starts as soon as it arrives; the batch only saves round trips."""
+        busy = bool(self.inflight)
+        read = asyncio.ensure_future(self.queue.read(self.name, count, 200 if busy else 1000))
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not read.done():  # stopping: a reply lost to this cancel leaves the message in our pending list,
+            read.cancel()  # which `_drain` hands back
+            with contextlib.suppress(asyncio.CancelledError, *REDIS_DOWN):
+                await read
+            return
+        batch = read.result()
+        if not batch:
+            return
+        total = self._dispatch(batch)
         deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
-        while batch and len(batch) < count and time.monotonic() < deadline:
-            wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
-            more = await self.queue.read(self.name, count - len(batch), wait_ms)
-            if not more:
+        while total < count and not self.stopping.is_set():
+            more = await self.queue.read(self.name, count - total, None)
+            if more:
+                total += self._dispatch(more)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
-            batch += more
-        return batch
+            await asyncio.sleep(min(0.005, remaining))
+        BATCH_SIZE.observe(total)
+
+    async def _recover(self, free: int) -> None:
+        """Messages to take on besides new ones: our own deliveries no handler holds (their reply was lost to a
+        dropped connection), then other consumers' messages idle past the visibility timeout (they died)."""
+        own = await self.queue.read_own_pending(self.name, len(self.inflight) + free)
+        orphans = [m for m in own if m.id not in self.inflight][:free]
+        if orphans:
+            log.info("taking back %d message(s) delivered to us whose reply was lost", len(orphans))
+            free -= self._dispatch(orphans)
+        if free <= 0:
+            return
+        idle_ms = int(self.settings.visibility_timeout_s * 1000)
+        stale = await self.queue.claim_stale(self.name, idle_ms, min(free, self.settings.batch_size))
+        if stale:
+            log.info("claimed %d message(s) left by a worker that stopped: %s", len(stale), _ids(stale))
+            self._dispatch(stale)
+
+    def _dispatch(self, messages: list[Message]) -> int:
+        started = 0
+        for message in messages:
+            if message.id in self.inflight:
+                continue
+            task = asyncio.create_task(self._handle(message), name=f"job-{message.job_id}")
+            self.inflight[message.id] = task
+            task.add_done_callback(lambda _t, mid=message.id: self.inflight.pop(mid, None))
+            started += 1
+        return started
+
+    # -- background ---------------------------------------------------------------------------------------------
+
+    async def _keep_claims(self) -> None:
+        """Renew the claims on what we hold, so a long image is not taken over while we still work on it."""
+        while True:
+            await asyncio.sleep(self.extend_every_s)
+            ids = list(self.inflight)
+            if not ids:
+                continue
+            try:
+                lost = await self.queue.extend(self.name, ids)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away or refusing: try again next time
+                log.debug("could not renew claims (%s)", exc)
+                continue
+            lost = [i for i in lost if i in self.inflight]
+            if lost:
+                log.info("messages %s are no longer ours (taken over?); a duplicate writes the same result", lost)
+
+    async def _housekeeping(self) -> None:
+        """Promote due retries onto the stream; sweep expired jobs when the cleanup lock is ours."""
+        next_sweep = 0.0
+        while True:
+            try:
+                while await self.queue.promote_due(100) == 100:
+                    pass
+                if self.settings.retention_s and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.settings.cleanup_interval_s
+                    await self.retention.maybe_sweep()
+            except asyncio.CancelledError:
+                raise
+            except REDIS_DOWN as exc:
+                log.debug("housekeeping: redis unavailable (%s)", exc)
+            except Exception:
+                log.exception("housekeeping failed; trying again")
+            await asyncio.sleep(PROMOTE_EVERY_S)
+
+    # -- shutdown -----------------------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Give in-flight jobs what is left of the grace period, then hand back what did not finish."""
+        deadline = (self._stop_at or time.monotonic()) + self._grace
+        if self.inflight:
+            log.info("stopping: waiting up to %.1fs for %d job(s) in flight", self._grace, len(self.inflight))
+        while self.inflight:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # Re-read the deadline often: a second signal shortens the grace.
+            await asyncio.wait(list(self.inflight.values()), timeout=min(remaining, 0.2))
+            deadline = (self._stop_at or time.monotonic()) + self._grace
+        unfinished = list(self.inflight.values())
+        self.pool.stop_replacing()  # render processes stopped from here on are not worth starting again
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=5)
+        try:
+            ids = await asyncio.wait_for(self.queue.own_pending_ids(self.name), 5)
+            released = await asyncio.wait_for(self.queue.release(self.name, ids), 5)
+        except Exception as exc:  # Redis away: the messages stay pending and are claimed after the timeout
+            log.warning("could not hand back unfinished jobs (%s); others take them after the visibility timeout", exc)
+            return
+        if released:
+            log.info("handed %d unfinished job(s) back to the queue", released)
+
+    # -- one job ------------------------------------------------------------------------------------------------
+
+    async def _redis(self, op: Callable[..., Awaitable[T]], *args) -> T:
+        """`op(*args)`, retried with backoff for as long as Redis does not answer (a stop cancels the wait)."""
+        delay = 0.2
+        while True:
+            try:
+                return await op(*args)
+            except REDIS_DOWN as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _handle(self, message: Message) -> None:
         try:
             await self._handle_one(message)
+        except asyncio.CancelledError:
+            raise
         except Exception:
-            # Redis went away while recording the outcome: the message stays pending and is claimed again.
-            log.exception("job %s: could not record the outcome; it will be retried", message.job_id)
+            # A bug: the message stays pending and is taken on again (by us, or by another worker).
+            log.exception("job %s: unexpected error; it will be retried", message.job_id)
 
     async def _handle_one(self, message: Message) -> None:
         job_id = message.job_id
+        job = await self._redis(self.store.get, job_id)
+        if job is None or job.status in TERMINAL:
+            await self._redis(self.queue.ack, message)  # deleted, or a duplicate delivery of a finished job
+            return
+        attempts = await self._redis(self.store.start, job_id)
+        if attempts < 0:
+            await self._redis(self.queue.ack, message)
+            return
+        limit = self.settings.max_attempts
+        if attempts > limit:
+            # Only a try that ended without recording anything gets here: the worker running it died.
+            last = job.error or {}
+            error = GaveUp(
+                f"gave up after {attempts - 1} attempts; last error: "
+                f"{last.get('detail', 'the worker processing it stopped (killed or crashed)')}"
+            ).as_error()
+            error["type"] = last.get("type", error["type"])
+            await self._redis(self.queue.bury, message, error, attempts - 1)
+            log.warning("job %s: %s", job_id, error["detail"])
+            JOBS.labels("dead", self.backend.name).inc()
+            return
         try:
-            job = await self.store.get(job_id)
-            if job is None or job.status in TERMINAL:
-                await self.queue.ack(message)  # deleted, or a duplicate delivery of a finished job
-                return
-            attempts = await self.store.start(job_id)
-            if attempts < 0:
-                await self.queue.ack(message)
-                return
-            if attempts > self.settings.max_attempts:
-                error = {
-                    "type": "https://thumbify.dev/problems/gave-up",
-                    "detail": f"gave up after {attempts - 1} attempts; last error: "
-                    f"{(job.error or {}).get('detail', 'unknown')}",
-                }
-                await self.store.fail(job_id, error)
-                await self.queue.bury(message, error["detail"])
-                JOBS.labels("dead", self.backend.name).inc()
-                return
-            await self._process(job)
-            await self.queue.ack(message)
+            thumbnails = await self._process(job)
         except ThumbifyError as exc:
-            if not exc.permanent:
-                await self._transient(job_id, exc)
-                return
-            log.info("job %s failed: %s", job_id, exc.detail)
-            await self.store.fail(job_id, exc.as_error())
-            await self.queue.ack(message)
-            JOBS.labels("failed", self.backend.name).inc()
-        except FileNotFoundError:
-            # The original is gone: the job was deleted while we worked, or storage lost it.
-            if await self.store.get(job_id) is not None:
-                await self.store.fail(
-                    job_id,
-                    {
-                        "type": "https://thumbify.dev/problems/original-missing",
-                        "detail": "the uploaded original is missing from storage",
-                    },
-                )
-            await self.queue.ack(message)
+            failure = exc
         except Exception as exc:
-            await self._transient(job_id, exc)
+            log.exception("job %s: unexpected error", job_id)
+            failure = ThumbifyError(f"{exc.__class__.__name__}: {exc}")
+        else:
+            await self._finished(message, job, thumbnails)
+            return
+        if failure.permanent:
+            log.info("job %s failed: %s", job_id, failure.detail)
+            await self._redis(self.queue.fail, message, failure.as_error())
+            JOBS.labels("failed", self.backend.name).inc()
+        elif attempts >= limit:
+            error = failure.as_error()
+            error["detail"] = f"{failure.detail} (gave up after {attempts} attempts)"
+            log.warning("job %s: %s; moved to the dead-letter stream", job_id, error["detail"])
+            await self._redis(self.queue.bury, message, error, attempts)
+            JOBS.labels("dead", self.backend.name).inc()
+        else:
+            s = self.settings
+            delay = backoff_delay(attempts, s.retry_base_s, s.retry_max_s)
+            log.warning("job %s: %s; retry %d of %d in %.2fs", job_id, failure.detail, attempts + 1, limit, delay)
+            await self._redis(self.queue.retry_later, message, delay, failure.as_error())
+            JOBS.labels("retry", self.backend.name).inc()
 
-    async def _transient(self, job_id: str, exc: Exception) -> None:
-        """Leave the message pending: it is claimed again after the visibility timeout and counted as an attempt."""
-        log.warning("job %s: transient error, will retry: %s", job_id, exc, exc_info=True)
-        with contextlib.suppress(Exception):
-            await self.store.set_status(
-                job_id,
-                Status.queued,
-                error={"type": "https://thumbify.dev/problems/transient", "detail": f"{exc.__class__.__name__}: {exc}"},
-            )
-        JOBS.labels("retry", self.backend.name).inc()
+    async def _finished(self, message: Message, job: Job, thumbnails: list[Thumbnail]) -> None:
+        outcome = await self._redis(self.queue.complete, message, [t.model_dump() for t in thumbnails])
+        if outcome == GONE:  # deleted while we worked: take back what we wrote
+            await self.storage.delete_prefix(f"thumbnails/{job.id}")
+            return
+        if outcome != OK:  # a duplicate delivery; the job was done already, with the same files
+            return
+        self.processed += 1
+        JOBS.labels("done", self.backend.name).inc()
+        if self.settings.delete_originals:
+            try:
+                await self.storage.delete_prefix(f"originals/{job.id}")
+            except Exception as exc:  # retention removes it later
+                log.warning("job %s: could not delete the original (%s)", job.id, exc)
 
-    async def _process(self, job) -> None:
-        loop = asyncio.get_running_loop()
+    async def _process(self, job: Job) -> list[Thumbnail]:
         started = time.perf_counter()
-        async with self.storage.local_copy(f"originals/{job.id}") as path:
-            renditions = await loop.run_in_executor(
-                self.pool, self.backend.render, path, job.source["format"], job.spec, job.stem
-            )
+        try:
+            async with self.storage.local_copy(f"originals/{job.id}") as path:
+                renditions = await self.pool.render(path, job.source["format"], job.spec, job.stem)
+        except FileNotFoundError as exc:
+            raise OriginalMissing("the uploaded original is missing from storage") from exc
+        except OSError as exc:
+            raise StorageFailed(f"could not read the original: {exc}") from exc
         JOB_SECONDS.labels(self.backend.name).observe(time.perf_counter() - started)
         thumbnails = []
         for r in renditions:
-            await self.storage.put_bytes(f"thumbnails/{job.id}/{r.name}", r.data)
+            try:
+                await self.storage.put_bytes(f"thumbnails/{job.id}/{r.name}", r.data)
+            except OSError as exc:
+                raise StorageFailed(f"could not store thumbnail {r.name}: {exc}") from exc
             thumbnails.append(
                 Thumbnail(
                     name=r.name,
@@ -189,8 +415,8 @@ class Worker:
                     etag=hashlib.sha256(r.data).hexdigest()[:32],
                 )
             )
-        if not await self.store.finish(job.id, thumbnails):
-            await self.storage.delete_prefix(f"thumbnails/{job.id}")  # deleted while we worked
-            return
-        self.processed += 1
-        JOBS.labels("done", self.backend.name).inc()
+        return thumbnails
+
+
+def _ids(messages: list[Message]) -> str:
+    return ", ".join(m.job_id for m in messages[:5]) + (" ..." if len(messages) > 5 else "")

@@ -247,16 +247,14 @@ def start_service(
     logs_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     key_prefix = key_prefix or f"t{uuid.uuid4().hex[:10]}"
+    defaults = {"max_upload_bytes": MAX_UPLOAD_BYTES, "max_pixels": MAX_PIXELS, "image_processes": 2}
     env = clean_env(
+        **{**defaults, **(extra_env or {})},  # extra_env may override the defaults
         redis_url=redis_url,
         data_dir=data_dir,
         key_prefix=key_prefix,
-        max_upload_bytes=MAX_UPLOAD_BYTES,
-        max_pixels=MAX_PIXELS,
-        worker_threads=2,
         host="127.0.0.1",
         port=port,
-        **(extra_env or {}),
     )
     commands = {
         "api": [PYTHON, "-m", "uvicorn", "api.app:create_app", "--factory", "--no-server-header"]

@@ -71,6 +71,10 @@ def serve(
         data_dir = data_dir.resolve()
     _apply(workers=workers, host=host, port=port, data_dir=data_dir)
     settings = _settings()
+    from api.auth import refuse_open_bind
+    from thumbify.keys import KeyRing
+
+    refuse_open_bind(settings, KeyRing.load(settings.api_keys_file, settings.api_keys))
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     _apply(data_dir=data)
@@ -92,7 +96,8 @@ def serve(
     try:
         _run_api(_settings())
     finally:
-        supervisor.stop()
+        # Workers get their own shutdown grace (they hand back what they cannot finish), and a little more.
+        supervisor.stop(grace=settings.shutdown_grace_s + 10)
         if embedded:
             embedded.stop()
 
@@ -172,7 +177,7 @@ def thumbnail(
 
     from gpu_worker.backends.vips import VipsBackend, configure_vips
     from thumbify.errors import ThumbifyError
-    from thumbify.probe import probe
+    from thumbify.probe import probe_for
     from thumbify.spec import ThumbnailSpec, safe_stem
 
     try:
@@ -189,7 +194,7 @@ def thumbnail(
     out.mkdir(parents=True, exist_ok=True)
 
     def one(path: Path):
-        info = probe(path, settings.max_pixels)
+        info = probe_for(path, settings)
         renditions = backend.render(path, info.format, spec, safe_stem(path.name))
         for r in renditions:
             (out / r.name).write_bytes(r.data)
@@ -198,7 +203,7 @@ def thumbnail(
     rows, failures = [], 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     started = time.perf_counter()
-    with Progress(*columns, console=console) as progress, ThreadPoolExecutor(settings.image_threads()) as pool:
+    with Progress(*columns, console=console) as progress, ThreadPoolExecutor(settings.image_process_count()) as pool:
         task = progress.add_task("thumbnailing", total=len(files))
         futures = {pool.submit(one, f): f for f in files}
         for future in as_completed(futures):
@@ -226,6 +231,149 @@ def thumbnail(
     Console().print(table)
     if failures:
         raise typer.Exit(1)
+
+
+# -- the dead-letter stream ---------------------------------------------------------------------------------------
+
+dlq = typer.Typer(help="The dead-letter stream: jobs that used up their attempts.", no_args_is_help=True)
+app.add_typer(dlq, name="dlq")
+
+
+def _redis_url(settings) -> str:
+    """THUMBIFY_REDIS_URL, else the embedded Redis of `thumbify serve` on this data folder."""
+    if settings.redis_url:
+        return settings.redis_url
+    from thumbify.redis_conn import EmbeddedRedis
+
+    embedded = EmbeddedRedis(settings.data_dir / "redis")
+    if embedded.socket.exists():
+        return embedded.url
+    console.print(f"[red]THUMBIFY_REDIS_URL is not set and no embedded Redis runs under {settings.data_dir}[/]")
+    raise typer.Exit(2)
+
+
+def _with_queue(settings, work):
+    """Run `await work(queue)` against the configured Redis."""
+    import asyncio
+
+    from thumbify.queue import JobQueue
+    from thumbify.redis_conn import connect
+
+    async def run():
+        redis = connect(_redis_url(settings))
+        try:
+            return await work(JobQueue(redis, settings.key_prefix))
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+@dlq.command("list")
+def dlq_list(
+    limit: Annotated[int, typer.Option(help="At most this many entries, oldest first")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table")] = False,
+    data_dir: DataOpt = None,
+) -> None:
+    """The dead-letter entries: entry id, job id, reason, when."""
+    import json
+
+    _apply(data_dir=data_dir)
+    settings = _settings()
+
+    async def work(queue):
+        return await queue.dead_entries(limit), await queue.redis.xlen(queue.dead)
+
+    entries, total = _with_queue(settings, work)
+    out = Console()
+    if as_json:
+        for e in entries:
+            row = {"entry": e.id, "job": e.job_id, "reason": e.reason, "type": e.error_type, "attempts": e.attempts}
+            out.print_json(json.dumps(row | {"when": e.when.isoformat()}), indent=None)
+        return
+    table = Table(title=f"{total} dead-letter entr{'y' if total == 1 else 'ies'} ({settings.key_prefix}:dead)")
+    table.add_column("entry id", no_wrap=True)
+    table.add_column("job id", no_wrap=True, min_width=32)
+    table.add_column("reason", overflow="fold")
+    table.add_column("when (UTC)", no_wrap=True)
+    table.add_column("attempts", justify="right")
+    for e in entries:
+        when = e.when.strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(e.id, e.job_id, e.reason or e.error_type, when, str(e.attempts))
+    out.print(table)
+
+
+@dlq.command("requeue")
+def dlq_requeue(
+    ids: Annotated[list[str] | None, typer.Argument(help="Entry ids or job ids to requeue")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Requeue every dead-letter entry")] = False,
+    data_dir: DataOpt = None,
+) -> None:
+    """Put dead-lettered jobs back in the queue: each job `queued` again with its attempts reset, a fresh stream
+    entry, its dead-letter entry deleted (one atomic step per job)."""
+    import re
+
+    _apply(data_dir=data_dir)
+    settings = _settings()
+    if bool(ids) == all_:
+        console.print("[red]give entry or job ids, or --all[/]")
+        raise typer.Exit(2)
+
+    async def work(queue):
+        entries = await queue.dead_entries(count=1_000_000)
+        if all_:
+            targets = [e.id for e in entries]
+        else:
+            targets, by_job = [], {}
+            for e in entries:
+                by_job.setdefault(e.job_id, []).append(e.id)
+            for given in ids:
+                targets += by_job.get(given, []) if re.fullmatch(r"[0-9a-f]{32}", given) else [given]
+                if re.fullmatch(r"[0-9a-f]{32}", given) and given not in by_job:
+                    console.print(f"[yellow]{given}: no dead-letter entry for this job[/]")
+        return [(entry_id, *await queue.requeue_dead(entry_id)) for entry_id in targets]
+
+    results = _with_queue(settings, work)
+    words = {1: "requeued", 0: "not failed any more; entry removed", -1: "no such entry", -2: "job gone; entry removed"}
+    for entry_id, code, job_id in results:
+        colour = {1: "green", -1: "red"}.get(code, "yellow")
+        console.print(f"[{colour}]{entry_id}[/] {job_id or '-'}: {words[code]}")
+    requeued = sum(1 for _, code, _ in results if code == 1)
+    console.print(f"{requeued} job(s) requeued")
+    if any(code == -1 for _, code, _ in results):
+        raise typer.Exit(1)
+
+
+keys = typer.Typer(help="API keys: each job belongs to the key that created it.", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+
+
+@keys.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="The key's name: the owner of the jobs it creates")],
+    scope: Annotated[
+        list[str] | None, typer.Option(help="submit, read or admin; repeat for several [default: submit and read]")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option(help="Keys file [env THUMBIFY_API_KEYS_FILE; default DATA_DIR/keys.json]")
+    ] = None,
+) -> None:
+    """Make a key, store its hash in the keys file, print the key once (it is not stored anywhere)."""
+    from thumbify.keys import add_to_file, new_key
+
+    settings = _settings()
+    path = file or settings.api_keys_file or settings.data_dir / "keys.json"
+    try:
+        token, key = new_key(name, scope or ["submit", "read"])
+        add_to_file(path, key)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"key [bold]{name}[/] ({', '.join(sorted(key.scopes))}) added to {path}; it is shown only now. "
+        f"Servers read it with THUMBIFY_API_KEYS_FILE={path}"
+    )
+    print(token)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ class ThumbifyError(Exception):
     def type_uri(self) -> str:
         return PROBLEM_BASE + self.slug
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries: when to retry a 503 or 429, how to authenticate after a 401."""
+        return {"Retry-After": "5"} if self.status == 503 else {}
+
     def as_error(self) -> dict[str, str]:
         """The form stored in a failed job's `error` field."""
         return {"type": self.type_uri, "detail": self.detail}
@@ -65,3 +69,77 @@ class QueueFull(ThumbifyError):
 
 class Conflict(ThumbifyError):
     slug, title, status = "conflict", "Conflict", 409
+
+
+# -- the worker's errors: stored in a failed job's `error`, never an HTTP answer of their own -------------------------
+
+
+class OriginalMissing(ThumbifyError):
+    slug, title, status, permanent = "original-missing", "Original missing", 410, True
+
+
+class ImageTimeout(ThumbifyError):
+    """The image took longer than `image_timeout_s`: its render process was stopped and replaced."""
+
+    slug, title, status, permanent = "image-timeout", "Image took too long to process", 422, True
+
+
+class WorkerCrashed(ThumbifyError):
+    """The render process died under the image (a crash or the OOM killer). Transient, so it is retried, but each
+    try counts: a poison image ends in the dead-letter stream after `max_attempts`."""
+
+    slug, title, status = "worker-crashed", "Render process crashed", 500
+
+
+class RenderFailed(ThumbifyError):
+    """The renderer raised something unexpected (not a decode error): retried, counted."""
+
+    slug, title, status = "render-error", "Rendering failed", 500
+
+
+class StorageFailed(ThumbifyError):
+    """Storage refused a read or write of a job's files: retried with backoff."""
+
+    slug, title, status = "storage-error", "Storage unavailable", 503
+
+
+class GaveUp(ThumbifyError):
+    """Attempts used up without a recorded error (the worker processing it kept dying)."""
+
+    slug, title, status, permanent = "gave-up", "Gave up", 500, True
+
+
+# -- authentication and per-key limits ----------------------------------------------------------------------------
+
+
+class Unauthorized(ThumbifyError):
+    slug, title, status, permanent = "unauthorized", "Unauthorized", 401, True
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="thumbify"'}
+
+
+class Forbidden(ThumbifyError):
+    slug, title, status, permanent = "forbidden", "Forbidden", 403, True
+
+
+class RateLimited(ThumbifyError):
+    slug, title, status = "rate-limited", "Too many requests", 429
+
+    def __init__(self, detail: str, retry_after: int, **extra: object) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+# -- input limits judged from the header (thumbify/probe.py) -----------------------------------------------------
+
+
+class SideTooLong(ThumbifyError):
+    slug, title, status, permanent = "side-too-long", "Image side too long", 422, True
+
+
+class TooManyFrames(ThumbifyError):
+    slug, title, status, permanent = "too-many-frames", "Image has too many frames or pages", 422, True

@@ -58,6 +58,7 @@ class Job(BaseModel):
     thumbnails: list[Thumbnail]
     error: dict[str, str] | None
     stem: str
+    owner: str = ""  # the name of the API key that created it; "" when authentication is off
 
 
 def new_job_id() -> str:
@@ -78,24 +79,41 @@ def decode_cursor(cursor: str) -> str:
     except (binascii.Error, ValueError) as exc:
         raise ValueError("cursor is not one this API gave out") from exc
     job_id = raw.hex()
-    if not JOB_ID_RE.match(job_id):
+    if not JOB_ID_RE.fullmatch(job_id):
         raise ValueError("cursor is not one this API gave out")
     return job_id
 
 
-# KEYS: job hash, index prefix; ARGV: new status, updated_at, events channel, job id, then field/value pairs.
-_SET_STATUS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local old = redis.call('HGET', KEYS[1], 'status')
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if old ~= ARGV[1] then
-  redis.call('ZREM', KEYS[2] .. ':' .. old, ARGV[4])
-  redis.call('ZADD', KEYS[2] .. ':' .. ARGV[1], 0, ARGV[4])
+# Outcomes of the guarded status changes (here and in `thumbify.queue`).
+OK, GONE, BLOCKED = 1, -1, -2
+
+# A Lua prelude the status-changing scripts share: one HSET (status, updated_at and any extra field/value pairs),
+# the per-status index moved, the change announced on the events channel.
+STATUS_LUA = """
+local function set_status(job_key, index, events, job_id, new, stamp, extra)
+  local old = redis.call('HGET', job_key, 'status')
+  local args = {'HSET', job_key, 'status', new, 'updated_at', stamp}
+  for _, v in ipairs(extra or {}) do args[#args + 1] = v end
+  redis.call(unpack(args))
+  if old ~= new then
+    if old then redis.call('ZREM', index .. ':' .. old, job_id) end
+    redis.call('ZADD', index .. ':' .. new, 0, job_id)
+  end
+  redis.call('PUBLISH', events, job_id .. ' ' .. new)
 end
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[1])
+"""
+
+# KEYS: job hash, index prefix; ARGV: new status, updated_at, events channel, job id, then field/value pairs.
+_SET_STATUS = (
+    STATUS_LUA
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local extra = {}
+for i = 5, #ARGV do extra[#extra + 1] = ARGV[i] end
+set_status(KEYS[1], KEYS[2], ARGV[3], ARGV[4], ARGV[1], ARGV[2], extra)
 return 1
 """
+)
 
 # KEYS: job hash, index prefix; ARGV: updated_at, job id. Counts an attempt and marks the job processing.
 _START = """
@@ -122,7 +140,7 @@ class JobStore:
     def key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
 
-    def record(self, job_id: str, source: dict, spec: ThumbnailSpec, stem: str) -> dict[str, str]:
+    def record(self, job_id: str, source: dict, spec: ThumbnailSpec, stem: str, owner: str = "") -> dict[str, str]:
         stamp = now_iso()
         return {
             "status": Status.queued.value,
@@ -134,6 +152,7 @@ class JobStore:
             "thumbnails": "[]",
             "error": "null",
             "stem": stem,
+            "owner": owner,
         }
 
     def add_to(self, pipe, job_id: str, record: dict[str, str]) -> None:
@@ -141,9 +160,13 @@ class JobStore:
         pipe.hset(self.key(job_id), mapping=record)
         pipe.zadd(self.index, {job_id: 0})
         pipe.zadd(f"{self.index}:{Status.queued.value}", {job_id: 0})
+        pipe.zadd(self.owner_index(record.get("owner", "")), {job_id: 0})
+
+    def owner_index(self, owner: str) -> str:
+        return f"{self.index}:owner:{owner}"
 
     async def get(self, job_id: str) -> Job | None:
-        if not JOB_ID_RE.match(job_id):
+        if not JOB_ID_RE.fullmatch(job_id):
             return None
         raw = await self.redis.hgetall(self.key(job_id))
         return _job_from(job_id, raw) if raw else None
@@ -155,15 +178,27 @@ class JobStore:
             rows = await pipe.execute()
         return [_job_from(job_id, raw) for job_id, raw in zip(job_ids, rows, strict=True) if raw]
 
-    async def page(self, limit: int, cursor: str | None, status: Status | None) -> tuple[list[Job], str | None]:
-        index = f"{self.index}:{status.value}" if status else self.index
-        start = f"({cursor}" if cursor else "+"
-        ids = await self.redis.zrange(index, start, "-", desc=True, bylex=True, offset=0, num=limit + 1)
-        more = len(ids) > limit
-        ids = ids[:limit]
-        jobs = await self.get_many(ids)
-        next_cursor = encode_cursor(ids[-1]) if more and ids else None
-        return jobs, next_cursor
+    async def page(
+        self, limit: int, cursor: str | None, status: Status | None, owner: str | None = None
+    ) -> tuple[list[Job], str | None]:
+        """Newest first after `cursor`; only `owner`'s jobs unless None. One owner's jobs of one status are found by
+        reading that owner's index and filtering, batch by batch, until the page is full."""
+        if owner is not None:
+            index = self.owner_index(owner)
+        else:
+            index = f"{self.index}:{status.value}" if status else self.index
+        jobs: list[Job] = []
+        after = cursor
+        while len(jobs) <= limit:
+            start = f"({after}" if after else "+"
+            ids = await self.redis.zrange(index, start, "-", desc=True, bylex=True, offset=0, num=limit + 1)
+            jobs += [j for j in await self.get_many(ids) if status is None or j.status == status]
+            if len(ids) <= limit:
+                break
+            after = ids[-1]
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return jobs, encode_cursor(jobs[-1].id) if more else None
 
     async def start(self, job_id: str) -> int:
         """Mark processing and count the attempt: the new count, -1 if the job is gone, -2 if already finished."""
@@ -182,9 +217,11 @@ class JobStore:
         return await self.set_status(job_id, Status.failed, error=error)
 
     async def delete(self, job_id: str) -> bool:
+        owner = await self.redis.hget(self.key(job_id), "owner") or ""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.key(job_id))
             pipe.zrem(self.index, job_id)
+            pipe.zrem(self.owner_index(owner), job_id)
             for status in Status:
                 pipe.zrem(f"{self.index}:{status.value}", job_id)
             results = await pipe.execute()
@@ -203,4 +240,5 @@ def _job_from(job_id: str, row: dict[str, str]) -> Job:
         thumbnails=[Thumbnail(**t) for t in json.loads(row.get("thumbnails", "[]"))],
         error=json.loads(row.get("error", "null")),
         stem=row.get("stem", "image"),
+        owner=row.get("owner", ""),
     )

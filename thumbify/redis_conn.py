@@ -12,9 +12,22 @@ from redis.asyncio import Redis
 
 from thumbify.process import die_with_parent
 
+# The longest BLOCK any client here sends (the worker's XREADGROUP waits at most 1 s); the socket timeout stays a few
+# seconds above it, so a blocking read is never cut short and a hung server is noticed instead of waited on forever.
+LONGEST_BLOCK_S = 1.0
+SOCKET_TIMEOUT_S = LONGEST_BLOCK_S + 4.0
 
-def connect(url: str) -> Redis:
-    return Redis.from_url(url, decode_responses=True, health_check_interval=15, socket_connect_timeout=5)
+
+def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT_S) -> Redis:
+    """A client whose every command fails (instead of hanging) when the server stops answering: `socket_timeout` on
+    reads, 5 s to connect. Pub/sub `listen()` still blocks for as long as it must."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        health_check_interval=15,
+        socket_connect_timeout=5,
+        socket_timeout=socket_timeout,
+    )
 
 
 def find_redis_server() -> str:

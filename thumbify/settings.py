@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,20 @@ class Settings(BaseSettings):
     # Upload limits.
     max_upload_bytes: int = 200 * 1024 * 1024
     max_pixels: int = 1_000_000_000
+    # Every limit below is judged from the header alone, before any pixel is decoded (thumbify/probe.py).
+    # Longest side: 65500 is the largest a JPEG can be (libjpeg's JPEG_MAX_DIMENSION); it keeps extreme strips
+    # such as 10,000,000x1 (few pixels, but a row no line buffer should hold) away from the workers.
+    max_side: int = Field(65_500, ge=1)
+    # Frames of a GIF or animated WebP, pages of a TIFF or top-level images of a HEIF (counted by a bounded walk
+    # of the container, so a GIF of millions of 1x1 frames costs microseconds, not gigabytes).
+    max_frames: int = Field(1000, ge=1)
+    # What the decoder must hold in memory at once, estimated from the header: the coefficients of a progressive
+    # (or multi-scan) JPEG, a whole interlaced PNG, a GIF frame, a row of TIFF tiles, a whole HEIF/AVIF. Formats
+    # that stream (baseline JPEG, plain PNG, stripped TIFF) count nothing here. Size the worker's memory as
+    # image_processes x this.
+    max_decode_bytes: int = Field(1024 * 1024 * 1024, ge=1)
+    # Browser origins allowed to call the API (CORS), e.g. ["https://app.example"]; empty = no CORS headers at all.
+    cors_origins: list[str] = Field(default_factory=list)
     upload_chunk_bytes: int = 1024 * 1024
     # Backpressure: above this many queued or in-flight jobs `POST /v1/jobs` answers 503 before reading the body
     # (0 = no cap).
@@ -33,15 +47,63 @@ class Settings(BaseSettings):
     # How long an `Idempotency-Key` returns the job it first created.
     idempotency_window_s: int = Field(24 * 3600, ge=1)
 
+    # Authentication (see thumbify/keys.py): keys from a JSON file and/or this variable. With no key at all the API
+    # is open, which it allows only when bound to loopback.
+    api_keys_file: Path | None = None
+    api_keys: str = ""
+    # Signs thumbnail URLs so a browser may fetch them for `signed_url_ttl_s` without a key; empty = no signed URLs.
+    url_signing_secret: SecretStr = SecretStr("")
+    signed_url_ttl_s: int = Field(3600, ge=1)
+    # Per key: requests per second (token bucket; 0 = no limit), the bucket's size, uploads in flight at once.
+    rate_limit_per_s: float = Field(50.0, ge=0)
+    rate_limit_burst: int = Field(100, ge=1)
+    max_concurrent_uploads: int = Field(8, ge=0)
+
     # Worker.
     batch_size: int = Field(16, ge=1, le=1024)
     batch_wait_ms: int = Field(50, ge=0)
-    # Image threads per worker process; 0 = one per core.
-    worker_threads: int = Field(0, ge=0)
+    # Render processes per worker (each image is decoded, resized and encoded in one of them, so a pathological
+    # image can be stopped without taking the worker down); 0 = one per core.
+    image_processes: int = Field(0, ge=0)
     # libvips threads per image; 1 keeps many small images from fighting over the cores.
     vips_concurrency: int = Field(1, ge=0)
-    visibility_timeout_s: float = 300.0
-    max_attempts: int = 5
+    # Which backends this node runs (gpu_worker/select.py): "cpu" = vips in `image_processes` render processes;
+    # "gpu" = also one GPU render process fed whole batches (DALI; tiles past `one_shot_max_pixels`; what DALI
+    # refuses or fails on goes to vips), and refuse to start where CUDA, CuPy or DALI is missing; "auto" = "gpu"
+    # where all three work, else "cpu", saying why in one log line at start.
+    backend: Literal["auto", "gpu", "cpu"] = "auto"
+    gpu_device_id: int = Field(0, ge=0)
+    # DALI: images per pipeline run (the GPU render process also takes batches of up to this many), CPU threads of
+    # the pipeline, the share of JPEGs sent to the hardware decoder (A100/H100/H200 and later), and nvJPEG's
+    # preallocation hints (pixels; 0 = none) so that typical images never grow its buffers.
+    dali_max_batch: int = Field(16, ge=1, le=256)
+    dali_threads: int = Field(4, ge=1, le=64)
+    dali_hw_decoder_load: float = Field(0.65, ge=0.0, le=1.0)
+    dali_prealloc_width: int = Field(0, ge=0)
+    dali_prealloc_height: int = Field(0, ge=0)
+    # Past this many pixels an image is not decoded whole in one shot (DALI): the tiles backend streams it in strips.
+    one_shot_max_pixels: int = Field(64_000_000, ge=1)
+    # Rows per strip the tiles backend reads and resamples at a time; its host buffers are 2 x rows x width x bands
+    # samples (256 rows of a 30000 px wide RGB image: 46 MB); the GPU holds one strip and its horizontal pass.
+    tiles_strip_rows: int = Field(256, ge=1, le=65_536)
+    # A message a worker holds this long without renewing its claim (it died or hung) is taken by another worker.
+    # A live worker renews the claims on its in-flight messages every third of this.
+    visibility_timeout_s: float = Field(300.0, gt=0)
+    # Tries per job (a try that crashed or timed out counts); past it the job goes to the dead-letter stream.
+    max_attempts: int = Field(5, ge=1)
+    # Transient failures wait a random time in [0, min(retry_max_s, retry_base_s * 2 ** (attempt - 1))].
+    retry_base_s: float = Field(1.0, ge=0)
+    retry_max_s: float = Field(300.0, ge=0)
+    # One image's render may take this long; then its render process is replaced and the job fails (image-timeout).
+    image_timeout_s: float = Field(120.0, gt=0)
+    # On SIGTERM: how long in-flight jobs may take to finish before they are handed back to the queue.
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    # Finished jobs (record, original, thumbnails) are deleted this long after they finished; 0 keeps them forever.
+    retention_s: float = Field(7 * 24 * 3600.0, ge=0)
+    # How often one worker (a Redis lock picks which) sweeps expired jobs.
+    cleanup_interval_s: float = Field(600.0, gt=0)
+    # Delete a job's original as soon as its thumbnails are stored.
+    delete_originals: bool = False
     worker_metrics_port: int = 0
 
     max_wait_s: float = 30.0
@@ -55,5 +117,11 @@ class Settings(BaseSettings):
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
 
-    def image_threads(self) -> int:
-        return self.worker_threads or (os.cpu_count() or 1)
+    def image_process_count(self) -> int:
+        """Render processes per worker: `image_processes`, or one per core this process may run on."""
+        if self.image_processes:
+            return self.image_processes
+        try:
+            return len(os.sched_getaffinity(0)) or 1
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
