@@ -322,3 +322,178 @@ def jpeg_with_sof_size(width: int, height: int) -> bytes:
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+# -- bombs and liars: tiny files whose headers promise enormous work (tests/test_bombs.py) ----------------------------
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid-looking PNG header (8-bit RGB) declaring `width`x`height`, with a few bytes of pixel data."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def zero_png(width: int, height: int, depth: int = 1, colour: int = 0, interlace: bool = False) -> bytes:
+    """A complete, valid all-zero PNG (a zip bomb: deflate packs zeros ~1000:1), compressed row by row so building
+    it never holds the raw image. depth 1 grey: 20000x20000 is 50 MB raw, ~50 KB on disk; depth 8 RGB (colour 2)
+    8000x8000 is 192 MB raw, ~190 KB on disk. `interlace`: Adam7, which decoders hold whole in memory."""
+    import struct
+    import zlib
+
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    squeeze = zlib.compressobj(9)
+    parts = []
+    for x0, y0, dx, dy in passes if interlace else [(0, 0, 1, 1)]:
+        pass_w, pass_h = max(0, -(-(width - x0) // dx)), max(0, -(-(height - y0) // dy))
+        if not pass_w or not pass_h:
+            continue
+        row = b"\x00" + bytes(-(-pass_w * channels * depth // 8))
+        per_block = max(1, (1 << 20) // len(row))
+        full, rest = divmod(pass_h, per_block)
+        block = row * per_block
+        parts += [squeeze.compress(block) for _ in range(full)]
+        parts.append(squeeze.compress(row * rest))
+    parts.append(squeeze.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 1 if interlace else 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", b"".join(parts))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def gif_with_frames(frames: int, width: int = 1, height: int = 1) -> bytes:
+    """A looping GIF of `frames` frames, each `width`x`height` of one colour (a few bytes each: 5000 frames of
+    1x1 are about 115 KB). Also, with frames=1 and a large size, a GIF declaring a huge frame in 60 bytes."""
+    import struct
+
+    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff")
+    out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop forever
+    frame = (
+        b"\x21\xf9\x04\x00\x01\x00\x00\x00"  # graphic control: 10 ms
+        + b"\x2c"
+        + struct.pack("<HHHHB", 0, 0, width, height, 0)
+        + b"\x02\x02\x44\x01\x00"  # LZW, minimum code size 2: clear, index 0, end
+    )
+    out += frame * frames + b"\x3b"
+    return bytes(out)
+
+
+def tiff_with_pages(pages: int, width: int = 1, height: int = 1, **options) -> bytes:
+    """A multi-page TIFF: `pages` black pages of `width`x`height` (1x1 pages cost ~230 bytes each); `options` go
+    to tiffsave (e.g. compression="deflate" for big pages)."""
+    strip = pyvips.Image.black(width, height * pages).copy()
+    strip.set_type(pyvips.GValue.gint_type, "page-height", height)
+    return strip.tiffsave_buffer(**options)
+
+
+def tiff_declaring_tiles(width: int, height: int, tile: int, bands: int = 3) -> bytes:
+    """A TIFF header (uncompressed, tiled) declaring `width`x`height` in `tile`x`tile` tiles, with no pixel data
+    behind it: for header checks only."""
+    import struct
+
+    tiles = -(-width // tile) * -(-height // tile)
+    head = bytearray(b"II*\x00\x08\x00\x00\x00")
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 2 if bands >= 3 else 1),
+        (277, 3, 1, bands),
+        (284, 3, 1, 1),
+        (322, 4, 1, tile),
+        (323, 4, 1, tile),
+        (324, 4, tiles, 0),  # offsets: patched below
+        (325, 4, tiles, 0),
+    ]
+    ifd_size = 2 + 12 * len(entries) + 4
+    arrays_at = 8 + ifd_size
+    body = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if tag in (324, 325):
+            value = arrays_at + (0 if tag == 324 else 4 * tiles)
+        body += struct.pack("<HHII", tag, kind, count, value)
+    body += struct.pack("<I", 0)
+    data_at = arrays_at + 8 * tiles
+    arrays = struct.pack(f"<{tiles}I", *([data_at] * tiles)) + struct.pack(f"<{tiles}I", *([16] * tiles))
+    return bytes(head + body + arrays + bytes(16))
+
+
+def progressive_jpeg_declaring(width: int, height: int, subsample: bool = True) -> bytes:
+    """A tiny progressive JPEG whose SOF2 says `width`x`height`. libjpeg allocates (and zeroes) every DCT
+    coefficient of a progressive image before it reads the first scan: ~3 bytes per pixel (4:2:0), 6 (4:4:4)."""
+    image = solid_image(16, 16, (90, 90, 90))
+    data = bytearray(image.jpegsave_buffer(Q=50, interlace=True, subsample_mode="auto" if subsample else "off"))
+    at = data.index(b"\xff\xc2")
+    data[at + 5 : at + 7] = height.to_bytes(2, "big")
+    data[at + 7 : at + 9] = width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def avif_declaring(width: int, height: int) -> bytes:
+    """A tiny AVIF whose `ispe` (image spatial extent) box says `width`x`height`. Raises pyvips.Error where this
+    libvips cannot write AVIF."""
+    import struct
+
+    data = bytearray(solid_image(64, 64, (90, 90, 90)).heifsave_buffer(compression="av1", effort=0, Q=30))
+    at = data.index(b"ispe")
+    data[at + 8 : at + 16] = struct.pack(">II", width, height)
+    return bytes(data)
+
+
+# Files in formats we never open, each named and typed as a JPEG by the tests: only ImageMagick, libvips' untrusted
+# loaders or a sniffing loader would read them.
+DISGUISED = {
+    "bmp": b"BM" + (70).to_bytes(4, "little") + bytes(4) + (54).to_bytes(4, "little") + bytes(56),
+    "psd": b"8BPS\x00\x01" + bytes(6) + b"\x00\x03" + (64).to_bytes(4, "big") * 2 + b"\x00\x08\x00\x03" + bytes(64),
+    "xcf": b"gimp xcf v011\x00" + bytes(64),
+    "ppm": b"P6\n4 4\n255\n" + bytes(48),
+    "fits": b"SIMPLE  =                    T" + b" " * 50 + b"END" + b" " * 77,
+    "matlab": b"MATLAB 5.0 MAT-file, Platform: GLNXA64" + b" " * 78 + b"\x00\x01IM",
+    "vips": b"\x08\xf2\xa6\xb6" + bytes(60),
+    "ico": b"\x00\x00\x01\x00\x01\x00\x10\x10\x00\x00\x01\x00\x20\x00" + bytes(40),
+    "jxl": b"\xff\x0a" + bytes(30),
+    "jp2": b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(20),
+    "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n",
+    "svgz": b"\x1f\x8b\x08\x00" + bytes(20),
+    "mvg": b"viewbox 0 0 640 480\nfill red\nrectangle 0 0 640 480\n",
+    "msl": b'<?xml version="1.0"?><image><read filename="/etc/passwd"/></image>',
+}
+# Polyglots: a real magic number of a format we accept, then something else; the format's own loader refuses them.
+POLYGLOTS = {
+    "jpeg-svg": b"\xff\xd8\xff\xe0"
+    + b'<svg xmlns="http://www.w3.org/2000/svg" width="99999" height="99999"><rect width="9" height="9"/></svg>',
+    "png-svg": b"\x89PNG\r\n\x1a\n" + b'<svg xmlns="http://www.w3.org/2000/svg"/>' * 4,
+    "gif-html": b"GIF89a" + b"<html><script>alert(1)</script></html>",
+    "tiff-pdf": b"II*\x00" + b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n",
+}
+
+
+def webp_with_frames(frames: int, width: int = 2, height: int = 2) -> bytes:
+    """An animated lossless WebP of `frames` frames, each a different solid colour (the encoder merges identical
+    frames); 1500 frames of 2x2 are about 75 KB."""
+    array = np.zeros((height * frames, width, 3), np.uint8)
+    for i in range(frames):
+        array[i * height : (i + 1) * height, :, 0] = i % 256
+        array[i * height : (i + 1) * height, :, 1] = (i // 256) % 256
+    strip = from_array(array)
+    strip.set_type(pyvips.GValue.gint_type, "page-height", height)
+    return strip.webpsave_buffer(lossless=True)

@@ -1,11 +1,26 @@
-"""What an upload is, judged by its magic bytes and its header alone (no pixel is decoded here)."""
+"""What an upload is, judged by its magic bytes and its header alone (no pixel is decoded here).
+
+Every limit is checked before a decoder runs, in this order: frames (a bounded walk of the container, before
+libvips even opens it), then libvips' header read (the format's own loader: never the generic sniffing one), then
+pixels, the longest side and the memory the decoder would need to hold at once (from the header's layout).
+"""
 
 from __future__ import annotations
 
+import functools
+import mmap
+import os
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from thumbify.errors import CorruptImage, TooManyPixels, UnsupportedMedia
+from thumbify.errors import CorruptImage, SideTooLong, TooManyFrames, TooManyPixels, UnsupportedMedia
+from thumbify.settings import Settings
+
+# libvips reads this when it starts: set before the first `import pyvips` of a process (and inherited by the
+# processes it starts), so loaders libvips marks untrusted (ImageMagick, PDF, Matlab, FITS, ...) stay off even
+# where `block_untrusted_set` is not called. `_vips()` blocks them explicitly as well.
+os.environ.setdefault("VIPS_BLOCK_UNTRUSTED", "1")
 
 # Formats we accept, each with the one libvips loader allowed to open it (never the generic sniffing loader,
 # so a file that claims to be a JPEG can never reach the SVG, PDF or ImageMagick loaders).
@@ -32,6 +47,16 @@ _HEIF_BRANDS = {
     b"avis",
 }
 SNIFF_BYTES = 32
+NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "tiff": "TIFF", "gif": "GIF", "heif": "HEIF/AVIF"}
+_UNITS = {"tiff": "pages", "heif": "images"}  # frames otherwise
+_DEFAULTS = Settings.model_fields
+# Bytes per pixel a whole-image decode holds (measured with libvips 8.18 on 8000x8000 images: a GIF frame is
+# composited in RGBA next to the previous one for disposal; libheif keeps the YCbCr planes and the RGB result).
+GIF_BYTES_PER_PIXEL = 8
+HEIF_BYTES_PER_PIXEL = 16
+# A container walk gives up (and calls the file over the limit) past this many chunks or blocks beyond max_frames:
+# real files have a handful besides their frames.
+_SPARE_CHUNKS = 64
 
 
 def sniff(head: bytes) -> str | None:
@@ -67,35 +92,104 @@ class SourceInfo:
         return {"filename": filename, **data}
 
 
+@functools.cache
+def _vips():
+    """pyvips, configured once per process for untrusted input: untrusted loaders blocked, no operation cache (a
+    cached load keeps the file open and its memory held after the upload is gone)."""
+    import pyvips
+
+    if hasattr(pyvips, "block_untrusted_set"):
+        pyvips.block_untrusted_set(True)
+    pyvips.cache_set_max(0)
+    pyvips.cache_set_max_mem(0)
+    pyvips.cache_set_max_files(0)
+    return pyvips
+
+
 def open_image(path: Path | str, fmt: str, **options):
     """Open with the format's own loader; libvips reads only the header until pixels are asked for."""
-    import pyvips
-
-    return getattr(pyvips.Image, LOADERS[fmt])(str(path), **options)
+    return getattr(_vips().Image, LOADERS[fmt])(str(path), **options)
 
 
-def probe(path: Path, max_pixels: int) -> SourceInfo:
+def probe_for(path: Path, settings: Settings) -> SourceInfo:
+    """`probe` with every limit taken from the settings."""
+    return probe(
+        path,
+        settings.max_pixels,
+        max_side=settings.max_side,
+        max_frames=settings.max_frames,
+        max_decode_bytes=settings.max_decode_bytes,
+    )
+
+
+def probe(
+    path: Path,
+    max_pixels: int,
+    *,
+    max_side: int | None = None,
+    max_frames: int | None = None,
+    max_decode_bytes: int | None = None,
+) -> SourceInfo:
+    """The upload's format and size from its header, or the typed error that refuses it. Limits left at None take
+    the settings' defaults."""
+    max_side = max_side or _DEFAULTS["max_side"].default
+    max_frames = max_frames or _DEFAULTS["max_frames"].default
+    max_decode_bytes = max_decode_bytes or _DEFAULTS["max_decode_bytes"].default
+    path = Path(path)
     with open(path, "rb") as fh:
         head = fh.read(SNIFF_BYTES)
-    size = path.stat().st_size
-    if not head:
-        raise UnsupportedMedia("the upload is empty")
-    fmt = sniff(head)
-    if fmt is None:
-        raise UnsupportedMedia("not an image we accept: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content)")
-    import pyvips
-
+        size = os.fstat(fh.fileno()).st_size
+        if not head:
+            raise UnsupportedMedia("the upload is empty")
+        fmt = sniff(head)
+        if fmt is None:
+            raise UnsupportedMedia(
+                "not an image we accept: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content)"
+            )
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            # Before libvips opens it: libvips counts a GIF's frames or a TIFF's pages by reading them all, which
+            # for millions of tiny frames costs seconds and hundreds of megabytes.
+            frames = count_frames(buf, fmt, max_frames)
+            if frames > max_frames:
+                raise TooManyFrames(
+                    f"the {NAMES[fmt]} has more than {max_frames:,} {_UNITS.get(fmt, 'frames')} (or more blocks "
+                    f"than that many need); the limit is {max_frames:,}",
+                    limit=max_frames,
+                )
+            layout = _layout(buf, fmt)
+    pyvips = _vips()
     try:
         image = open_image(path, fmt, access="sequential")
         width, height = image.width, image.height
         pages = image.get("n-pages") if image.get_typeof("n-pages") else 1
         orientation = image.get("orientation") if image.get_typeof("orientation") else 1
         has_alpha = bool(image.hasalpha())
+        bits = image.get("bits-per-sample") if image.get_typeof("bits-per-sample") else 8
     except pyvips.Error as exc:
         raise CorruptImage(f"cannot read the {fmt} header: {vips_message(exc)}") from exc
+    if pages > max_frames:
+        raise TooManyFrames(
+            f"the {NAMES[fmt]} has {pages:,} {_UNITS.get(fmt, 'frames')}; the limit is {max_frames:,}",
+            frames=pages,
+            limit=max_frames,
+        )
     if width * height > max_pixels:
         raise TooManyPixels(
             f"{width}x{height} is {width * height:,} pixels; the limit is {max_pixels:,}",
+            width=width,
+            height=height,
+        )
+    if max(width, height) > max_side:
+        raise SideTooLong(
+            f"{width}x{height} has a side of {max(width, height):,} pixels; the limit is {max_side:,}",
+            width=width,
+            height=height,
+        )
+    need, why = decode_bytes(fmt, width, height, layout, bits)
+    if need > max_decode_bytes:
+        raise TooManyPixels(
+            f"{width}x{height} is too large for a {why}, which must be held in memory to decode: about "
+            f"{need / 2**20:,.0f} MiB; the limit is {max_decode_bytes / 2**20:,.0f} MiB",
             width=width,
             height=height,
         )
@@ -108,3 +202,211 @@ def vips_message(exc: Exception) -> str:
     text = str(exc).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else text
+
+
+# -- container walks: bounded, stop at the first thing they do not understand (libvips then judges the file) --------
+
+
+def count_frames(buf, fmt: str, limit: int) -> int:
+    """Frames (GIF, animated WebP) or pages (TIFF) in the file, counting no further than `limit + 1`; 1 for the
+    formats not walked here (their libvips header gives `n-pages` cheaply)."""
+    walk = {"gif": _gif_frames, "tiff": _tiff_pages, "webp": _webp_frames}.get(fmt)
+    try:
+        return walk(buf, limit) if walk else 1
+    except (struct.error, IndexError, ValueError):
+        return 1  # a damaged container: libvips' header read says so
+
+
+def _gif_frames(buf, limit: int) -> int:
+    n = len(buf)
+    if n < 13:
+        return 1
+    pos = 13
+    if buf[10] & 0x80:  # global colour table
+        pos += 3 << ((buf[10] & 7) + 1)
+    # Steps (blocks and sub-blocks) the walk may take: encoders write 255-byte sub-blocks, so a real file needs
+    # about one step per 255 bytes plus a few per frame; a file of 1-byte sub-blocks is refused, not walked.
+    budget = n // 128 + 8 * (limit + 1) + 4096
+    frames = 0
+    while pos < n and frames <= limit and budget > 0:
+        kind = buf[pos]
+        if kind == 0x3B:  # trailer
+            break
+        if kind == 0x21:  # extension: label, then sub-blocks
+            pos += 2
+        elif kind == 0x2C:  # image descriptor, local colour table, LZW minimum code size, then sub-blocks
+            if pos + 10 > n:
+                break
+            packed = buf[pos + 9]
+            pos += 10 + ((3 << ((packed & 7) + 1)) if packed & 0x80 else 0) + 1
+            frames += 1
+        else:
+            break
+        budget -= 1
+        while pos < n and budget > 0:  # sub-blocks: a length byte, then that many bytes; 0 ends them
+            length = buf[pos]
+            pos += 1 + length
+            budget -= 1
+            if length == 0:
+                break
+    if budget <= 0:
+        return limit + 1
+    return max(1, frames)
+
+
+def _tiff_pages(buf, limit: int) -> int:
+    if len(buf) < 8:
+        return 1
+    end = "<" if buf[:2] == b"II" else ">"
+    offset = struct.unpack_from(end + "I", buf, 4)[0]
+    pages, seen = 0, set()
+    while offset and offset not in seen and offset + 2 <= len(buf) and pages <= limit:
+        seen.add(offset)
+        pages += 1
+        entries = struct.unpack_from(end + "H", buf, offset)[0]
+        next_at = offset + 2 + 12 * entries
+        if next_at + 4 > len(buf):
+            break
+        offset = struct.unpack_from(end + "I", buf, next_at)[0]
+    return max(1, pages)
+
+
+def _webp_frames(buf, limit: int) -> int:
+    if len(buf) < 12:
+        return 1
+    end = min(len(buf), 8 + struct.unpack_from("<I", buf, 4)[0])
+    pos, frames, chunks = 12, 0, 0
+    while pos + 8 <= end and frames <= limit and chunks <= limit + _SPARE_CHUNKS:
+        kind = bytes(buf[pos : pos + 4])
+        length = struct.unpack_from("<I", buf, pos + 4)[0]
+        frames += kind == b"ANMF"
+        chunks += 1
+        pos += 8 + length + (length & 1)
+    if chunks > limit + _SPARE_CHUNKS:
+        return limit + 1
+    return max(1, frames)
+
+
+# -- what a decoder must hold whole ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The header facts that decide whether a decoder streams or holds the image whole."""
+
+    buffered: bool = False  # progressive / multi-scan JPEG, interlaced PNG, JPEG-compressed TIFF strips
+    components: tuple[tuple[int, int], ...] = ()  # JPEG: (h, v) sampling factor per component
+    bands: int = 0  # PNG: bands after expansion
+    sample_bytes: int = 1
+    tile: tuple[int, int] = (0, 0)  # TIFF: a tile, or a strip (width 0 = the image's width)
+
+
+def _layout(buf, fmt: str) -> _Layout:
+    try:
+        if fmt == "jpeg":
+            return _jpeg_layout(buf)
+        if fmt == "png":
+            return _png_layout(buf)
+        if fmt == "tiff":
+            return _tiff_layout(buf)
+    except (struct.error, IndexError, ValueError):
+        pass  # a damaged header: libvips' header read says so
+    return _Layout()
+
+
+def _jpeg_layout(buf) -> _Layout:
+    pos, n, comps, progressive = 2, len(buf), (), False
+    for _ in range(4096):
+        if pos >= n or buf[pos] != 0xFF:
+            break
+        while pos < n and buf[pos] == 0xFF:
+            pos += 1
+        if pos >= n:
+            break
+        marker = buf[pos]
+        pos += 1
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            continue
+        if marker == 0xD9 or pos + 2 > n:
+            break
+        length = struct.unpack_from(">H", buf, pos)[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            nf = buf[pos + 7]
+            comps = tuple((buf[pos + 9 + 3 * i] >> 4, buf[pos + 9 + 3 * i] & 15) for i in range(nf))
+            progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+        elif marker == 0xDA:
+            # libjpeg holds every coefficient when the scans are progressive or the first one is not interleaved.
+            multi = progressive or (bool(comps) and buf[pos + 2] < len(comps))
+            return _Layout(buffered=multi, components=comps)
+        pos += length
+    return _Layout()
+
+
+def _png_layout(buf) -> _Layout:
+    width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", buf, 16)
+    if interlace != 1:
+        return _Layout()
+    bands = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour, 4)
+    pos = 8
+    for _ in range(10_000):  # a tRNS chunk (before IDAT) adds an alpha band
+        if pos + 8 > len(buf):
+            break
+        length, kind = struct.unpack_from(">I4s", buf, pos)
+        if kind == b"IDAT":
+            break
+        if kind == b"tRNS" and colour in (0, 2, 3):
+            bands += 1
+        pos += 12 + length
+    return _Layout(buffered=True, bands=bands, sample_bytes=2 if depth == 16 else 1)
+
+
+def _tiff_layout(buf) -> _Layout:
+    end = "<" if buf[:2] == b"II" else ">"
+    offset = struct.unpack_from(end + "I", buf, 4)[0]
+    count = struct.unpack_from(end + "H", buf, offset)[0]
+    tags: dict[int, int] = {}
+    for i in range(min(count, 4096)):
+        tag, kind, n, value = struct.unpack_from(end + "HHI4s", buf, offset + 2 + 12 * i)
+        if kind == 3:  # SHORT: the first value sits in the entry (several shorts fit; BitsPerSample's first is it)
+            tags[tag] = struct.unpack_from(end + "H", value)[0] if n <= 2 else _first_short(buf, end, value)
+        elif kind == 4 and n == 1:
+            tags[tag] = struct.unpack_from(end + "I", value)[0]
+    spp, bits = tags.get(277, 1), tags.get(258, 1)
+    sample_bytes = max(1, (bits + 7) // 8)
+    if 322 in tags and 323 in tags:  # tiled: libvips reads a row of tiles at a time
+        return _Layout(buffered=True, bands=spp, sample_bytes=sample_bytes, tile=(tags[322], tags[323]))
+    if tags.get(259) in (6, 7):  # JPEG-compressed strips are decoded a whole strip at a time
+        height = tags.get(257, 0)
+        return _Layout(
+            buffered=True, bands=spp, sample_bytes=sample_bytes, tile=(0, min(tags.get(278, height), height))
+        )
+    return _Layout()
+
+
+def _first_short(buf, end: str, value: bytes) -> int:
+    at = struct.unpack_from(end + "I", value)[0]
+    return struct.unpack_from(end + "H", buf, at)[0]
+
+
+def decode_bytes(fmt: str, width: int, height: int, layout: _Layout, bits: int = 8) -> tuple[int, str]:
+    """About how many bytes the decoder holds at once for this image (0 where it streams), and what kind of image
+    makes it do so."""
+    if fmt == "jpeg" and layout.buffered and layout.components:
+        hmax = max(h for h, _ in layout.components)
+        vmax = max(v for _, v in layout.components)
+        mcus_x, mcus_y = -(-width // (8 * hmax)), -(-height // (8 * vmax))
+        blocks = sum(mcus_x * h * mcus_y * v for h, v in layout.components)
+        return blocks * 64 * 2, "progressive JPEG"  # 64 coefficients of 2 bytes per 8x8 block
+    if fmt == "png" and layout.buffered:
+        return width * height * layout.bands * layout.sample_bytes, "interlaced PNG"
+    if fmt == "gif":
+        return width * height * GIF_BYTES_PER_PIXEL, "GIF frame"
+    if fmt == "heif":
+        return width * height * HEIF_BYTES_PER_PIXEL * (2 if bits > 8 else 1), "HEIF/AVIF image"
+    if fmt == "tiff" and layout.buffered:
+        tile_w, tile_h = layout.tile
+        row = (-(-width // tile_w) * tile_w if tile_w else width) * max(1, tile_h)
+        # libvips keeps about three rows of tiles (measured: 2.7x on 4096x4096 tiles), one strip
+        rows = 3 if tile_w else 1
+        return rows * row * layout.bands * layout.sample_bytes, "TIFF with tiles or strips this large"
+    return 0, ""
