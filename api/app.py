@@ -8,14 +8,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import problems
+from api import problems, security
+from api.auth import refuse_open_bind
 from api.idempotency import IdempotencyKeys
 from api.routes import health, jobs, thumbnails
 from api.services import Services
 from api.waiter import JobWaiter
 from thumbify import __version__
 from thumbify.jobs import JobStore
+from thumbify.keys import KeyRing
 from thumbify.queue import JobQueue
+from thumbify.ratelimit import Limits
 from thumbify.redis_conn import connect
 from thumbify.settings import Settings
 from thumbify.storage import open_storage
@@ -39,6 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "or point THUMBIFY_REDIS_URL at a Redis server"
         )
 
+    keys = KeyRing.load(settings.api_keys_file, settings.api_keys)
+    refuse_open_bind(settings, keys)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         redis = connect(settings.redis_url)
@@ -52,6 +58,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             storage,
             waiter,
             IdempotencyKeys(redis, settings.key_prefix, settings.idempotency_window_s),
+            keys,
+            Limits(
+                redis,
+                settings.key_prefix,
+                settings.rate_limit_per_s,
+                settings.rate_limit_burst,
+                settings.max_concurrent_uploads,
+            ),
         )
         await waiter.start()
         try:
@@ -63,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = FastAPI(title="Thumbify", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     problems.install(app)
+    security.install(app, settings)
     app.include_router(jobs.router)
     app.include_router(thumbnails.router)
     app.include_router(health.router)

@@ -10,8 +10,11 @@ from redis.asyncio import Redis
 from api.idempotency import IdempotencyKeys
 from api.waiter import JobWaiter
 from thumbify.jobs import JobStore
+from thumbify.keys import KeyRing
 from thumbify.queue import JobQueue
+from thumbify.ratelimit import Limits
 from thumbify.settings import Settings
+from thumbify.signing import sign
 from thumbify.storage import Storage
 
 
@@ -24,6 +27,13 @@ class Services:
     storage: Storage
     waiter: JobWaiter
     idempotency: IdempotencyKeys
+    keys: KeyRing
+    limits: Limits
+
+    def link(self, path: str) -> str:
+        """A thumbnail's URL: signed for `signed_url_ttl_s` when a signing secret is set, else the bare path."""
+        secret = self.settings.url_signing_secret.get_secret_value()
+        return sign(secret, path, self.settings.signed_url_ttl_s) if secret else path
 
 
 def services(request: Request) -> Services:

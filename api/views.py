@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -44,7 +45,8 @@ def thumbnail_path(job_id: str, name: str) -> str:
     return f"/v1/thumbnails/{job_id}/{name}"
 
 
-def job_view(job: Job) -> JobView:
+def job_view(job: Job, link: Callable[[str], str] = str) -> JobView:
+    """The client's view of `job`; `link` turns a thumbnail's path into its URL (e.g. a signed one)."""
     spec = job.spec.model_dump(mode="json")
     spec["sizes"] = [f"{s['width']}x{s['height']}" for s in spec["sizes"]]
     return JobView(
@@ -62,7 +64,7 @@ def job_view(job: Job) -> JobView:
                 height=t.height,
                 format=t.format,
                 bytes=t.bytes,
-                url=thumbnail_path(job.id, t.name),
+                url=link(thumbnail_path(job.id, t.name)),
             )
             for t in job.thumbnails
         ],

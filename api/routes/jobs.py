@@ -10,13 +10,15 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from api import idempotency, upload
+from api.auth import Caller, Reader, Submitter
 from api.options import DESCRIPTIONS, build_spec, collect, openapi_request_body, validate_early
+from api.problems import AUTH_PROBLEMS, problem_responses
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
-from thumbify.errors import InvalidOptions, NotFound, QueueFull, ThumbifyError
+from thumbify.errors import InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
 from thumbify.jobs import TERMINAL, Job, Status, decode_cursor, new_job_id
 from thumbify.metrics import UPLOAD_BYTES, UPLOADS
-from thumbify.probe import probe
+from thumbify.probe import probe_for
 from thumbify.spec import safe_stem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -38,17 +40,39 @@ def _query_options(request: Request) -> dict[str, list[str]]:
     "first created (header `Idempotent-Replayed: true`) instead of a new one.",
     openapi_extra=openapi_request_body(),
     responses={
-        413: {"description": "Too many bytes"},
-        415: {"description": "Not an image we accept"},
-        409: {"description": "A request with the same Idempotency-Key is still in progress"},
-        422: {"description": "Bad options, too many pixels or an unreadable header"},
-        503: {"description": "The queue is full or the job store is unavailable; see Retry-After"},
+        202: {
+            "headers": {
+                "Location": {"description": "The job's path", "required": True, "schema": {"type": "string"}},
+                "Idempotent-Replayed": {
+                    "description": "`true` when this answers a retry of an earlier request (same Idempotency-Key)",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+            }
+        },
+        **problem_responses(
+            *AUTH_PROBLEMS,
+            409,
+            413,
+            415,
+            422,
+            503,
+            descriptions={
+                403: "The key lacks the `submit` scope",
+                409: "A request with the same Idempotency-Key is still in progress",
+                413: "Too many bytes",
+                415: "Not an image we accept (judged by its bytes)",
+                422: "Bad options, too many pixels, an unreadable header or a malformed upload",
+                429: "Over the key's request rate or concurrent uploads; see Retry-After",
+                503: "The queue is full or the job store is unavailable; see Retry-After",
+            },
+        ),
     },
 )
 async def create_job(
     request: Request,
     response: Response,
     svc: Svc,
+    caller: Submitter,
     sizes: Annotated[list[str] | None, Query(description=DESCRIPTIONS["sizes"], examples=["256"])] = None,
     fit: Annotated[str | None, Query(description=DESCRIPTIONS["fit"])] = None,
     crop: Annotated[str | None, Query(description=DESCRIPTIONS["crop"])] = None,
@@ -65,7 +89,7 @@ async def create_job(
     ] = None,
 ) -> JobView:
     try:
-        job, negotiated, replayed = await _submit(request, svc)
+        job, negotiated, replayed = await _submit(request, svc, caller)
     except ThumbifyError as exc:
         UPLOADS.labels(exc.slug).inc()
         raise
@@ -77,36 +101,46 @@ async def create_job(
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if negotiated:
         response.headers["Vary"] = "Accept"
-    return job_view(job)
+    return job_view(job, svc.link)
 
 
-async def _submit(request: Request, svc: Services) -> tuple[Job, bool, bool]:
+async def _submit(request: Request, svc: Services, caller: Caller) -> tuple[Job, bool, bool]:
     """Admit the request before reading its body (backpressure, then the idempotency key), then accept the upload.
     Returns the job, whether its format was negotiated, and whether it is a replay of an earlier request."""
     key = idempotency.header_key(request)
-    client = idempotency.client_of(request)
+    client = caller.owner or idempotency.client_of(request)
+    claimed = entered = reading = False
     try:
         await _admit(svc)
-        while key:
+        while key and not claimed:
             held = await svc.idempotency.claim(client, key)
             if held is None:
-                break
-            job = await svc.store.get(held)
-            if job is not None:
+                claimed = True
+            elif (job := await svc.store.get(held)) is not None:
                 await upload.drain(request)
                 return job, False, True
-            await svc.idempotency.forget(client, key, held)  # its job was deleted since: start afresh
+            else:
+                await svc.idempotency.forget(client, key, held)  # its job was deleted since: start afresh
+        if caller.owner:
+            entered = await svc.limits.enter_upload(caller.owner)
+            if not entered:
+                raise RateLimited(
+                    f"the key {caller.owner!r} already has {svc.limits.max_uploads} uploads in flight", retry_after=1
+                )
+        reading = True
+        job, negotiated = await _accept(request, svc, caller.owner, (client, key) if key else None)
+        return job, negotiated, False
     except BaseException:
-        await upload.drain(request)
-        raise
-    try:
-        job, negotiated = await _accept(request, svc, (client, key) if key else None)
-    except BaseException:
-        if key:
+        if not reading:  # refused before the body was read: read and drop it, so the client sees our answer
+            await upload.drain(request)
+        if claimed:
             with contextlib.suppress(Exception):
                 await asyncio.shield(svc.idempotency.forget(client, key))
         raise
-    return job, negotiated, False
+    finally:
+        if entered:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(svc.limits.leave_upload(caller.owner))
 
 
 async def _admit(svc: Services) -> None:
@@ -116,7 +150,7 @@ async def _admit(svc: Services) -> None:
         raise QueueFull(f"the queue holds {cap:,} or more jobs; retry later")
 
 
-async def _accept(request: Request, svc: Services, key: tuple[str, str] | None) -> tuple[Job, bool]:
+async def _accept(request: Request, svc: Services, owner: str, key: tuple[str, str] | None) -> tuple[Job, bool]:
     """Stream, check and store the upload, then create and enqueue the job in one transaction (which also binds
     the idempotency key, if any, to it)."""
     settings = svc.settings
@@ -125,12 +159,12 @@ async def _accept(request: Request, svc: Services, key: tuple[str, str] | None) 
     received = await upload.receive(request, settings.spool_dir, settings.max_upload_bytes, settings.upload_chunk_bytes)
     try:
         options = collect(query, received.fields)
-        info = await anyio.to_thread.run_sync(probe, received.path, settings.max_pixels)
+        info = await anyio.to_thread.run_sync(probe_for, received.path, settings)
         spec, negotiated = build_spec(options, request.headers.get("accept"), info.has_alpha)
         job_id = new_job_id()
         stem = safe_stem(received.filename)
         source = info.public(received.filename or "upload") | {"sha256": received.sha256}
-        record = svc.store.record(job_id, source, spec, stem)
+        record = svc.store.record(job_id, source, spec, stem, owner)
         await svc.storage.put_file(f"originals/{job_id}", received.path)
     except BaseException:
         received.discard()
@@ -149,10 +183,22 @@ async def _accept(request: Request, svc: Services, key: tuple[str, str] | None) 
     return await svc.store.get(job_id), negotiated
 
 
-@router.get("/{job_id}", response_model=JobView, summary="A job, optionally waiting for it to finish")
+@router.get(
+    "/{job_id}",
+    response_model=JobView,
+    summary="A job, optionally waiting for it to finish",
+    responses=problem_responses(
+        *AUTH_PROBLEMS,
+        404,
+        422,
+        503,
+        descriptions={403: "The key lacks the `read` scope", 404: "No such job for this key"},
+    ),
+)
 async def get_job(
     job_id: str,
     svc: Svc,
+    caller: Reader,
     wait: Annotated[
         float,
         Query(
@@ -170,7 +216,7 @@ async def get_job(
             # Clear before reading: an event that lands between the read and the wait then still wakes us.
             finished.clear()
             job = await svc.store.get(job_id)
-            if job is None:
+            if job is None or not caller.sees(job.owner):
                 raise NotFound(f"no job {job_id}")
             remaining = deadline - loop.time()
             if job.status in TERMINAL or remaining <= 0:
@@ -178,12 +224,23 @@ async def get_job(
             # Wake on the job's event; re-read at least every second in case an event was lost.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), min(remaining, 1.0))
-    return job_view(job)
+    return job_view(job, svc.link)
 
 
-@router.get("", response_model=JobPage, summary="Jobs, newest first")
+@router.get(
+    "",
+    response_model=JobPage,
+    summary="Jobs, newest first",
+    responses=problem_responses(
+        *AUTH_PROBLEMS,
+        422,
+        503,
+        descriptions={403: "The key lacks the `read` scope", 422: "Bad `limit`, `cursor` or `status`"},
+    ),
+)
 async def list_jobs(
     svc: Svc,
+    caller: Reader,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size, 1..200.")] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
     status: Annotated[Status | None, Query(description="Only jobs in this status.")] = None,
@@ -194,13 +251,25 @@ async def list_jobs(
             after = decode_cursor(cursor)
         except ValueError as exc:
             raise InvalidOptions(f"cursor: {exc}", errors=[{"field": "cursor", "message": str(exc)}]) from exc
-    jobs, next_cursor = await svc.store.page(limit, after, status)
-    return JobPage(items=[job_view(j) for j in jobs], next_cursor=next_cursor)
+    jobs, next_cursor = await svc.store.page(limit, after, status, None if caller.admin else caller.owner)
+    return JobPage(items=[job_view(j, svc.link) for j in jobs], next_cursor=next_cursor)
 
 
-@router.delete("/{job_id}", status_code=204, summary="Delete a job, its original and its thumbnails")
-async def delete_job(job_id: str, svc: Svc) -> Response:
-    if await svc.store.get(job_id) is None or not await svc.store.delete(job_id):
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a job, its original and its thumbnails",
+    responses=problem_responses(
+        *AUTH_PROBLEMS,
+        404,
+        422,
+        503,
+        descriptions={403: "The key lacks the `submit` scope", 404: "No such job for this key"},
+    ),
+)
+async def delete_job(job_id: str, svc: Svc, caller: Submitter) -> Response:
+    job = await svc.store.get(job_id)
+    if job is None or not caller.sees(job.owner) or not await svc.store.delete(job_id):
         raise NotFound(f"no job {job_id}")
     # The record goes first: a worker still busy with the job then sees it gone and removes what it wrote.
     for prefix in (f"originals/{job_id}", f"thumbnails/{job_id}"):

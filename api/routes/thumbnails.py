@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 
+from api.auth import Caller, authenticate
+from api.problems import AUTH_PROBLEMS, problem_responses
+from api.security import content_disposition
 from api.services import Services, services
-from thumbify.errors import NotFound
+from thumbify.errors import Forbidden, NotFound
+from thumbify.signing import valid
 from thumbify.spec import MEDIA_TYPES, Format
 
 router = APIRouter(prefix="/v1/thumbnails", tags=["thumbnails"])
@@ -22,20 +26,75 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return header.strip() == "*" or etag in [part.strip().removeprefix("W/") for part in header.split(",")]
 
 
-@router.api_route(
-    "/{job_id}/{name}",
-    methods=["GET", "HEAD"],
-    summary="A thumbnail's bytes",
-    responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}, 304: {"description": "Not modified"}},
-)
-async def get_thumbnail(job_id: str, name: str, request: Request, svc: Svc) -> Response:
+async def _caller(request: Request, svc: Services, expires: str | None, sig: str | None) -> Caller | None:
+    """The key's caller; or None when a valid signed URL stands in for the key (403 if it is not valid)."""
+    secret = svc.settings.url_signing_secret.get_secret_value()
+    if svc.keys and (expires is not None or sig is not None):
+        if secret and expires and sig and valid(secret, request.url.path, expires, sig):
+            return None
+        raise Forbidden("the signed URL is not valid or has expired")
+    return await authenticate(request, svc, "read")
+
+
+_ETAG = {"ETag": {"description": "Strong validator of the bytes", "required": True, "schema": {"type": "string"}}}
+_DOCS = {
+    "summary": "A thumbnail's bytes",
+    "description": "Needs a key with the `read` scope that owns the job, or a signed URL (the `url` a job gives when "
+    "the server has a signing secret).",
+    # The endpoint builds its own responses: no JSON body is ever documented for a 200.
+    "response_class": Response,
+    # A key (either header), or none when the query carries a valid signed URL.
+    "openapi_extra": {"security": [{"HTTPBearer": []}, {"APIKeyHeader": []}, {}]},
+    "responses": {
+        200: {
+            "description": "The thumbnail",
+            "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in MEDIA_TYPES.values()},
+            "headers": {
+                **_ETAG,
+                "Cache-Control": {"description": "Immutable", "required": True, "schema": {"type": "string"}},
+                "Content-Disposition": {"description": "Inline, with a safe file name", "schema": {"type": "string"}},
+            },
+        },
+        304: {"description": "Not modified (`If-None-Match` matched)", "headers": _ETAG},
+        **problem_responses(
+            *AUTH_PROBLEMS,
+            404,
+            422,
+            503,
+            descriptions={
+                403: "The key lacks the `read` scope, or the signed URL is not valid or has expired",
+                404: "No such thumbnail for a job of this key",
+            },
+        ),
+    },
+}
+
+
+@router.head("/{job_id}/{name}", **_DOCS)
+@router.get("/{job_id}/{name}", **_DOCS)
+async def get_thumbnail(
+    job_id: str,
+    name: str,
+    request: Request,
+    svc: Svc,
+    expires: Annotated[str | None, Query(description="Expiry (unix seconds) of a signed URL")] = None,
+    sig: Annotated[str | None, Query(description="Signature of a signed URL")] = None,
+) -> Response:
+    caller = await _caller(request, svc, expires, sig)
     job = await svc.store.get(job_id)
+    if job is not None and caller is not None and not caller.sees(job.owner):
+        job = None  # another key's job: the same answer as no job at all
     # The name is looked up in the job's own list: nothing the client sends ever becomes a path.
     thumb = next((t for t in job.thumbnails if t.name == name), None) if job else None
     if thumb is None:
         raise NotFound(f"no thumbnail {name!r} for job {job_id}")
     etag = f'"{thumb.etag}"'
-    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
+    headers = {
+        "ETag": etag,
+        "Cache-Control": IMMUTABLE,
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": content_disposition(thumb.name),
+    }
     if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     stored = await svc.storage.stat(f"thumbnails/{job_id}/{name}")

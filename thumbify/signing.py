@@ -1,0 +1,27 @@
+"""Signed thumbnail URLs: `<path>?expires=<unix>&sig=<HMAC-SHA256(secret, path + expires)>`, so a browser can
+fetch a thumbnail (an `<img src>`) without the owner's key, for a limited time."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+
+
+def _mac(secret: str, path: str, expires: int) -> str:
+    digest = hmac.new(secret.encode(), f"{path}\n{expires}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def sign(secret: str, path: str, ttl_s: int, now: float | None = None) -> str:
+    expires = int((now if now is not None else time.time()) + ttl_s)
+    return f"{path}?expires={expires}&sig={_mac(secret, path, expires)}"
+
+
+def valid(secret: str, path: str, expires: str, sig: str, now: float | None = None) -> bool:
+    """The signature is ours for this path and has not expired."""
+    if not expires.isdigit() or len(expires) > 12:
+        return False
+    expected = _mac(secret, path, int(expires))
+    return hmac.compare_digest(expected, sig) and int(expires) >= (now if now is not None else time.time())
