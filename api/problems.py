@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
@@ -15,6 +17,91 @@ from thumbify.errors import PROBLEM_BASE, ThumbifyError
 
 log = logging.getLogger("thumbify.api")
 MEDIA_TYPE = "application/problem+json"
+
+
+# -- the documented shape (OpenAPI) ---------------------------------------------------------------------------------
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="The option, parameter or header at fault (dotted for nested ones)")
+    message: str
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem: `type` is stable per kind of error; some kinds add members (`errors`, `checks`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A stable URI naming the kind of error", examples=[PROBLEM_BASE + "not-found"])
+    title: str = Field(description="A short summary of the kind of error")
+    status: int = Field(description="The HTTP status code", ge=100, le=599)
+    detail: str = Field(description="What went wrong with this request, for a person to read")
+    instance: str | None = Field(None, description="The path of the request")
+    errors: list[FieldError] | None = Field(None, description="Each invalid field (invalid-options, 422)")
+    checks: dict[str, str] | None = Field(None, description="Each dependency's state (not-ready, 503)")
+
+
+PROBLEM_REF = "#/components/schemas/ProblemDetails"
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+_WWW_AUTHENTICATE = {
+    "WWW-Authenticate": {
+        "description": "How to authenticate (`Bearer`)",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+PROBLEM_DESCRIPTIONS = {
+    401: "No API key, or not a valid one",
+    403: "The key lacks the scope this operation needs",
+    404: "No such resource for this key",
+    409: "Conflict",
+    413: "Too many bytes",
+    415: "Not a media type we accept",
+    422: "Invalid request: bad options or parameters",
+    429: "Over the key's request rate; see Retry-After",
+    503: "The job store is unavailable; see Retry-After",
+}
+AUTH_PROBLEMS = (401, 403, 429)
+
+
+def problem_responses(*statuses: int, descriptions: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the given error statuses: each an `application/problem+json` ProblemDetails, with
+    the headers that status always carries (`WWW-Authenticate` on 401, `Retry-After` on 429 and 503)."""
+    descriptions = {**PROBLEM_DESCRIPTIONS, **(descriptions or {})}
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        response: dict[str, Any] = {
+            "description": descriptions.get(status, "Error"),
+            "content": {MEDIA_TYPE: {"schema": {"$ref": PROBLEM_REF}}},
+        }
+        headers = {401: _WWW_AUTHENTICATE, 429: _RETRY_AFTER, 503: _RETRY_AFTER}.get(status)
+        if headers:
+            response["headers"] = headers
+        responses[status] = response
+    return responses
+
+
+def _document(app: FastAPI) -> None:
+    """Put ProblemDetails (which the routes reference from their `responses`) into the OpenAPI components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        definition = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(definition.pop("$defs", {}))
+        components["ProblemDetails"] = definition
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def problem(status: int, slug: str, title: str, detail: str, instance: str | None = None, headers=None, **extra):
@@ -31,10 +118,11 @@ def _field(loc: tuple) -> str:
 
 
 def install(app: FastAPI) -> None:
+    _document(app)
+
     @app.exception_handler(ThumbifyError)
     async def _thumbify(request: Request, exc: ThumbifyError):
-        headers = {"Retry-After": "5"} if exc.status == 503 else None
-        return problem(exc.status, exc.slug, exc.title, exc.detail, request.url.path, headers, **exc.extra)
+        return problem(exc.status, exc.slug, exc.title, exc.detail, request.url.path, exc.headers(), **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

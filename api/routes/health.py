@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from api.problems import problem
+from api.problems import problem, problem_responses
 from api.services import Services, services
 
 router = APIRouter(tags=["health"])
@@ -19,7 +19,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Redis and storage answer", responses={503: {"description": "Not ready"}})
+@router.get(
+    "/readyz",
+    summary="Redis and storage answer",
+    responses=problem_responses(503, descriptions={503: "Not ready: `checks` says which dependency fails and why"}),
+)
 async def readyz(svc: Svc):
     checks: dict[str, str] = {}
     for name, check in (("redis", svc.redis.ping), ("storage", svc.storage.ping)):
