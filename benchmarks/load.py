@@ -4,15 +4,17 @@
 
 Without `--url` it starts `thumbify serve --workers N` on a temporary data folder and stops it afterwards; with
 `--url` it drives a deployed service (`--api-key` adds a bearer token). Each of the `concurrency` clients loops:
-upload a small JPEG (each one distinct), then long-poll its job until it ends. It prints jobs/s and the p50/p95/p99
-of the submit latency (upload → 202) and the completion latency (upload → done), checks that every job ended `done`
-with its thumbnail, that no two uploads got one job id, and writes benchmarks/results/load.json.
+upload a small JPEG (each one distinct, with an Idempotency-Key so a dropped connection can be retried), then
+long-poll its job until it ends. It prints jobs/s and the p50/p95/p99 of the submit latency (upload → 202) and the
+completion latency (upload → done), checks that every job ended `done` with its thumbnail, that no two uploads got
+one job id, and writes benchmarks/results/load.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,13 +43,42 @@ class Outcome:
     completed: list[float] = field(default_factory=list)  # seconds, upload → done
     ids: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # every job that did not end done, with why
+    retries: int = 0  # requests sent again after a dropped connection
 
 
-async def _one(client: httpx.AsyncClient, data: bytes, index: int, size: str, timeout: float, out: Outcome) -> None:
+RETRIES = 3
+
+
+async def _request(client: httpx.AsyncClient, out: Outcome, method: str, url: str, **kwargs) -> httpx.Response:
+    """One request, retried when the connection drops (a keep-alive connection the server closed just as it was
+    reused): safe, since GETs are idempotent and every upload carries an Idempotency-Key."""
+    for attempt in range(RETRIES):
+        try:
+            r = await client.request(method, url, **kwargs)
+            # 409: the first try of this upload is still being read by the server; its job comes on the next try.
+            if r.status_code != 409 or attempt == RETRIES - 1:
+                return r
+        except httpx.TransportError:
+            if attempt == RETRIES - 1:
+                raise
+        out.retries += 1
+        await asyncio.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+async def _one(client: httpx.AsyncClient, data: bytes, key: str, size: str, timeout: float, out: Outcome) -> None:
     started = time.perf_counter()
-    r = await client.post("/v1/jobs", files={"file": (f"load-{index}.jpg", data, "image/jpeg")}, data={"sizes": size})
+    r = await _request(
+        client,
+        out,
+        "POST",
+        "/v1/jobs",
+        files={"file": (f"{key}.jpg", data, "image/jpeg")},
+        data={"sizes": size},
+        headers={"Idempotency-Key": key},
+    )
     if r.status_code != 202:
-        out.problems.append(f"upload {index}: {r.status_code} {r.text[:200]}")
+        out.problems.append(f"upload {key}: {r.status_code} {r.text[:200]}")
         return
     out.submitted.append(time.perf_counter() - started)
     job = r.json()
@@ -55,7 +86,7 @@ async def _one(client: httpx.AsyncClient, data: bytes, index: int, size: str, ti
     deadline = time.monotonic() + timeout
     while job["status"] not in ("done", "failed") and time.monotonic() < deadline:
         wait = max(0.1, min(30.0, deadline - time.monotonic()))
-        r = await client.get(f"/v1/jobs/{job['id']}", params={"wait": wait}, timeout=wait + 30)
+        r = await _request(client, out, "GET", f"/v1/jobs/{job['id']}", params={"wait": wait}, timeout=wait + 30)
         if r.status_code != 200:
             out.problems.append(f"job {job['id']}: GET {r.status_code} {r.text[:200]}")
             return
@@ -74,6 +105,7 @@ async def run_load(
 ) -> dict:
     """Drive `url` with `jobs` uploads at `concurrency`; the measured figures and every problem seen."""
     images = small_jpegs(jobs)
+    run = secrets.token_hex(4)
     out = Outcome()
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(jobs):
@@ -85,7 +117,7 @@ async def run_load(
         while not queue.empty():
             i = queue.get_nowait()
             try:
-                await _one(client, images[i], i, size, timeout, out)
+                await _one(client, images[i], f"load-{run}-{i}", size, timeout, out)
             except httpx.HTTPError as exc:
                 out.problems.append(f"upload {i}: {exc.__class__.__name__}: {exc}")
 
@@ -109,6 +141,7 @@ async def run_load(
         "done": len(out.completed),
         "submit_latency_s": pcts(out.submitted),
         "completion_latency_s": pcts(out.completed),
+        "retries": out.retries,
         "problems": out.problems,
     }
 
@@ -121,7 +154,10 @@ def report(result: dict) -> None:
         f"{result['done']} done in {result['elapsed_s']:.1f} s",
         ["latency", "p50 ms", "p95 ms", "p99 ms"],
         rows,
-        note=f"{len(result['problems'])} problems" if result["problems"] else "every job done, none lost or duplicated",
+        note=(
+            f"{len(result['problems'])} problems" if result["problems"] else "every job done, none lost or duplicated"
+        )
+        + f"; {result['retries']} requests retried after a dropped connection",
     )
     for line in result["problems"][:20]:
         print("  " + line)

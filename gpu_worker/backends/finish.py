@@ -71,7 +71,7 @@ def render_one(source: Source, placement: Placement, spec: ThumbnailSpec, stem: 
     img = img.copy_memory()
     if source.orientation != 1:
         img = img.autorot()
-    img = _to_srgb(img)
+    img = to_srgb(img)
     img = _exact(img, placement.resize_w, placement.resize_h)
     if placement.crops:
         img = img.smartcrop(placement.out_w, placement.out_h, interesting=_CROP[spec.crop.value])
@@ -137,7 +137,7 @@ def _exact(img: pyvips.Image, width: int, height: int) -> pyvips.Image:
     return img.embed(0, 0, width, height, extend="copy")
 
 
-def _to_srgb(img: pyvips.Image) -> pyvips.Image:
+def to_srgb(img: pyvips.Image) -> pyvips.Image:
     """8-bit sRGB whatever came in: CMYK and ICC-tagged images through their profile, the rest by colourspace.
     Relative colorimetric, as libvips' own thumbnail: a CMYK profile's perceptual table is a gamut-mapping rendering
     that shifts in-gamut colours by 20+ levels; the colorimetric table gives the colours the file describes."""

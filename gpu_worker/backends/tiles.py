@@ -1,0 +1,374 @@
+"""The huge-image backend: libvips decodes sequential row strips, `kernels` resamples them as they come.
+
+For images over the one-shot pixel cap, or that DALI cannot decode. One job is one short list of steps:
+
+    header → plan the sizes (`finish.plan`) → open for sequential access, shrunk on load where the format allows
+    (JPEG's DCT scaling, WebP's scaled decode; the rule and the headroom of the vips backend) → read row strips in
+    order into a small ring of host buffers (page-locked on the GPU) on a reader thread, so libvips decodes strip
+    k+1 while strip k is resampled → each strip (premultiplied if it has alpha) to `kernels.StripResampler`, on
+    CuPy (device="gpu") or its NumPy twin (device="cpu"), to one small image → the shared finishing steps
+    (`finish.render_sizes`: per size resize → upright → sRGB → crop or pad → flatten → encode) from that image.
+
+What the strip driver resamples to: with one size and an exact decode (no DCT shrink), that size itself, so the
+finishing resize is the identity and every output pixel is one Lanczos-3 pass over the source; otherwise the vips
+backend's shared intermediate, `headroom`× the largest size (`finish.intermediate_scale`), from which every size is
+cut. The source's exact extent rides along as the vips backend's does: a JPEG decoded at 1/s has floor(n / s)
+pixels but covers n / s of them, and the driver maps decoded pixels onto output pixels by their ratio, so the
+extent scales by exactly that ratio and the finishing resize uses it.
+
+Colour: pixels are resampled as decoded (as the vips backend and DALI do: resample first, convert the small
+image), so a CMYK or ICC-tagged source costs one colour transform on the intermediate, not on a gigapixel image; the
+intermediate carries the source's interpretation and profile, and `finish` converts it to sRGB. Only samples the
+kernels cannot take (float, 32-bit, signed) are turned into 8-bit sRGB before the strips are read. 16-bit samples
+stay 16-bit through the kernels; `finish` makes them 8-bit at the end.
+
+Alpha: resampled premultiplied (as `finish.resize` does), so transparent pixels do not bleed their hidden colour
+into visible edges. 8-bit RGBA is premultiplied into 16 bits per strip (value·alpha·257/255, alpha·257), so
+premultiplying loses nothing; 16-bit is premultiplied in 16 bits. The intermediate is unpremultiplied back to the
+source's depth. On the GPU this runs on the device, on the uploaded strip.
+
+Memory, whatever the image size: the strip driver holds O(strip_rows × out_w + vertical taps × out_w + out_w ×
+out_h) floats — the strip's horizontal pass, the short tail of rows pending output rows still read, and the output —
+and never the image; on the GPU that is the device memory, plus one device copy of the strip. The host holds the
+ring of two strip buffers (2 × strip_rows × width × bands × bytes per sample: 2 × 256 × 30000 × 3 B = 46 MB),
+libvips' own sequential read-behind, and the small intermediate (bounded by the spec's sizes, not the source).
+(libvips maps a JPEG source file into memory to decode it, as it does for the vips backend: the pages read count
+in RSS as clean, reclaimable file pages, up to the file's size; anonymous memory stays as above.) A
+`cover` of an extreme aspect ratio, which `finish.cut_overflow` cuts to a centre band first, goes to the vips
+backend (it streams too): the band's pixel density would make the intermediate as large as the cut avoids.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyvips
+
+from gpu_worker.backends.base import Rendition
+from gpu_worker.backends.finish import (
+    SWAPS_AXES,
+    Source,
+    decoded_upright,
+    intermediate_scale,
+    overflow_budget,
+    plan,
+    render_sizes,
+    to_srgb,  # the shared "to 8-bit sRGB" step; only for samples the kernels cannot take
+)
+from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
+from kernels import StripResampler, get_backend
+from thumbify.errors import CorruptImage
+from thumbify.geometry import Placement, load_shrink
+from thumbify.probe import open_image, vips_message
+from thumbify.spec import ThumbnailSpec
+
+log = logging.getLogger(__name__)
+
+# Rows per strip: large enough that a strip's kernel launches (or NumPy passes) are not dominated by per-call
+# overhead, small enough that the ring of two strips stays a few tens of MB on a 30000 px wide image.
+DEFAULT_STRIP_ROWS = 256
+_KERNEL_FORMATS = {"uchar": np.uint8, "ushort": np.uint16}
+_VIPS_FORMATS = {np.dtype(np.uint8): "uchar", np.dtype(np.uint16): "ushort"}
+
+
+def tiles_unavailable(device: str = "gpu") -> str | None:
+    """Why this machine cannot run the tiles backend on `device`, or None if it can ("cpu" always can)."""
+    if device == "cpu":
+        return None
+    try:
+        import cupy
+    except ImportError as exc:
+        return f"CuPy is not installed ({exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - no driver, no device: CuPy says which in its own words
+        return f"CUDA is not usable: {exc}"
+    return None if count > 0 else "no CUDA device"
+
+
+class TilesBackend:
+    name = "tiles"
+
+    def __init__(
+        self,
+        device: str = "gpu",
+        *,
+        strip_rows: int = DEFAULT_STRIP_ROWS,
+        headroom: float = DEFAULT_HEADROOM,
+        device_id: int = 0,
+        fallback: VipsBackend | None = None,
+    ) -> None:
+        if device not in ("gpu", "cpu"):
+            raise ValueError(f"device must be 'gpu' or 'cpu', not {device!r}")
+        if strip_rows < 1:
+            raise ValueError("strip_rows must be at least 1")
+        self.device = device
+        self.strip_rows = strip_rows
+        self.headroom = headroom
+        self.device_id = device_id
+        self.fallback = fallback or VipsBackend(headroom)
+        # The last render's strip driver, for checking the memory bound (`peak_bytes`) in tests and benchmarks.
+        self.last_driver: StripResampler | None = None
+
+    # -- the Backend protocol ---------------------------------------------------------------------------------------
+
+    def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
+        try:
+            return self._render(path, fmt, spec, stem)
+        except pyvips.Error as exc:
+            raise CorruptImage(
+                f"the {fmt} image is corrupt or truncated and cannot be decoded: {vips_message(exc)}"
+            ) from exc
+
+    def _render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
+        header = open_image(path, fmt, access="sequential")
+        orientation = header.get("orientation") if header.get_typeof("orientation") else 1
+        if orientation not in range(1, 9):
+            orientation = 1
+        swap = orientation in SWAPS_AXES
+        up_w, up_h = (header.height, header.width) if swap else (header.width, header.height)
+        placements = plan(up_w, up_h, spec)
+        if any(_overflows(p) for p in placements):
+            log.debug("%s goes to vips: a cover of an extreme aspect ratio", path.name)
+            return self.fallback.render(path, fmt, spec, stem)
+        largest_w = max(p.resize_w for p in placements)
+        largest_h = max(p.resize_h for p in placements)
+
+        image, shrink = self._load(path, fmt, up_w, up_h, largest_w, largest_h)
+        if shrink > 1:
+            extent_w, extent_h = up_w / shrink, up_h / shrink
+        else:
+            extent_w, extent_h = decoded_upright(image, orientation)
+        # What the strip driver makes (upright): see the module's docstring.
+        if len(placements) == 1 and shrink == 1:
+            target_w, target_h = placements[0].resize_w, placements[0].resize_h
+        else:
+            scale = intermediate_scale(extent_w, extent_h, largest_w, largest_h, self.headroom)
+            dec_w, dec_h = decoded_upright(image, orientation)
+            target_w, target_h = max(1, round(dec_w * scale)), max(1, round(dec_h * scale))
+        out_w, out_h = (target_h, target_w) if swap else (target_w, target_h)  # as stored
+
+        image = _kernel_ready(image)
+        if (out_w, out_h) == (image.width, image.height):
+            # Already the size wanted (a small source): nothing to resample, and small enough to hold.
+            small = image.copy_memory()
+        else:
+            pixels = self._resample(image, out_w, out_h)
+            small = _to_vips(pixels, image, orientation)
+            fx, fy = out_w / image.width, out_h / image.height  # the driver maps decoded pixels by this ratio
+            if swap:
+                fx, fy = fy, fx
+            extent_w, extent_h = extent_w * fx, extent_h * fy
+        source = Source(small, orientation, up_w, up_h, extent_w, extent_h)
+        return render_sizes(source, placements, spec, stem)
+
+    # -- decode -------------------------------------------------------------------------------------------------
+
+    def _load(
+        self, path: Path, fmt: str, up_w: int, up_h: int, target_w: int, target_h: int
+    ) -> tuple[pyvips.Image, int]:
+        """The image opened for sequential strips, shrunk on load as the vips backend does (its rule, its
+        headroom), and the JPEG DCT shrink it was decoded at (1 for none)."""
+        options: dict[str, object] = {"access": "sequential", "fail_on": "truncated"}
+        shrink = 1
+        if fmt == "jpeg":
+            # Damaged scan data is only a warning to libjpeg, which fills the gap with grey: fail instead.
+            options["fail_on"] = "warning"
+            shrink = load_shrink(up_w, up_h, target_w, target_h, self.headroom)
+            if shrink > 1:
+                options["shrink"] = shrink
+        elif fmt == "webp":
+            scale = min(1.0, self.headroom * max(target_w / up_w, target_h / up_h))
+            if scale < 0.5:
+                options["scale"] = scale
+        return open_image(path, fmt, **options), shrink
+
+    # -- resample ----------------------------------------------------------------------------------------------
+
+    def _resample(self, image: pyvips.Image, out_w: int, out_h: int) -> np.ndarray:
+        """`image` (uchar/ushort, any bands) read in strips and resampled to out_w × out_h: an H×W×C array of
+        the image's sample type, unpremultiplied."""
+        if self.device == "gpu":
+            return self._resample_gpu(image, out_w, out_h)
+        alpha = bool(image.hasalpha())
+        driver = self.last_driver = StripResampler(image.width, image.height, out_w, out_h, backend="numpy")
+        for strip in _strips(image, self.strip_rows, np.empty):
+            driver.push(_premultiply(strip, np) if alpha else strip)
+        out = driver.result()
+        return _unpremultiply(out, _sample_type(image)) if alpha else out
+
+    def _resample_gpu(self, image: pyvips.Image, out_w: int, out_h: int) -> np.ndarray:
+        import cupy as cp
+
+        alpha = bool(image.hasalpha())
+        with cp.cuda.Device(self.device_id):
+            stream = cp.cuda.Stream(non_blocking=True)
+            with stream:  # the copies, the premultiply and the driver's kernels all run on this stream, in order
+                driver = StripResampler(image.width, image.height, out_w, out_h, backend=get_backend("cupy"))
+                self.last_driver = driver
+                for host in _strips(image, self.strip_rows, _pinned):
+                    strip = cp.empty(host.shape, host.dtype)
+                    strip.set(host, stream=stream)  # asynchronous: the buffer is page-locked
+                    copied = stream.record()
+                    driver.push(_premultiply(strip, cp) if alpha else strip)
+                    # The reader refills this buffer once it is handed back: only after the copy has landed.
+                    copied.synchronize()
+                out = driver.result().get(stream=stream)
+                stream.synchronize()
+        return _unpremultiply(out, _sample_type(image)) if alpha else out
+
+
+# -- strips --------------------------------------------------------------------------------------------------------
+
+_DONE = object()
+
+
+def _strips(image: pyvips.Image, rows: int, alloc: Callable[..., np.ndarray]) -> Iterator[np.ndarray]:
+    """`image` top to bottom as [rows, width, bands] arrays in a ring of two buffers made by `alloc(shape, dtype)`
+    (page-locked ones for the GPU), filled on a reader thread: libvips decodes the next strip while the caller works
+    on this one. A strip is valid until the caller asks for the next.
+
+    The reader is one libvips pipeline that writes the image's raw samples, in order, to a target whose callback
+    copies them into the buffers (`rawsave_target`: libvips' own sequential sink, with its thread pool). A pipeline
+    per strip (`crop(...).write...`) is not safe on a sequential image: two of them may both ask the loader for a
+    region it has already read past ("out of order read"), depending on the loader's chunking and the strip height.
+    A full ring holds the reader, and with it the decoder, until the caller hands a buffer back."""
+    w, h, bands = image.width, image.height, image.bands
+    dtype = np.dtype(_KERNEL_FORMATS[image.format])
+    rows = min(rows, h)
+    row_bytes = w * bands * dtype.itemsize
+    free: queue.Queue = queue.Queue()
+    full: queue.Queue = queue.Queue()
+    for _ in range(2):
+        free.put(alloc((rows, w, bands), dtype))
+    state = {"buf": None, "flat": None, "filled": 0, "y": 0, "stopped": False}
+
+    def take() -> bool:
+        buf = free.get()
+        if buf is None:  # the caller stopped early
+            state["stopped"] = True
+            return False
+        state["buf"], state["flat"], state["filled"] = buf, buf.reshape(-1).view(np.uint8), 0
+        return True
+
+    def hand_over() -> None:
+        n = min(rows, h - state["y"])
+        full.put((state["buf"][:n], state["buf"]))
+        state["y"] += n
+        state["buf"] = None
+
+    def on_write(chunk) -> int:
+        data = np.frombuffer(chunk, np.uint8)
+        at = 0
+        while at < len(data):
+            if state["buf"] is None and not take():
+                return -1  # fails the write: libvips stops decoding
+            strip_bytes = min(rows, h - state["y"]) * row_bytes
+            n = min(len(data) - at, strip_bytes - state["filled"])
+            state["flat"][state["filled"] : state["filled"] + n] = data[at : at + n]
+            state["filled"] += n
+            at += n
+            if state["filled"] == strip_bytes:
+                hand_over()
+        return len(data)
+
+    def read() -> None:
+        try:
+            target = pyvips.TargetCustom()
+            target.on_write(on_write)
+            image.rawsave_target(target)
+            if state["y"] != h:
+                raise pyvips.Error("the decoder stopped early", f"{state['y']} of {h} rows decoded")
+            full.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
+            full.put(None if state["stopped"] else exc)
+
+    reader = threading.Thread(target=read, name="tiles-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = full.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            view, buf = item
+            yield view
+            free.put(buf)
+    finally:
+        free.put(None)
+        free.put(None)
+        reader.join()
+
+
+def _pinned(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A page-locked host array (from CuPy's pinned pool: reused across strips and images)."""
+    import cupy as cp
+
+    count = int(np.prod(shape))
+    memory = cp.cuda.alloc_pinned_memory(count * np.dtype(dtype).itemsize)
+    return np.frombuffer(memory, dtype, count).reshape(shape)
+
+
+# -- samples -------------------------------------------------------------------------------------------------------
+
+
+def _kernel_ready(image: pyvips.Image) -> pyvips.Image:
+    """`image` as it is where the kernels take its samples (8 or 16 bits unsigned); else 8-bit sRGB."""
+    if image.format in _KERNEL_FORMATS:
+        return image
+    image = to_srgb(image)
+    return image if image.format == "uchar" else image.cast("uchar")
+
+
+def _sample_type(image: pyvips.Image) -> np.dtype:
+    return np.dtype(_KERNEL_FORMATS[image.format])
+
+
+def _premultiply(strip, xp):
+    """[rows, w, C] uint8/uint16 with alpha last → uint16, colour × alpha. 8-bit goes to 16 bits
+    (v·a·257/255 and a·257, rounded), so nothing is lost; 16-bit stays 16-bit. NumPy or CuPy (`xp`)."""
+    a = strip[..., -1:].astype(xp.uint32)
+    out = xp.empty(strip.shape, xp.uint16)
+    if strip.dtype == xp.uint8:
+        out[..., :-1] = (strip[..., :-1].astype(xp.uint32) * a * 257 + 127) // 255
+        out[..., -1:] = a * 257
+    else:  # 65535 · 65535 + 32767 still fits in 32 bits
+        out[..., :-1] = (strip[..., :-1].astype(xp.uint32) * a + 32767) // 65535
+        out[..., -1:] = strip[..., -1:]
+    return out
+
+
+def _unpremultiply(pixels: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The inverse of `_premultiply` on the resampled image: 16-bit premultiplied → `dtype`, straight alpha."""
+    maxval = float(np.iinfo(dtype).max)
+    p = pixels.astype(np.float64)
+    alpha = p[..., -1:]
+    colour = np.divide(p[..., :-1] * maxval, alpha, out=np.zeros_like(p[..., :-1]), where=alpha > 0)
+    out = np.concatenate([colour, alpha * (maxval / 65535.0)], axis=-1)
+    return np.clip(np.rint(out), 0.0, maxval).astype(dtype)
+
+
+def _to_vips(pixels: np.ndarray, like: pyvips.Image, orientation: int) -> pyvips.Image:
+    """The resampled pixels as a libvips image that `finish` treats as it treats a decode: the source's
+    interpretation, its ICC profile (converted to sRGB there), and its orientation (turned upright there)."""
+    h, w, bands = pixels.shape
+    pixels = np.ascontiguousarray(pixels)
+    image = pyvips.Image.new_from_memory(pixels.data, w, h, bands, _VIPS_FORMATS[pixels.dtype])
+    image = image.copy(interpretation=like.interpretation).copy_memory().copy()
+    image.set_type(pyvips.GValue.gint_type, "orientation", orientation)
+    if like.get_typeof("icc-profile-data"):
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", like.get("icc-profile-data"))
+    return image
+
+
+def _overflows(placement: Placement) -> bool:
+    return placement.crops and placement.resize_w * placement.resize_h > overflow_budget(placement)
+
+
+__all__ = ["DEFAULT_STRIP_ROWS", "TilesBackend", "tiles_unavailable"]
