@@ -52,6 +52,7 @@ except ImportError:  # pragma: no cover - collected with the repository root on 
     )
 
 import gpu_worker.backends.tiles as tiles_module
+from gpu_worker.backends import finish
 from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.tiles import DEFAULT_STRIP_ROWS, TilesBackend, tiles_unavailable
 from gpu_worker.backends.vips import VipsBackend, configure_vips
@@ -419,7 +420,8 @@ def test_several_sizes_from_one_decode(backend, photo, recording, monkeypatch: p
         opened.append(options)
         return real_open(path, fmt, **options)
 
-    monkeypatch.setattr(tiles_module, "open_image", counting_open)
+    monkeypatch.setattr(tiles_module, "open_image", counting_open)  # the header
+    monkeypatch.setattr(finish, "open_image", counting_open)  # the pixels
     jpeg, _, full = photo
     out = backend.render(jpeg, "jpeg", ThumbnailSpec(sizes="96,64,48x32,40x40,80x50", format="png"), STEM)
     assert sorted(r.name for r in out) == sorted(

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyvips
 
 from gpu_worker.backends.base import Rendition
-from thumbify.geometry import Placement, place
+from thumbify.geometry import Placement, load_shrink, place
+from thumbify.probe import open_image
 from thumbify.spec import ALPHA_FORMATS, Format, ThumbnailSpec, thumbnail_name
 
 SWAPS_AXES = {5, 6, 7, 8}
@@ -193,3 +195,24 @@ __all__ = [
     "render_sizes",
     "resize",
 ]
+
+
+def load_shrunk(
+    path: Path, fmt: str, up_w: int, up_h: int, target_w: int, target_h: int, headroom: float
+) -> tuple[pyvips.Image, int]:
+    """The source opened for sequential reading, shrunk on load where the format allows (JPEG's DCT scaling, WebP's
+    scaled decode) to keep `headroom`× the target; and the JPEG shrink it was decoded at (1 for none)."""
+    options: dict[str, object] = {"access": "sequential", "fail_on": "truncated"}
+    shrink = 1
+    if fmt == "jpeg":
+        # libjpeg reports damaged scan data only as warnings and fills the gaps with grey: without this a corrupt
+        # JPEG would end `done` with garbage pixels (sharp's default is the same, failOn: 'warning').
+        options["fail_on"] = "warning"
+        shrink = load_shrink(up_w, up_h, target_w, target_h, headroom)
+        if shrink > 1:
+            options["shrink"] = shrink
+    elif fmt == "webp":
+        scale = min(1.0, headroom * max(target_w / up_w, target_h / up_h))
+        if scale < 0.5:
+            options["scale"] = scale
+    return open_image(path, fmt, **options), shrink

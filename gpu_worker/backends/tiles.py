@@ -55,6 +55,7 @@ from gpu_worker.backends.finish import (
     Source,
     decoded_upright,
     intermediate_scale,
+    load_shrunk,
     overflow_budget,
     plan,
     render_sizes,
@@ -63,7 +64,7 @@ from gpu_worker.backends.finish import (
 from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
 from kernels import StripResampler, get_backend
 from thumbify.errors import CorruptImage
-from thumbify.geometry import Placement, load_shrink
+from thumbify.geometry import Placement
 from thumbify.probe import open_image, vips_message
 from thumbify.spec import ThumbnailSpec
 
@@ -139,7 +140,7 @@ class TilesBackend:
         largest_w = max(p.resize_w for p in placements)
         largest_h = max(p.resize_h for p in placements)
 
-        image, shrink = self._load(path, fmt, up_w, up_h, largest_w, largest_h)
+        image, shrink = load_shrunk(path, fmt, up_w, up_h, largest_w, largest_h, self.headroom)
         if shrink > 1:
             extent_w, extent_h = up_w / shrink, up_h / shrink
         else:
@@ -168,25 +169,6 @@ class TilesBackend:
         return render_sizes(source, placements, spec, stem)
 
     # -- decode -------------------------------------------------------------------------------------------------
-
-    def _load(
-        self, path: Path, fmt: str, up_w: int, up_h: int, target_w: int, target_h: int
-    ) -> tuple[pyvips.Image, int]:
-        """The image opened for sequential strips, shrunk on load as the vips backend does (its rule, its
-        headroom), and the JPEG DCT shrink it was decoded at (1 for none)."""
-        options: dict[str, object] = {"access": "sequential", "fail_on": "truncated"}
-        shrink = 1
-        if fmt == "jpeg":
-            # Damaged scan data is only a warning to libjpeg, which fills the gap with grey: fail instead.
-            options["fail_on"] = "warning"
-            shrink = load_shrink(up_w, up_h, target_w, target_h, self.headroom)
-            if shrink > 1:
-                options["shrink"] = shrink
-        elif fmt == "webp":
-            scale = min(1.0, self.headroom * max(target_w / up_w, target_h / up_h))
-            if scale < 0.5:
-                options["scale"] = scale
-        return open_image(path, fmt, **options), shrink
 
     # -- resample ----------------------------------------------------------------------------------------------
 

@@ -18,12 +18,12 @@ from gpu_worker.backends.finish import (
     Source,
     decoded_upright,
     intermediate_scale,
+    load_shrunk,
     plan,
     render_sizes,
     resize,
 )
 from thumbify.errors import CorruptImage
-from thumbify.geometry import load_shrink
 from thumbify.probe import open_image, vips_message
 from thumbify.spec import ThumbnailSpec
 
@@ -67,7 +67,7 @@ class VipsBackend:
         placements = plan(up_w, up_h, spec)
         largest_w = max(p.resize_w for p in placements)
         largest_h = max(p.resize_h for p in placements)
-        image, shrink = self._load(path, fmt, up_w, up_h, largest_w, largest_h)
+        image, shrink = load_shrunk(path, fmt, up_w, up_h, largest_w, largest_h, self.headroom)
         if shrink > 1:
             extent_w, extent_h = up_w / shrink, up_h / shrink
         else:
@@ -78,25 +78,6 @@ class VipsBackend:
         return render_sizes(source, placements, spec, stem)
 
     # -- decode -------------------------------------------------------------------------------------------------
-
-    def _load(
-        self, path: Path, fmt: str, up_w: int, up_h: int, target_w: int, target_h: int
-    ) -> tuple[pyvips.Image, int]:
-        """The decoded image and the JPEG DCT shrink it was decoded at (1 for none)."""
-        options = {"access": "sequential", "fail_on": "truncated"}
-        shrink = 1
-        if fmt == "jpeg":
-            # libjpeg reports damaged scan data only as warnings and fills the gaps with grey: without this a
-            # corrupt JPEG would end `done` with garbage pixels (sharp's default is the same, failOn: 'warning').
-            options["fail_on"] = "warning"
-            shrink = load_shrink(up_w, up_h, target_w, target_h, self.headroom)
-            if shrink > 1:
-                options["shrink"] = shrink
-        elif fmt == "webp":
-            scale = min(1.0, self.headroom * max(target_w / up_w, target_h / up_h))
-            if scale < 0.5:
-                options["scale"] = scale
-        return open_image(path, fmt, **options), shrink
 
     def _shared_intermediate(self, source: Source, target_w: int, target_h: int) -> Source:
         """For several sizes: one streamed reduction to `headroom`× the largest size, held in memory, so each size
