@@ -21,7 +21,8 @@ def sign(secret: str, path: str, ttl_s: int, now: float | None = None) -> str:
 
 def valid(secret: str, path: str, expires: str, sig: str, now: float | None = None) -> bool:
     """The signature is ours for this path and has not expired."""
-    if not expires.isdigit() or len(expires) > 12:
+    # ASCII only: str.isdigit takes '²', and compare_digest refuses non-ASCII str.
+    if not (expires.isascii() and expires.isdigit() and sig.isascii()) or len(expires) > 12:
         return False
     expected = _mac(secret, path, int(expires))
     return hmac.compare_digest(expected, sig) and int(expires) >= (now if now is not None else time.time())
