@@ -10,6 +10,12 @@ Children are started with the `spawn` context (a fresh interpreter: nothing of t
 libvips state is inherited), configured like a worker (2 malloc arenas, libvips cache off, `vips_concurrency`
 threads), and die with their parent even when it is killed with SIGKILL (PR_SET_PDEATHSIG). A child counts as
 idle only once it has said it is ready, so a task's deadline never includes a child's start-up.
+
+GPU nodes add a pool of one child holding the routed GPU backend (one DALI pipeline, not one per core), fed whole
+batches by a `BatchRenderer`: single-image requests gathered for up to `batch_wait_ms` or until `dali_max_batch`
+are waiting. A batch task's deadline is `image_timeout_s` × its images; the child answers each image as soon as it
+is done. A batch that overruns or whose child dies loses only the images not yet answered, and each of those is
+tried again alone (its own `image_timeout_s`), so one bad image fails only itself.
 """
 
 from __future__ import annotations
@@ -23,10 +29,16 @@ import pickle
 import signal
 import time
 import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from prometheus_client import Histogram
+
 from gpu_worker.backends.base import Backend, Rendition
+from gpu_worker.backends.route import Deferred, Hint, Item, Result
 from thumbify.errors import ImageTimeout, RenderFailed, ThumbifyError, WorkerCrashed
 from thumbify.settings import Settings
 from thumbify.spec import ThumbnailSpec
@@ -34,6 +46,11 @@ from thumbify.spec import ThumbnailSpec
 log = logging.getLogger("thumbify.worker")
 
 START_TIMEOUT_S = 60.0
+RENDER_BATCH = Histogram(
+    "thumbify_render_batch_size",
+    "Images per batch handed to the GPU render process",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 
 
 class _Child:
@@ -120,14 +137,9 @@ class RenderPool:
             await _readable(child.conn, self.timeout)
             kind, payload = child.conn.recv()
         except TimeoutError:
-            self._replace(child, kill=True)
-            raise ImageTimeout(
-                f"the image took longer than {self.timeout:g}s to process; its render process was stopped"
-            ) from None
+            raise await self._lost(child, True, "the image", self.timeout) from None
         except (EOFError, OSError):
-            detail = await self._death(child)
-            self._replace(child, kill=True)
-            raise WorkerCrashed(f"the render process died while processing the image ({detail})") from None
+            raise await self._lost(child, False, "the image", self.timeout) from None
         except BaseException:  # cancelled (shutdown): the child may still be busy, so it cannot be reused
             self._replace(child, kill=True)
             raise
@@ -136,6 +148,54 @@ class RenderPool:
         if kind == "ok":
             return payload
         raise payload
+
+    async def render_batch(
+        self,
+        items: Sequence[Item],
+        hints: Sequence[Hint | None] | None = None,
+        on_result: Callable[[int, Result], None] | None = None,
+    ) -> list[Result]:
+        """Several images as one task of the next free child (its backend's `render_batch`), within
+        `image_timeout_s` × their number of handing it over. One result per item, in order (`Deferred` for one its
+        backend leaves to vips); `on_result(index, result)` as each arrives. Past the deadline, or if the child
+        dies, the child is replaced and each item not yet answered gets `ImageTimeout` or `WorkerCrashed`."""
+        task = ("batch", [(str(p), f, s, st) for p, f, s, st in items], list(hints) if hints else None)
+        child = await self._acquire(task)
+        results: list[Result | None] = [None] * len(items)
+        seconds = self.timeout * max(1, len(items))
+        deadline = time.monotonic() + seconds
+        lost: ThumbifyError | None = None  # the error of every image not answered
+        try:
+            while True:
+                await _readable(child.conn, max(0.0, deadline - time.monotonic()))
+                message = child.conn.recv()
+                if message[0] == "done":
+                    break
+                _, index, kind, payload = message
+                results[index] = Deferred(payload) if kind == "deferred" else payload
+                if on_result is not None:
+                    on_result(index, results[index])
+        except TimeoutError:
+            lost = await self._lost(child, True, _what(len(items)), seconds)
+        except (EOFError, OSError):
+            lost = await self._lost(child, False, _what(len(items)), seconds)
+        except BaseException:  # cancelled (shutdown): the child may still be busy, so it cannot be reused
+            self._replace(child, kill=True)
+            raise
+        if lost is None:
+            child.tasks += 1
+            self._idle.put_nowait(child)
+            lost = RenderFailed("the render process finished its batch without an answer for this image")
+        return [lost if r is None else r for r in results]
+
+    async def _lost(self, child: _Child, timed_out: bool, what: str, seconds: float) -> ThumbifyError:
+        """Replace a child that overran its deadline or died under its task; the error for that task."""
+        if timed_out:
+            self._replace(child, kill=True)
+            return ImageTimeout(f"{what} took longer than {seconds:g}s to process; its render process was stopped")
+        detail = await self._death(child)
+        self._replace(child, kill=True)
+        return WorkerCrashed(f"the render process died while processing {what} ({detail})")
 
     async def _acquire(self, task: tuple) -> _Child:
         """An idle, live child that has accepted `task`."""
@@ -259,6 +319,127 @@ class RenderPool:
         return f"exit code {code}"
 
 
+@dataclass
+class _Request:
+    item: Item
+    hint: Hint | None
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class BatchRenderer:
+    """Single-image requests gathered into batches for a pool of one batch child (the GPU render process).
+
+    A batch goes as soon as `max_batch` requests wait, or the oldest has waited `wait_s`, or `more_coming()` says
+    no job on its way could join it (so a lone image does not wait for company that is not coming). While one batch
+    renders the next gathers. Sizes are counted in `sizes` and the `thumbify_render_batch_size` histogram."""
+
+    def __init__(
+        self, pool: RenderPool, max_batch: int, wait_s: float, more_coming: Callable[[], bool] = lambda: False
+    ) -> None:
+        self.pool = pool
+        self.max_batch = max(1, max_batch)
+        self.wait_s = wait_s
+        self.more_coming = more_coming
+        self.sizes: Counter[int] = Counter()  # batches run, by size
+        self._pending: list[_Request] = []
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.pool.start()
+        self._task = asyncio.create_task(self._serve(), name="render-batches")
+
+    def stop_replacing(self) -> None:
+        self.pool.stop_replacing()
+
+    async def close(self) -> None:
+        self.pool.stop_replacing()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for request in self._pending:
+            request.future.cancel()
+        self._pending.clear()
+        await self.pool.close()
+
+    def pids(self) -> list[int]:
+        return self.pool.pids()
+
+    async def render(
+        self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str, hint: Hint | None = None
+    ) -> list[Rendition]:
+        """The image's renditions from the next batch; raises what rendering it raised (`Deferred`: render it on
+        vips elsewhere)."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Request((path, fmt, spec, stem), hint, future))
+        self._arrived.set()
+        return await future
+
+    async def _serve(self) -> None:
+        while True:
+            batch = await self._gather()
+            self.sizes[len(batch)] += 1
+            RENDER_BATCH.observe(len(batch))
+            try:
+                await self._render(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug: fail this batch's images (they are retried), keep serving
+                log.exception("a render batch of %d failed", len(batch))
+                for request in batch:
+                    _settle(request.future, RenderFailed(f"{exc.__class__.__name__}: {exc}"))
+
+    async def _gather(self) -> list[_Request]:
+        while True:
+            self._pending = [r for r in self._pending if not r.future.done()]  # a cancelled job leaves
+            if not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            left = self._pending[0].arrived + self.wait_s - time.monotonic()
+            if len(self._pending) >= self.max_batch or left <= 0 or not self.more_coming():
+                break
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        return batch
+
+    async def _render(self, batch: list[_Request]) -> None:
+        results = await self.pool.render_batch(
+            [r.item for r in batch],
+            [r.hint for r in batch],
+            lambda index, result: _settle(batch[index].future, result),
+        )
+        lost = [(r, result) for r, result in zip(batch, results, strict=True) if not r.future.done()]
+        if len(batch) == 1 or not lost:
+            for request, result in lost:
+                _settle(request.future, result)
+            return
+        # The batch overran its deadline or its process died: the images it had not answered go again, one by one,
+        # so that only the one at fault fails.
+        log.warning("%s; trying its %d unanswered image(s) one at a time", lost[0][1], len(lost))
+        for request, _ in lost:
+            if not request.future.done():
+                (result,) = await self.pool.render_batch([request.item], [request.hint])
+                _settle(request.future, result)
+
+
+def _what(count: int) -> str:
+    return "the image" if count == 1 else f"a batch of {count} images"
+
+
+def _settle(future: asyncio.Future, result: Result) -> None:
+    if future.done():  # cancelled: its job was stopped
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
 async def _readable(conn: Connection, timeout: float) -> None:
     """Wait until `conn` has data (or EOF) without a thread: the loop watches its file descriptor."""
     if conn.poll(0):
@@ -284,7 +465,8 @@ async def _readable(conn: Connection, timeout: float) -> None:
 
 def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None) -> None:
     """A render process: answer ("ok", renditions) or ("error", ThumbifyError) for each task until told to stop
-    (None) or the parent goes away."""
+    (None) or the parent goes away. A batch task is answered ("item", index, kind, payload) per image, as each is
+    done, then ("done", None)."""
     from gpu_worker.memory import limit_malloc_arenas
     from thumbify.process import die_with_parent
 
@@ -298,6 +480,9 @@ def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None)
 
         configure_vips(settings.vips_concurrency)
         backend = pickle.loads(backend_blob)
+        start = getattr(backend, "start", None)
+        if start is not None:  # the GPU backend builds its DALI pipeline before the child says it is ready
+            start()
     else:
         from gpu_worker.select import select_backend
 
@@ -310,17 +495,68 @@ def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None)
             return
         if task is None:
             return
+        if task[0] == "batch":
+            if not _render_batch(conn, backend, task[1], task[2]):
+                return
+            continue
         _, path, fmt, spec, stem = task
-        try:
-            reply = ("ok", backend.render(Path(path), fmt, spec, stem))
-        except ThumbifyError as exc:
-            reply = ("error", exc)
-        except Exception as exc:  # a bug or an exhausted resource: worth a retry, and a traceback in the log
-            traceback.print_exc()
-            reply = ("error", RenderFailed(f"{exc.__class__.__name__}: {exc}"))
-        try:
-            conn.send(reply)
-        except (OSError, ValueError):
+        if not _send(conn, _reply(_attempt(backend.render, Path(path), fmt, spec, stem))):
             return
-        except Exception as exc:  # the error did not pickle: say what it was in one that does
-            conn.send(("error", RenderFailed(f"{reply[1].__class__.__name__}: {reply[1]} ({exc})")))
+
+
+def _render_batch(conn: Connection, backend: Backend, items: list, hints: list | None) -> bool:
+    """Render a batch task with the backend's `render_batch(items, hints=, on_result=)` (the routed GPU backend),
+    or one image after another; answer each image as soon as it is done. False once the parent is gone."""
+    items = [(Path(path), fmt, spec, stem) for path, fmt, spec, stem in items]
+    answered: set[int] = set()
+    alive = True
+
+    def report(index: int, result: Result) -> None:
+        nonlocal alive
+        if alive and index not in answered:
+            answered.add(index)
+            alive = _send(conn, ("item", index, *_reply(result)))
+
+    batch = getattr(backend, "render_batch", None)
+    try:
+        if batch is None:
+            for index, item in enumerate(items):
+                report(index, _attempt(backend.render, *item))
+        else:
+            for index, result in enumerate(batch(items, hints=hints, on_result=report)):
+                report(index, result)
+    except Exception as exc:  # the batch itself failed: every image not answered gets the error
+        for index in range(len(items)):
+            report(index, exc)
+    return alive and _send(conn, ("done", None))
+
+
+def _attempt(render: Callable[..., list[Rendition]], *args) -> Result:
+    try:
+        return render(*args)
+    except Exception as exc:
+        return exc
+
+
+def _reply(result: Result) -> tuple[str, object]:
+    if isinstance(result, list):
+        return "ok", result
+    if isinstance(result, Deferred):
+        return "deferred", result.reason
+    if isinstance(result, ThumbifyError):
+        return "error", result
+    # A bug or an exhausted resource: worth a retry, and a traceback in the log.
+    traceback.print_exception(result)
+    return "error", RenderFailed(f"{result.__class__.__name__}: {result}")
+
+
+def _send(conn: Connection, message: tuple) -> bool:
+    """Send one answer; False once the parent is gone."""
+    try:
+        conn.send(message)
+    except (OSError, ValueError):
+        return False
+    except Exception as exc:  # the error did not pickle: say what it was in one that does
+        *head, _, payload = message
+        conn.send((*head, "error", RenderFailed(f"{payload.__class__.__name__}: {payload} ({exc})")))
+    return True

@@ -8,6 +8,9 @@ What keeps it reliable (README "Reliability"):
   exponential backoff with full jitter; a permanent one (corrupt image, image-timeout) fails at once; past
   `max_attempts` the job is failed and its message moved to the dead-letter stream;
 - images render in child processes (`gpu_worker.pool`), so one that hangs is stopped at `image_timeout_s`;
+- on GPU nodes (`gpu_worker.select`) the images `route` sends to the GPU are gathered into batches for one GPU render
+  process (up to `dali_max_batch`, waiting at most `batch_wait_ms`); what it leaves to vips (formats DALI does not
+  take, what it refuses or fails on) renders in the vips render processes, as everything does on CPU nodes;
 - SIGTERM: stop reading, let in-flight jobs finish within `shutdown_grace_s`, hand the rest back to the queue;
 - Redis going away is waited out with backoff, by every loop and every job's next step; the worker never exits
   for it, and on reconnecting it takes back its own deliveries whose replies were lost;
@@ -24,14 +27,16 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gpu_worker.backends.base import Backend
-from gpu_worker.pool import RenderPool
+from gpu_worker.backends.base import Backend, Rendition
+from gpu_worker.backends.route import Deferred, RoutedBackend, hint_from_source, route
+from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
 from thumbify.jobs import GONE, OK, TERMINAL, Job, JobStore, Thumbnail
 from thumbify.metrics import BATCH_SIZE, JOB_SECONDS, JOBS
@@ -55,8 +60,13 @@ class Worker:
         self.backend = backend
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.processes = settings.image_process_count()
-        # Twice the render processes in flight, so the next images are fetched while the current ones render.
-        self.capacity = max(2, self.processes * 2)
+        # On GPU nodes: the routed GPU backend, run in one render process fed whole batches (`self.gpu`).
+        self.gpu_backend = backend if isinstance(backend, RoutedBackend) else None
+        self.gpu: BatchRenderer | None = None
+        # Twice the render processes in flight, so the next images are fetched while the current ones render; on
+        # GPU nodes two GPU batches more (one renders while the next gathers).
+        self.capacity = max(2, self.processes * 2) + (2 * settings.dali_max_batch if self.gpu_backend else 0)
+        self._preparing: set[str] = set()  # messages whose job has not yet reached its render call
         vis = settings.visibility_timeout_s
         self.extend_every_s = max(0.05, vis / 3)  # renew our claims well before anyone may take them
         self.claim_every_s = max(0.1, min(5.0, vis / 2))  # look for others' stale messages (and our orphans)
@@ -93,12 +103,16 @@ class Worker:
             self.settings.cleanup_interval_s,
             self.name,
         )
-        self.pool = RenderPool(self.settings, self.backend, self.processes)
+        cpu_backend = self.gpu_backend.vips if self.gpu_backend else self.backend
+        self.pool = RenderPool(self.settings, cpu_backend, self.processes)
         await self.pool.start()
+        if self.gpu_backend is not None:
+            await self._start_gpu()
         log.info(
-            "worker %s: %d render processes, up to %d jobs in flight, batches of up to %d",
+            "worker %s: %d render processes%s, up to %d jobs in flight, batches of up to %d",
             self.name,
             self.processes,
+            f" + 1 GPU render process (batches of up to {self.gpu.max_batch})" if self.gpu else "",
             self.capacity,
             self.settings.batch_size,
         )
@@ -120,8 +134,27 @@ class Worker:
             if self.inflight:
                 await asyncio.wait(list(self.inflight.values()), timeout=5)
             await self.pool.close()
+            if self.gpu is not None:
+                await self.gpu.close()
             await self.redis.aclose()
             log.info("worker %s stopped (%d jobs done)", self.name, self.processed)
+
+    async def _start_gpu(self) -> None:
+        """The GPU render process; with THUMBIFY_BACKEND=auto a GPU that fails to start leaves a vips-only worker."""
+        s = self.settings
+        pool = RenderPool(s, self.gpu_backend, size=1)
+        gpu = BatchRenderer(pool, s.dali_max_batch, s.batch_wait_ms / 1000, lambda: bool(self._preparing))
+        try:
+            await gpu.start()
+        except Exception as exc:
+            await pool.close()
+            if s.backend == "gpu":
+                await self.pool.close()
+                raise
+            log.error("the GPU render process did not start (%s); this worker runs vips only", exc)
+            self.capacity -= 2 * s.dali_max_batch
+            return
+        self.gpu = gpu
 
     async def _until_ready(self) -> None:
         delay = 0.2
@@ -231,9 +264,14 @@ class Worker:
                 continue
             task = asyncio.create_task(self._handle(message), name=f"job-{message.job_id}")
             self.inflight[message.id] = task
-            task.add_done_callback(lambda _t, mid=message.id: self.inflight.pop(mid, None))
+            self._preparing.add(message.id)
+            task.add_done_callback(lambda _t, mid=message.id: self._done(mid))
             started += 1
         return started
+
+    def _done(self, message_id: str) -> None:
+        self.inflight.pop(message_id, None)
+        self._preparing.discard(message_id)
 
     # -- background ---------------------------------------------------------------------------------------------
 
@@ -289,6 +327,8 @@ class Worker:
             deadline = (self._stop_at or time.monotonic()) + self._grace
         unfinished = list(self.inflight.values())
         self.pool.stop_replacing()  # render processes stopped from here on are not worth starting again
+        if self.gpu is not None:
+            self.gpu.stop_replacing()
         for task in unfinished:
             task.cancel()
         if unfinished:
@@ -348,7 +388,7 @@ class Worker:
             JOBS.labels("dead", self.backend.name).inc()
             return
         try:
-            thumbnails = await self._process(job)
+            thumbnails = await self._process(job, message.id)
         except ThumbifyError as exc:
             failure = exc
         except Exception as exc:
@@ -389,11 +429,12 @@ class Worker:
             except Exception as exc:  # retention removes it later
                 log.warning("job %s: could not delete the original (%s)", job.id, exc)
 
-    async def _process(self, job: Job) -> list[Thumbnail]:
+    async def _process(self, job: Job, message_id: str) -> list[Thumbnail]:
         started = time.perf_counter()
         try:
             async with self.storage.local_copy(f"originals/{job.id}") as path:
-                renditions = await self.pool.render(path, job.source["format"], job.spec, job.stem)
+                self._preparing.discard(message_id)  # the GPU batch gathering need not wait for this job any more
+                renditions = await self._render(path, job)
         except FileNotFoundError as exc:
             raise OriginalMissing("the uploaded original is missing from storage") from exc
         except OSError as exc:
@@ -416,6 +457,18 @@ class Worker:
                 )
             )
         return thumbnails
+
+    async def _render(self, path: Path, job: Job) -> list[Rendition]:
+        """On the GPU where `route` sends the image and the GPU render process takes it; else on vips."""
+        fmt = job.source["format"]
+        if self.gpu is not None:
+            hint = hint_from_source(job.source)
+            if hint is None or route(fmt, hint, self.settings.one_shot_max_pixels)[0] != "vips":
+                try:
+                    return await self.gpu.render(path, fmt, job.spec, job.stem, hint)
+                except Deferred:
+                    pass  # refused by DALI, or failed in it: vips renders it
+        return await self.pool.render(path, fmt, job.spec, job.stem)
 
 
 def _ids(messages: list[Message]) -> str:
