@@ -133,13 +133,44 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-class MemorySampler:
-    """Samples /proc/PID/status in a thread every `interval` seconds and keeps the peaks."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (from /proc/PID/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in children.read_text().split()]
+            except OSError:
+                pass
+    return found
 
-    def __init__(self, pid: int, interval: float = 0.02, keys: Sequence[str] = ("RssAnon", "RssFile", "VmRSS")) -> None:
+
+def tree_status(pid: int) -> dict[str, int]:
+    """`proc_status` summed over `pid` and its descendants (a worker and its render processes)."""
+    total: dict[str, int] = {}
+    for member in process_tree(pid):
+        for key, value in proc_status(member).items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+class MemorySampler:
+    """Samples /proc/PID/status (summed over its process tree with `tree`) in a thread every `interval` seconds and
+    keeps the peaks."""
+
+    def __init__(
+        self,
+        pid: int,
+        interval: float = 0.02,
+        keys: Sequence[str] = ("RssAnon", "RssFile", "VmRSS"),
+        tree: bool = False,
+    ) -> None:
         import threading
 
         self.pid, self.interval, self.keys = pid, interval, tuple(keys)
+        self._status = tree_status if tree else proc_status
         self.peak: dict[str, int] = {k: 0 for k in self.keys}
         self.first: dict[str, int] = {}
         self.samples = 0
@@ -159,7 +190,7 @@ class MemorySampler:
 
     def _run(self) -> None:
         while True:
-            status = proc_status(self.pid)
+            status = self._status(self.pid)
             if status:
                 self.samples += 1
                 if not self.first:

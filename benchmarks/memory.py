@@ -37,6 +37,7 @@ from benchmarks.common import (
     mib,
     proc_status,
     table,
+    tree_status,
     write_json,
 )
 
@@ -59,11 +60,12 @@ def worker_peak(path: Path, warmup: Path, interval: float) -> dict:
         if warm.failed:
             raise RuntimeError(f"warm-up job failed: {warm.failed}")
         time.sleep(0.5)
-        idle = proc_status(pid)
-        with MemorySampler(pid, interval) as sampler:
+        # The worker renders in child processes: its memory is the whole tree's.
+        idle = tree_status(pid)
+        with MemorySampler(pid, interval, tree=True) as sampler:
             result = harness.run_round("mem", [path], timeout=600)
             time.sleep(0.2)
-        after = proc_status(pid)
+        after = tree_status(pid)
         if result.failed:
             raise RuntimeError(f"the job failed: {result.failed}")
         thumb = harness.thumbnail_path(result.done[0])
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         data["worker"] = w
         rows.append(
             (
-                "worker (python -m gpu_worker), whole job",
+                "worker + render processes, whole job",
                 mib(w["peak"]["RssAnon"]),
                 mib(w["peak"]["RssAnon"] - w["idle"].get("RssAnon", 0)),
                 mib(w["peak"]["RssFile"]),
