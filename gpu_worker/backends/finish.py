@@ -9,14 +9,17 @@ spec's sizes against the upright source size and hands both to `render_sizes`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyvips
 
 from gpu_worker.backends.base import Rendition
+from thumbify.errors import CorruptImage
 from thumbify.geometry import Placement, load_shrink, place
-from thumbify.probe import open_image
+from thumbify.probe import open_image, vips_message
 from thumbify.spec import ALPHA_FORMATS, Format, ThumbnailSpec, thumbnail_name
 
 SWAPS_AXES = {5, 6, 7, 8}
@@ -216,3 +219,40 @@ def load_shrunk(
         if scale < 0.5:
             options["scale"] = scale
     return open_image(path, fmt, **options), shrink
+
+
+@contextmanager
+def decode_errors(fmt: str) -> Iterator[None]:
+    """libvips' decode errors as the readable, permanent `CorruptImage`."""
+    try:
+        yield
+    except pyvips.Error as exc:
+        raise CorruptImage(
+            f"the {fmt} image is corrupt or truncated and cannot be decoded: {vips_message(exc)}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Header:
+    orientation: int  # EXIF 1..8 (anything else counts as upright)
+    up_w: int  # full-resolution size as displayed
+    up_h: int
+    placements: list[Placement]
+
+
+def read_header(path: Path, fmt: str, spec: ThumbnailSpec) -> Header:
+    """The source's header (nothing decoded) and the plan for every size of `spec`."""
+    header = open_image(path, fmt, access="sequential")
+    orientation = header.get("orientation") if header.get_typeof("orientation") else 1
+    if orientation not in range(1, 9):
+        orientation = 1
+    w, h = header.width, header.height
+    up_w, up_h = (h, w) if orientation in SWAPS_AXES else (w, h)
+    return Header(orientation, up_w, up_h, plan(up_w, up_h, spec))
+
+
+def exact_extent(image: pyvips.Image, header: Header, shrink: int) -> tuple[float, float]:
+    """The source's exact extent in decoded pixels (upright): a JPEG shrink drops the last side mod shrink pixels."""
+    if shrink > 1:
+        return header.up_w / shrink, header.up_h / shrink
+    return decoded_upright(image, header.orientation)

@@ -53,19 +53,19 @@ from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.finish import (
     SWAPS_AXES,
     Source,
+    decode_errors,
     decoded_upright,
+    exact_extent,
     intermediate_scale,
     load_shrunk,
     overflow_budget,
-    plan,
+    read_header,
     render_sizes,
     to_srgb,  # the shared "to 8-bit sRGB" step; only for samples the kernels cannot take
 )
 from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
 from kernels import StripResampler, get_backend
-from thumbify.errors import CorruptImage
 from thumbify.geometry import Placement
-from thumbify.probe import open_image, vips_message
 from thumbify.spec import ThumbnailSpec
 
 log = logging.getLogger(__name__)
@@ -119,21 +119,13 @@ class TilesBackend:
     # -- the Backend protocol ---------------------------------------------------------------------------------------
 
     def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        try:
+        with decode_errors(fmt):
             return self._render(path, fmt, spec, stem)
-        except pyvips.Error as exc:
-            raise CorruptImage(
-                f"the {fmt} image is corrupt or truncated and cannot be decoded: {vips_message(exc)}"
-            ) from exc
 
     def _render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        header = open_image(path, fmt, access="sequential")
-        orientation = header.get("orientation") if header.get_typeof("orientation") else 1
-        if orientation not in range(1, 9):
-            orientation = 1
+        header = read_header(path, fmt, spec)
+        orientation, up_w, up_h, placements = header.orientation, header.up_w, header.up_h, header.placements
         swap = orientation in SWAPS_AXES
-        up_w, up_h = (header.height, header.width) if swap else (header.width, header.height)
-        placements = plan(up_w, up_h, spec)
         if any(_overflows(p) for p in placements):
             log.debug("%s goes to vips: a cover of an extreme aspect ratio", path.name)
             return self.fallback.render(path, fmt, spec, stem)
@@ -141,10 +133,7 @@ class TilesBackend:
         largest_h = max(p.resize_h for p in placements)
 
         image, shrink = load_shrunk(path, fmt, up_w, up_h, largest_w, largest_h, self.headroom)
-        if shrink > 1:
-            extent_w, extent_h = up_w / shrink, up_h / shrink
-        else:
-            extent_w, extent_h = decoded_upright(image, orientation)
+        extent_w, extent_h = exact_extent(image, header, shrink)
         # What the strip driver makes (upright): see the module's docstring.
         if len(placements) == 1 and shrink == 1:
             target_w, target_h = placements[0].resize_w, placements[0].resize_h

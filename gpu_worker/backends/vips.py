@@ -14,17 +14,15 @@ import pyvips
 
 from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.finish import (
-    SWAPS_AXES,
     Source,
-    decoded_upright,
+    decode_errors,
+    exact_extent,
     intermediate_scale,
     load_shrunk,
-    plan,
+    read_header,
     render_sizes,
     resize,
 )
-from thumbify.errors import CorruptImage
-from thumbify.probe import open_image, vips_message
 from thumbify.spec import ThumbnailSpec
 
 # Each decoded axis keeps at least this many times the target's pixels before the final Lanczos-3 step.
@@ -52,27 +50,17 @@ class VipsBackend:
         self.headroom = headroom
 
     def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        try:
+        with decode_errors(fmt):
             return self._render(path, fmt, spec, stem)
-        except pyvips.Error as exc:
-            raise CorruptImage(
-                f"the {fmt} image is corrupt or truncated and cannot be decoded: {vips_message(exc)}"
-            ) from exc
 
     def _render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        header = open_image(path, fmt, access="sequential")
-        orientation = header.get("orientation") if header.get_typeof("orientation") else 1
-        w, h = header.width, header.height
-        up_w, up_h = (h, w) if orientation in SWAPS_AXES else (w, h)
-        placements = plan(up_w, up_h, spec)
+        header = read_header(path, fmt, spec)
+        placements = header.placements
         largest_w = max(p.resize_w for p in placements)
         largest_h = max(p.resize_h for p in placements)
-        image, shrink = load_shrunk(path, fmt, up_w, up_h, largest_w, largest_h, self.headroom)
-        if shrink > 1:
-            extent_w, extent_h = up_w / shrink, up_h / shrink
-        else:
-            extent_w, extent_h = decoded_upright(image, orientation)
-        source = Source(image, orientation, up_w, up_h, extent_w, extent_h)
+        image, shrink = load_shrunk(path, fmt, header.up_w, header.up_h, largest_w, largest_h, self.headroom)
+        extent_w, extent_h = exact_extent(image, header, shrink)
+        source = Source(image, header.orientation, header.up_w, header.up_h, extent_w, extent_h)
         if len(placements) > 1:
             source = self._shared_intermediate(source, largest_w, largest_h)
         return render_sizes(source, placements, spec, stem)
