@@ -79,6 +79,8 @@ async def create_job(
     format: Annotated[str | None, Query(description=DESCRIPTIONS["format"])] = None,
     quality: Annotated[str | None, Query(description=DESCRIPTIONS["quality"])] = None,
     background: Annotated[str | None, Query(description=DESCRIPTIONS["background"])] = None,
+    # The options and the key are declared for the OpenAPI schema; `_submit` reads them from the request itself, so
+    # that a bad one is judged before the body is read, with our own problem+json.
     idempotency_key: Annotated[
         str | None,
         Header(
