@@ -20,12 +20,8 @@ import pyvips
 
 pytest.importorskip("nvidia.dali", reason="nvidia-dali-cuda130 is not installed (pip install -e '.[test]')")
 
-try:
-    import images
-    import test_vips_backend as vt
-except ImportError:  # pragma: no cover - collected with the repository root on sys.path instead of tests/
-    from tests import images
-    from tests import test_vips_backend as vt
+import images
+import test_vips_backend as vt
 
 from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.dali import DaliBackend, dali_unavailable, file_damage, jpeg_damage

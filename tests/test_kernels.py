@@ -12,14 +12,10 @@ import subprocess
 import sys
 import tracemalloc
 
+import images
 import numpy as np
 import pytest
 import pyvips
-
-try:
-    import images
-except ImportError:  # pragma: no cover - collected with the repository root on sys.path instead of tests/
-    from tests import images
 
 from kernels import FILTERS, StripResampler, get_backend, resample, resample_strips, weight_table
 

@@ -16,12 +16,10 @@ cp = pytest.importorskip("cupy", reason="CuPy is not installed: the CuPy kernels
 if not kernels.cuda_available():
     pytest.skip("CuPy sees no CUDA device: the CuPy kernels are tested on a CUDA machine", allow_module_level=True)
 
-try:
-    from test_kernels import ALL_FILTERS, noise, random_heights, reference, strips_of
-except ImportError:  # pragma: no cover - collected with the repository root on sys.path instead of tests/
-    from tests.test_kernels import ALL_FILTERS, noise, random_heights, reference, strips_of
+# After the skips: nothing here needs CuPy, but it reads better beside its use.
+from test_kernels import ALL_FILTERS, noise, random_heights, reference, strips_of  # noqa: E402
 
-from kernels.cupy_backend import CupyBackend  # noqa: E402 - after the skip: needs nothing, but reads better here
+from kernels.cupy_backend import CupyBackend  # noqa: E402
 
 
 def _max_diff(a, b) -> int:

@@ -21,17 +21,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import images
 import pytest
 import pyvips
-
-try:
-    import images
-    import test_vips_backend as vt
-    from conftest import PYTHON, ROOT, clean_env
-except ImportError:  # pragma: no cover - collected with the repository root on sys.path instead of tests/
-    from tests import images
-    from tests import test_vips_backend as vt
-    from tests.conftest import PYTHON, ROOT, clean_env
+import test_vips_backend as vt
+from conftest import PYTHON, ROOT, clean_env
 
 from gpu_worker import select
 from gpu_worker.backends.base import Rendition

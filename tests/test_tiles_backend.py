@@ -16,40 +16,23 @@ import textwrap
 import threading
 from pathlib import Path
 
+import images
 import numpy as np
 import pytest
 import pyvips
-
-try:
-    import images
-    from test_vips_backend import (
-        MAGIC,
-        OPAQUE,
-        assert_marked_upright,
-        assert_readable,
-        bands_image,
-        close,
-        decode,
-        lanczos3_reference,
-        only,
-        pixels,
-        psnr,
-    )
-except ImportError:  # pragma: no cover - collected with the repository root on sys.path instead of tests/
-    from tests import images
-    from tests.test_vips_backend import (
-        MAGIC,
-        OPAQUE,
-        assert_marked_upright,
-        assert_readable,
-        bands_image,
-        close,
-        decode,
-        lanczos3_reference,
-        only,
-        pixels,
-        psnr,
-    )
+from test_vips_backend import (
+    MAGIC,
+    OPAQUE,
+    assert_marked_upright,
+    assert_readable,
+    bands_image,
+    close,
+    decode,
+    lanczos3_reference,
+    only,
+    pixels,
+    psnr,
+)
 
 import gpu_worker.backends.tiles as tiles_module
 from gpu_worker.backends import finish

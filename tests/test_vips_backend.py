@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import images
 import numpy as np
 import pytest
 import pyvips
-
-try:
-    import images
-except ImportError:  # pragma: no cover - collected with the repository root on sys.path instead of tests/
-    from tests import images
 
 from gpu_worker.backends import finish
 from gpu_worker.backends.base import Rendition
