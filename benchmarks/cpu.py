@@ -14,6 +14,12 @@ and their median is reported. Methods:
   thumbify-render  our `VipsBackend.render` (spec: 256, jpeg, q80, inside) in the pool, concurrency 1
   thumbify-worker  the real worker: a redis-server, jobs enqueued through JobStore/JobQueue with the originals
                    in local storage, one `python -m gpu_worker` process; first enqueue → last `done` event
+  thumbify-procs   the same render in a pool of os.cpu_count() processes (the worker's arrangement, no queue)
+  decode-floor     libjpeg-turbo's decode at 1/8 scale and nothing else (no resize, encode, queue or storage), one
+                   process per core: the most any thumbnailer built on libjpeg-turbo can do on these files and cores
+                   (every peer here uses it), so targets above it are out of reach by choice of settings
+  decode-floor-pillow  the same with Pillow's `draft` decode (its wheels bundle libjpeg-turbo; libvips' and
+                   sharp's bundle mozjpeg)
   pillow-*         Pillow `thumbnail` in a thread pool: `draft` (as its docs recommend), `default`
                    (reducing_gap=2), `nodraft` (full decode); pillow-simd the same, from its own venv
   sharp-*          sharp (node) with a promise pool: `pool` = concurrency 1 × cores in flight; `default` = sharp's
@@ -27,6 +33,8 @@ the resampling alone, `PSNR jpeg` what a client gets.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -136,6 +144,61 @@ class Render(Method):
         for f in files:
             (out / f"{f.stem}.png").write_bytes(self.one(f, self.png)[0].data)
             (out / f"{f.stem}.jpg").write_bytes(self.one(f)[0].data)
+
+
+def _procs_init() -> None:
+    pyvips.cache_set_max(0)
+    set_concurrency(1)
+
+
+def _decode_at_eighth(path: Path) -> None:
+    # What every libjpeg-turbo thumbnailer must do for a 12 MP → 256 px JPEG: the entropy decode of the whole file
+    # (DCT scaling only skips the inverse transform of the AC coefficients, not reading them).
+    pyvips.Image.jpegload(str(path), shrink=8, access="sequential").avg()
+
+
+@functools.cache
+def _process_render() -> Render:
+    return Render(1, 1)
+
+
+def _pillow_decode_at_eighth(path: Path) -> None:
+    from PIL import Image  # Pillow's wheels bundle libjpeg-turbo itself, not mozjpeg as libvips' and sharp's do
+
+    with Image.open(path) as im:
+        im.draft("RGB", (im.width // 8, im.height // 8))
+        im.load()
+
+
+def _render_in_process(path: Path) -> None:
+    _process_render().one(path)
+
+
+class ProcessPool(Method):
+    """`fn` on each file in a pool of one spawned process per core (warm: started in `setup`)."""
+
+    def __init__(self, name: str, group: str, fn: Callable[[Path], None], note: str) -> None:
+        self.name, self.group, self.fn, self.note = name, group, fn, note
+        self.pool = None
+
+    def setup(self, files: list[Path]) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(CORES, multiprocessing.get_context("spawn"), initializer=_procs_init)
+        list(self.pool.map(self.fn, files[:CORES]))  # start every process and load its modules
+
+    def run(self, files: list[Path]) -> float:
+        started = time.perf_counter()
+        list(self.pool.map(self.fn, files))
+        return time.perf_counter() - started
+
+    def outputs(self, files: list[Path], out: Path) -> None:
+        """Pixels: the decode floor makes none, and thumbify-procs makes thumbify-render's."""
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown()
 
 
 class WorkerMethod(Method):
@@ -348,8 +411,16 @@ def main(argv: list[str] | None = None) -> int:
         BarePyvips(1, CORES, "pyvips-serial"),
         BarePyvips(CORES, CORES, f"pyvips-pool-c{CORES}"),
         Render(CORES, 1),
+        ProcessPool("thumbify-procs", "thumbify", _render_in_process, f"VipsBackend.render, {CORES} processes"),
+        ProcessPool("decode-floor", "floor", _decode_at_eighth, f"jpegload(shrink=8) only, {CORES} processes"),
         WorkerMethod(harness, "thumbify-worker", {}),
     ]
+    if importlib.util.find_spec("PIL"):
+        methods.append(
+            ProcessPool(
+                "decode-floor-pillow", "floor", _pillow_decode_at_eighth, f"Pillow draft(1/8) only, {CORES} processes"
+            )
+        )
     for variant in args.worker_variant:
         name, env, procs = parse_variant(variant)
         methods.append(WorkerMethod(harness, name, env, procs))
@@ -511,6 +582,11 @@ def report(methods, files, times, quality, errors, skipped, args) -> None:
         }
     for name, t in targets.items():
         print(f"target {name}: {t['ratio']:.3f} → {'MET' if t['met'] else 'NOT MET'}")
+    for name in ("decode-floor", "decode-floor-pillow"):
+        if name in rate and sharp:
+            floor = ratio(name, sharp)
+            targets[f"{name} (a bound, not a target)"] = {"ratio": floor, "met": None}
+            print(f"{name}: {statistics.median(rate[name]):.1f} images/s = {floor:.3f} x {sharp} for the decode alone")
     for name, why in {**skipped, **errors}.items():
         print(f"skipped/failed {name}: {why}")
     plot = bar_plot(
