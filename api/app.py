@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await waiter.stop()
+            await storage.aclose()
             await redis.aclose()
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

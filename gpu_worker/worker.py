@@ -136,6 +136,7 @@ class Worker:
             await self.pool.close()
             if self.gpu is not None:
                 await self.gpu.close()
+            await self.storage.aclose()
             await self.redis.aclose()
             log.info("worker %s stopped (%d jobs done)", self.name, self.processed)
 

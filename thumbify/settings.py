@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,23 @@ class Settings(BaseSettings):
     # Empty means "embedded": `thumbify serve` starts a redis-server under data_dir/redis.
     redis_url: str = ""
     key_prefix: str = "thumbify"
+
+    # Where originals and thumbnails live: "local" (data_dir/objects, one machine or a shared volume) or "s3" (any
+    # S3 API: AWS, MinIO, Ceph, R2). Empty S3 credentials and region leave them to boto's own chain (AWS_*
+    # variables, profiles, IRSA); the endpoint is for servers other than AWS.
+    storage: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Originals go up in parts of this size (S3's minimum part is 5 MiB).
+    s3_part_mib: int = Field(16, ge=5, le=5120)
+    # Thumbnail downloads answer 307 to a presigned URL on the bucket valid this long, so the bytes do not pass
+    # through the API (the API still checks the key, the owner and If-None-Match first); 0 = stream them.
+    s3_redirect_ttl_s: int = Field(0, ge=0, le=7 * 24 * 3600)
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -108,6 +125,12 @@ class Settings(BaseSettings):
 
     max_wait_s: float = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("THUMBIFY_STORAGE=s3 needs THUMBIFY_S3_BUCKET (and usually THUMBIFY_S3_ENDPOINT_URL)")
+        return self
 
     @property
     def originals_prefix(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 
 from api.auth import Caller, authenticate
 from api.problems import AUTH_PROBLEMS, problem_responses
@@ -14,10 +14,10 @@ from api.services import Services, services
 from thumbify.errors import Forbidden, NotFound
 from thumbify.signing import valid
 from thumbify.spec import MEDIA_TYPES, Format
+from thumbify.storage import THUMBNAIL_CACHE_CONTROL
 
 router = APIRouter(prefix="/v1/thumbnails", tags=["thumbnails"])
 Svc = Annotated[Services, Depends(services)]
-IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -91,7 +91,7 @@ async def get_thumbnail(
     etag = f'"{thumb.etag}"'
     headers = {
         "ETag": etag,
-        "Cache-Control": IMMUTABLE,
+        "Cache-Control": THUMBNAIL_CACHE_CONTROL,
         "X-Content-Type-Options": "nosniff",
         "Content-Disposition": content_disposition(thumb.name),
     }
@@ -100,6 +100,12 @@ async def get_thumbnail(
     stored = await svc.storage.stat(f"thumbnails/{job_id}/{name}")
     if stored is None:
         raise NotFound(f"thumbnail {name!r} of job {job_id} is gone")
+    ttl = svc.settings.s3_redirect_ttl_s
+    if ttl and (url := await svc.storage.presigned_get(stored.key, ttl)):
+        # The bytes come from the bucket; the redirect itself is private and outlives no more than half the URL.
+        return RedirectResponse(
+            url, 307, {"Cache-Control": f"private, max-age={ttl // 2}", "X-Content-Type-Options": "nosniff"}
+        )
     media_type = MEDIA_TYPES[Format(thumb.format)]
     if stored.path is not None:
         return FileResponse(stored.path, media_type=media_type, headers=headers)

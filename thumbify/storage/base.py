@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+# A thumbnail never changes under its name (a job's files are written once), so any cache may keep it.
+THUMBNAIL_CACHE_CONTROL = "public, max-age=31536000, immutable"
+
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -34,3 +37,9 @@ class Storage(Protocol):
 
     async def ping(self) -> None:
         """Raise if storage cannot be written."""
+
+    async def presigned_get(self, key: str, ttl_s: int) -> str | None:
+        """A URL a client may fetch the object from directly for `ttl_s` seconds, or None where there is none."""
+
+    async def aclose(self) -> None:
+        """Release connections (the process is stopping)."""

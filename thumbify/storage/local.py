@@ -71,6 +71,12 @@ class LocalStorage:
     async def ping(self) -> None:
         await anyio.to_thread.run_sync(self._ping)
 
+    async def presigned_get(self, key: str, ttl_s: int) -> None:
+        return None  # the API sends the file itself
+
+    async def aclose(self) -> None:
+        pass
+
     def _ping(self) -> None:
         fd, name = tempfile.mkstemp(dir=self.spool, prefix=".ping-")
         os.close(fd)

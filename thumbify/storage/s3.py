@@ -1,0 +1,176 @@
+"""S3 and anything that speaks its API (MinIO, Ceph, R2, rclone), through aioboto3.
+
+Keys map to `<s3_prefix><key>` in one bucket. Uploads of originals go up in parts (`s3_part_mib`) from the API's spool
+file, and a failed multipart upload is aborted (aioboto3's managed transfer does it; an upload cut short by the
+process dying is what the bucket's AbortIncompleteMultipartUpload lifecycle rule is for). Workers download an
+original to a temporary file in their spool folder for the length of a render. Errors: a missing object is
+FileNotFoundError (stat: None), anything else StorageFailed (503 at the API, a retry with backoff in the worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import mimetypes
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import aioboto3
+import aiohttp
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from thumbify.errors import StorageFailed
+from thumbify.storage.base import THUMBNAIL_CACHE_CONTROL, StoredObject
+
+MISSING = {"404", "NoSuchKey", "NotFound"}
+DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+PING_KEY = ".thumbify-ping"
+
+
+class S3Storage:
+    def __init__(self, settings) -> None:
+        self.bucket = settings.s3_bucket
+        self.prefix = settings.s3_prefix
+        self.spool = settings.spool_dir.resolve()
+        self.spool.mkdir(parents=True, exist_ok=True)
+        secret = settings.s3_secret_access_key.get_secret_value()
+        # Empty settings leave the choice to boto's own chain (AWS_* variables, profiles, IRSA, instance roles).
+        self._session = aioboto3.Session(
+            aws_access_key_id=settings.s3_access_key_id or None,
+            aws_secret_access_key=secret or None,
+            region_name=settings.s3_region or None,
+        )
+        self._endpoint = settings.s3_endpoint_url or None
+        self._config = Config(
+            signature_version="s3v4",  # presigned URLs too: S3-compatible servers often refuse SigV2
+            s3={"addressing_style": settings.s3_addressing_style},
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=64,  # boto's 10 would queue an API's concurrent uploads and downloads
+            connect_timeout=5,
+            read_timeout=30,
+        )
+        part = settings.s3_part_mib * 1024 * 1024
+        self._transfer = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
+        self._client = None
+        self._stack: AsyncExitStack | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opening: asyncio.Lock | None = None
+
+    def _key(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"key outside storage: {key!r}")
+        return self.prefix + key
+
+    async def _s3(self):
+        """The client, made on first use in the running event loop (aiobotocore's sessions belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._client, self._stack, self._loop, self._opening = None, None, loop, asyncio.Lock()
+        async with self._opening:
+            if self._client is None:
+                stack = AsyncExitStack()
+                self._client = await stack.enter_async_context(
+                    self._session.client("s3", endpoint_url=self._endpoint, config=self._config)
+                )
+                self._stack = stack
+        return self._client
+
+    async def aclose(self) -> None:
+        stack, self._client, self._stack, self._loop = self._stack, None, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def put_file(self, key: str, path: Path) -> None:
+        s3 = await self._s3()
+        with _errors("upload", key):
+            await s3.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer)
+        path.unlink(missing_ok=True)  # a move, as on local storage: the spool file is ours to remove
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        s3 = await self._s3()
+        extra = {"ContentType": mimetypes.guess_type(key)[0] or "application/octet-stream"}
+        if key.startswith("thumbnails/"):
+            extra["CacheControl"] = THUMBNAIL_CACHE_CONTROL
+        with _errors("write", key):
+            await s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+
+    @asynccontextmanager
+    async def local_copy(self, key: str) -> AsyncIterator[Path]:
+        s3 = await self._s3()
+        fd, name = tempfile.mkstemp(dir=self.spool, prefix=".s3-", suffix=".part")
+        os.close(fd)
+        path = Path(name)
+        try:
+            with _errors("download", key):
+                await s3.download_file(self.bucket, self._key(key), name)
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def stat(self, key: str) -> StoredObject | None:
+        s3 = await self._s3()
+        try:
+            with _errors("stat", key):
+                head = await s3.head_object(Bucket=self.bucket, Key=self._key(key))
+        except FileNotFoundError:
+            return None
+        return StoredObject(key, int(head["ContentLength"]))
+
+    async def read(self, key: str) -> bytes:
+        s3 = await self._s3()
+        with _errors("read", key):
+            response = await s3.get_object(Bucket=self.bucket, Key=self._key(key))
+            async with response["Body"] as body:
+                return await body.read()
+
+    async def presigned_get(self, key: str, ttl_s: int) -> str | None:
+        s3 = await self._s3()
+        with _errors("presign", key):
+            return await s3.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=ttl_s
+            )
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """The object `prefix` and everything under `prefix/` (not `prefix2`: S3 prefixes are plain strings)."""
+        s3 = await self._s3()
+        full = self._key(prefix)
+        keys: list[str] = []
+        with _errors("list", prefix):
+            async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                keys += [
+                    o["Key"] for o in page.get("Contents", []) if o["Key"] == full or o["Key"].startswith(full + "/")
+                ]
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": k} for k in keys[start : start + DELETE_BATCH]]
+            with _errors("delete", prefix):
+                result = await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            if result.get("Errors"):
+                first = result["Errors"][0]
+                raise StorageFailed(f"S3 delete under {prefix!r} failed: {first.get('Code')}: {first.get('Message')}")
+        return len(keys)
+
+    async def ping(self) -> None:
+        s3 = await self._s3()
+        with _errors("write", PING_KEY):
+            await s3.put_object(Bucket=self.bucket, Key=self.prefix + PING_KEY, Body=b"")
+
+
+@contextlib.contextmanager
+def _errors(op: str, key: str) -> Iterator[None]:
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        if str(error.get("Code")) in MISSING:
+            raise FileNotFoundError(key) from exc
+        raise StorageFailed(f"S3 {op} of {key!r} failed: {error.get('Code')}: {error.get('Message')}") from exc
+    except (BotoCoreError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise StorageFailed(f"S3 {op} of {key!r} failed: {exc}") from exc
+
+
+__all__ = ["S3Storage"]
