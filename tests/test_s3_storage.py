@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_jpeg, start_service, stop_service
+from conftest import PROBLEM_BASE, PYTHON, make_jpeg, start_service, stop_service
+from faults import job_rows, wait_for
 from s3server import RcloneS3
 
 from thumbify.errors import StorageFailed
@@ -266,4 +268,32 @@ def test_upload_while_s3_is_down_is_a_clean_503(redis_server: str, tmp_path: Pat
         assert ready.status_code == 503
     finally:
         stop_service(api)
+        server.stop()
+
+
+def test_worker_retries_while_s3_is_down_and_finishes_when_it_returns(redis_server: str, tmp_path: Path) -> None:
+    server = RcloneS3(tmp_path / "root", tmp_path / "rclone.log").start()
+    env = {**server.env("outage/"), "retry_base_s": 0.05, "retry_max_s": 0.3, "max_attempts": 50}
+    svc = start_service(tmp_path / "svc", redis_server, extra_env=env, with_worker=False)
+    try:
+        ids = [svc.submit_ok(make_jpeg(320, 240), f"o{i}.jpg", sizes="128")["id"] for i in range(3)]
+        server.stop()
+        svc.start("worker", [PYTHON, "-m", "gpu_worker"])
+        wait_for(
+            lambda: all(int(r.get("attempts", 0)) >= 2 for r in job_rows(svc, ids).values()),
+            30,
+            "two tries of every job while S3 is down",
+        )
+        rows = job_rows(svc, ids)
+        assert all(r["status"] in ("queued", "processing") for r in rows.values()), rows
+        errors = [json.loads(r["error"]) for r in rows.values() if r["error"] != "null"]
+        assert errors and all(e["type"] == PROBLEM_BASE + "storage-error" for e in errors), errors
+        server.start()  # the same port and folder: the originals are still there
+        for job_id in ids:
+            job = svc.wait(job_id, timeout=30)
+            assert job["status"] == "done" and job["attempts"] > 1 and job["error"] is None, job
+            assert svc.client.get(job["thumbnails"][0]["url"]).status_code == 200
+        assert not [p for p in svc.spool_files() if p.startswith(".s3-")], "no download left behind"
+    finally:
+        stop_service(svc)
         server.stop()
