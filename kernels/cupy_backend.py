@@ -83,10 +83,13 @@ class CupyBackend:
 
     name = "cupy"
 
-    def __init__(self) -> None:
-        import cupy  # lazily: the package must import without it
+    def __init__(self, xp: Any = None) -> None:
+        """`xp`: the CuPy module (imported here, lazily: the package must import without it), or a stand-in with
+        its interface, as the tests' CPU emulation of these kernels (tests/cuda_emulator.py)."""
+        if xp is None:
+            import cupy as xp
 
-        self.xp = cupy
+        self.xp = xp
         self._kernels: dict[tuple[str, np.dtype], Any] = {}
         # Device copies of the (immutable, cached) weight tables, keyed by identity; a table is held here as well so
         # its id cannot be reused while the entry lives.
