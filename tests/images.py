@@ -497,3 +497,16 @@ def webp_with_frames(frames: int, width: int = 2, height: int = 2) -> bytes:
     strip = from_array(array)
     strip.set_type(pyvips.GValue.gint_type, "page-height", height)
     return strip.webpsave_buffer(lossless=True)
+
+
+def slow_avif_source() -> bytes:
+    """A 1.2 MB 5000x5000 PNG of fine periodic stripes whose 4096 px AVIF takes seconds to encode (about 9 s on a
+    2-core CI machine; smooth gradients took only 1.4 s there, too close to the timeouts the tests set)."""
+    n = 5000
+    xy = pyvips.Image.xyz(n, n)
+    img = (
+        ((xy[0] % 7) * 36)
+        .cast("uchar")
+        .bandjoin([((xy[1] % 5) * 50).cast("uchar"), ((xy[0] + xy[1]) % 11 * 23).cast("uchar")])
+    )
+    return img.copy(interpretation="srgb").pngsave_buffer(compression=6)

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import images
 import pytest
 import pyvips
 from conftest import PROBLEM_BASE, PYTHON, ROOT, Service, make_jpeg, port_is_free, start_service, stop_service
@@ -84,14 +85,6 @@ def service(tmp_path: Path, redis_url: str, leftovers: Leftovers, worker: bool =
 def photo(width: int, height: int, seed: int) -> bytes:
     """A noise JPEG: each one distinct, slow enough to decode that several are in flight at once."""
     return make_jpeg(width, height, quality=80 + seed % 10)
-
-
-def slow_png() -> bytes:
-    """5000x5000 smooth gradients: a 0.6 MB upload whose 4096 px AVIF takes seconds to encode."""
-    n = 5000
-    xy = pyvips.Image.xyz(n, n)
-    img = (xy[0] * 255 / n).cast("uchar").bandjoin([(xy[1] * 255 / n).cast("uchar"), (xy[0] * 0 + 90).cast("uchar")])
-    return img.copy(interpretation="srgb").pngsave_buffer(compression=6, filter="sub")
 
 
 def run_cli(svc: Service, *args: str) -> subprocess.CompletedProcess:
@@ -228,7 +221,7 @@ def test_an_image_over_the_timeout_fails_and_the_worker_keeps_serving(
         worker = svc.procs["worker"]
         wait_for(lambda: render_children(worker.pid), 30, "the render process")
         before = set(render_children(worker.pid))
-        slow = svc.submit_ok(slow_png(), "huge.png", sizes="4096", format="avif")
+        slow = svc.submit_ok(images.slow_avif_source(), "huge.png", sizes="4096", format="avif")
         small = svc.submit_ok(make_jpeg(64, 48), "small.jpg")
         job = svc.wait(slow["id"], timeout=30)
         assert job["status"] == "failed", job
@@ -556,7 +549,7 @@ def test_render_pool_replaces_a_child_that_dies_or_overruns(tmp_path: Path):
     small = tmp_path / "small.jpg"
     small.write_bytes(make_jpeg(320, 240))
     slow = tmp_path / "slow.png"
-    slow.write_bytes(slow_png())
+    slow.write_bytes(images.slow_avif_source())
     spec = ThumbnailSpec(sizes=["128"])
     heavy = ThumbnailSpec(sizes=["4096"], format="avif")
 

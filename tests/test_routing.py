@@ -23,7 +23,6 @@ from pathlib import Path
 
 import images
 import pytest
-import pyvips
 import test_vips_backend as vt
 from conftest import PYTHON, ROOT, clean_env
 
@@ -311,20 +310,12 @@ def test_defer_vips_leaves_those_images_to_the_caller(tmp_path: Path) -> None:
 # -- the GPU render process: batches in a child --------------------------------------------------------------------
 
 
-def slow_png() -> bytes:
-    """5000x5000 smooth gradients: a small upload whose 4096 px AVIF takes seconds."""
-    n = 5000
-    xy = pyvips.Image.xyz(n, n)
-    img = (xy[0] * 255 / n).cast("uchar").bandjoin([(xy[1] * 255 / n).cast("uchar"), (xy[0] * 0 + 90).cast("uchar")])
-    return img.copy(interpretation="srgb").pngsave_buffer(compression=6, filter="sub")
-
-
 @needs_dali
 def test_batches_in_a_render_process_and_a_slow_image_fails_alone(tmp_path: Path) -> None:
     small = [item(tmp_path, f"s{i}.jpg", images.photo_like(320, 240, seed=10 + i), sizes="64") for i in range(4)]
     cmyk = item(tmp_path, "cmyk.jpg", images.cmyk_jpeg(), sizes="64")
     truncated = item(tmp_path, "t.jpg", images.truncated_jpeg(), sizes="64")
-    slow = item(tmp_path, "slow.png", slow_png(), sizes="4096", format="avif")
+    slow = item(tmp_path, "slow.png", images.slow_avif_source(), sizes="4096", format="avif")
 
     async def main() -> None:
         backend = RoutedBackend("cpu", num_threads=1, max_batch=8, defer_vips=True)
