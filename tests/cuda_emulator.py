@@ -137,3 +137,94 @@ def emulated_cupy() -> SimpleNamespace:
         int32=np.int32,
         RawKernel=EmulatedRawKernel,
     )
+
+
+# -- a stand-in for the CuPy module, for the GPU code paths above the kernels ---------------------------------------
+
+
+class DeviceArray(np.ndarray):
+    """A `cupy.ndarray` stand-in: host memory with CuPy's host<->device copy methods and signatures."""
+
+    __module__ = "cupy"  # what kernels.get_backend looks at to pick the CuPy backend for an array
+
+    def set(self, arr: np.ndarray, stream=None) -> None:
+        if not isinstance(arr, np.ndarray) or arr.shape != self.shape or arr.dtype != self.dtype:
+            raise ValueError("set: the host array must have the device array's shape and dtype (as in CuPy)")
+        np.copyto(self, arr)
+
+    def get(self, stream=None, order: str = "C", out: np.ndarray | None = None) -> np.ndarray:
+        host = np.array(np.asarray(self).view(np.ndarray), order=order)
+        if out is not None:
+            np.copyto(out, host)
+            return out
+        return host
+
+
+class _Stream:
+    def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False) -> None:
+        pass
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def record(self, event=None) -> SimpleNamespace:
+        return SimpleNamespace(synchronize=lambda: None)
+
+    def synchronize(self) -> None:
+        pass
+
+
+class _Device(_Stream):
+    def __init__(self, device: int | None = None) -> None:
+        if device not in (None, 0):
+            raise ValueError(f"the emulator has one device (0), not {device}")
+
+
+def _device(fn):
+    return lambda *args, **kwargs: np.asarray(fn(*args, **kwargs)).view(DeviceArray)
+
+
+def fake_cupy_module():
+    """A module that stands in for `cupy` on a machine without a GPU: one "device" whose memory is host memory,
+    streams and events that are already done, pinned memory that is ordinary memory, and the emulated kernels."""
+    import types
+
+    cupy = types.ModuleType("cupy")
+    cupy.__dict__.update(
+        ndarray=DeviceArray,
+        asarray=_device(np.asarray),
+        ascontiguousarray=_device(np.ascontiguousarray),
+        empty=_device(np.empty),
+        zeros=_device(np.zeros),
+        full=_device(np.full),
+        asnumpy=lambda a, stream=None: np.array(np.asarray(a).view(np.ndarray)),
+        RawKernel=EmulatedRawKernel,
+        uint8=np.uint8,
+        uint16=np.uint16,
+        uint32=np.uint32,
+        int32=np.int32,
+        float32=np.float32,
+        __version__="emulated",
+    )
+    cuda = types.ModuleType("cupy.cuda")
+    cuda.__dict__.update(
+        Device=_Device,
+        Stream=_Stream,
+        alloc_pinned_memory=bytearray,
+        runtime=SimpleNamespace(getDeviceCount=lambda: 1),
+    )
+    cupy.cuda = cuda
+    return cupy
+
+
+def install_fake_cupy() -> None:
+    """Make `import cupy` give the stand-in (for a test process of its own: never in the main test run)."""
+    import sys
+
+    if "cupy" in sys.modules and getattr(sys.modules["cupy"], "__version__", "") != "emulated":
+        raise RuntimeError("the real CuPy is already imported: the emulator must not replace it")
+    sys.modules["cupy"] = fake_cupy_module()
+    sys.modules["cupy.cuda"] = sys.modules["cupy"].cuda

@@ -1,0 +1,32 @@
+"""The tiles backend's GPU path (pinned strips, stream copies, the CuPy strip driver, premultiplied alpha, 16-bit)
+run on every CI machine: its GPU tests in a pytest process of their own where `import cupy` gives the CPU emulator
+(tests/emulated_gpu.py, tests/cuda_emulator.py). What only a GPU shows (device memory, real asynchrony) stays with
+the GPU tests on a GPU machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, ROOT
+from cuda_emulator import COMPILER
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler to emulate the CUDA kernels with")
+def test_the_tiles_gpu_path_on_the_emulator(tmp_path: Path) -> None:
+    report = tmp_path / "report.xml"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    argv = [PYTHON, "-m", "pytest", "-p", "emulated_gpu", "-p", "no:cacheprovider", "-q", "-rs"]
+    # Device memory is CuPy's allocator's business, which the emulator does not have: that test stays GPU-only.
+    argv += ["tests/test_tiles_backend.py", "-k", "gpu and not memory_stays_bounded", f"--junitxml={report}"]
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
+    suite = ET.parse(report).getroot().find("testsuite")
+    ran, skipped = int(suite.get("tests")), int(suite.get("skipped"))
+    assert skipped == 0, proc.stdout[-4000:]  # every GPU test ran: none skipped for want of CUDA
+    assert ran >= 40, proc.stdout[-4000:]
