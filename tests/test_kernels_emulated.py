@@ -6,6 +6,9 @@ The GPU itself is tested by tests/test_kernels_gpu.py where there is one; this r
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 from cuda_emulator import COMPILER, EmulatedRawKernel, emulated_cupy
@@ -100,3 +103,29 @@ def test_the_emulator_refuses_what_the_gpu_would_get_wrong():
         kernel((1,), (256,), (*good[:6], 4, *good[7:]))
     with pytest.raises(TypeError, match="takes 10 arguments"):
         kernel((1,), (256,), good[:-1])
+
+
+NVCC = shutil.which("nvcc")
+
+
+@pytest.mark.skipif(NVCC is None, reason="no CUDA compiler (nvcc) here")
+@pytest.mark.parametrize("ctype", ["unsigned char", "unsigned short"])
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])  # A100; H100/H200
+def test_the_kernel_source_compiles_for_the_gpu(tmp_path, ctype, arch):
+    # What CuPy's NVRTC does on the GPU machine at first use: the real CUDA dialect, not the emulator's shim.
+    source = tmp_path / "kernels.cu"
+    source.write_text(_SOURCE.replace("SRC_T", ctype).replace("DST_T", ctype))
+    argv = [
+        NVCC,
+        f"-arch={arch}",
+        "-cubin",
+        "-Werror",
+        "all-warnings",
+        "-Xptxas",
+        "-v",
+        "-o",
+        str(tmp_path / "k.cubin"),
+    ]
+    proc = subprocess.run([*argv, str(source)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("0 bytes spill stores") == 2, proc.stderr  # both kernels, no register spills
