@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import FastAPI
 
 from api import problems, security
 from api.auth import refuse_open_bind
@@ -82,10 +81,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(thumbnails.router)
     app.include_router(health.router)
-
-    # A route, not a mounted app: a mount answers `GET /metrics` with a redirect to `/metrics/`.
-    @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

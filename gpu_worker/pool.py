@@ -40,6 +40,7 @@ from prometheus_client import Histogram
 from gpu_worker.backends.base import Backend, Rendition
 from gpu_worker.backends.route import Deferred, Hint, Item, Result
 from thumbify.errors import ImageTimeout, RenderFailed, ThumbifyError, WorkerCrashed
+from thumbify.metrics import RENDER_REPLACED
 from thumbify.settings import Settings
 from thumbify.spec import ThumbnailSpec
 
@@ -254,6 +255,7 @@ class RenderPool:
         if self._closing:
             return
         self.replaced += 1
+        RENDER_REPLACED.inc()
         task = asyncio.ensure_future(self._start_replacement())
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)

@@ -39,7 +39,7 @@ from gpu_worker.backends.route import Deferred, RoutedBackend, hint_from_source,
 from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
 from thumbify.jobs import GONE, OK, TERMINAL, Job, JobStore, Thumbnail
-from thumbify.metrics import BATCH_SIZE, JOB_SECONDS, JOBS
+from thumbify.metrics import BATCH_SIZE, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from thumbify.queue import JobQueue, Message, backoff_delay
 from thumbify.redis_conn import connect
 from thumbify.retention import Retention
@@ -268,11 +268,13 @@ class Worker:
             self._preparing.add(message.id)
             task.add_done_callback(lambda _t, mid=message.id: self._done(mid))
             started += 1
+        JOBS_IN_FLIGHT.set(len(self.inflight))
         return started
 
     def _done(self, message_id: str) -> None:
         self.inflight.pop(message_id, None)
         self._preparing.discard(message_id)
+        JOBS_IN_FLIGHT.set(len(self.inflight))
 
     # -- background ---------------------------------------------------------------------------------------------
 

@@ -253,6 +253,20 @@ class JobQueue:
     async def depth(self) -> int:
         return int(await self.redis.xlen(self.stream))
 
+    async def counts(self) -> dict[str, int]:
+        """Jobs by state (the `thumbify_queue_jobs` gauge). Finished messages are deleted from the stream, so what
+        it holds is either waiting or pending in the group (delivered, not finished)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xlen(self.stream)
+            pipe.zcard(self.delayed)
+            pipe.xlen(self.dead)
+            length, delayed, dead = await pipe.execute()
+        try:
+            in_flight = int((await self.redis.xpending(self.stream, self.GROUP))["pending"])
+        except ResponseError:  # no consumer group yet: no worker has started
+            in_flight = 0
+        return {"waiting": max(0, length - in_flight), "in_flight": in_flight, "delayed": delayed, "dead": dead}
+
     # -- reading -----------------------------------------------------------------------------------------------
 
     async def read(self, consumer: str, count: int, block_ms: int | None) -> list[Message]:

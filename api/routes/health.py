@@ -1,14 +1,16 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.problems import problem, problem_responses
 from api.services import Services, services
+from thumbify.metrics import QUEUE_JOBS, REDIS_UP
 
 router = APIRouter(tags=["health"])
 Svc = Annotated[Services, Depends(services)]
@@ -43,3 +45,19 @@ async def readyz(svc: Svc):
         {"Retry-After": "5"},
         checks=checks,
     )
+
+
+# A route, not a mounted app: a mount answers `GET /metrics` with a redirect to `/metrics/`.
+@router.get("/metrics", include_in_schema=False)
+async def metrics(svc: Svc) -> Response:
+    """This process's counters, and the queue's state read from Redis now. A scrape never fails for Redis being
+    away (`thumbify_redis_up` 0 says so, and the queue gauges keep their last values)."""
+    try:
+        counts = await asyncio.wait_for(svc.queue.counts(), timeout=2.0)
+    except Exception:  # noqa: BLE001 - down, hung or refusing: all mean "no fresh numbers"
+        REDIS_UP.set(0)
+    else:
+        REDIS_UP.set(1)
+        for state, n in counts.items():
+            QUEUE_JOBS.labels(state).set(n)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
