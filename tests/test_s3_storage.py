@@ -15,7 +15,7 @@ import httpx
 import pytest
 from conftest import PROBLEM_BASE, PYTHON, make_jpeg, start_service, stop_service
 from faults import job_rows, wait_for
-from s3server import RcloneS3
+from s3server import BUCKET, RcloneS3
 
 from thumbify.errors import StorageFailed
 from thumbify.settings import Settings
@@ -188,6 +188,28 @@ def test_s3_down_is_a_storage_failure_not_a_missing_object(tmp_path: Path) -> No
     for work in (lambda st: st.stat("originals/j"), lambda st: st.read("originals/j"), lambda st: st.ping()):
         with pytest.raises(StorageFailed):
             run(using(storage, work))
+
+
+def test_a_cancelled_multipart_upload_leaves_nothing(s3: RcloneS3, tmp_path: Path) -> None:
+    settings = settings_for(s3, tmp_path, s3_part_mib=5)
+    big = tmp_path / "big.part"
+    big.write_bytes(os.urandom(60 * 1024 * 1024))  # twelve parts: still uploading when cancelled
+
+    async def work(st):
+        task = asyncio.ensure_future(st.put_file("originals/cancelled", big))
+        await asyncio.sleep(0.3)
+        assert not task.done(), "the upload finished before it could be cancelled: make the file bigger"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        client = await st._s3()
+        listing = await client.list_multipart_uploads(Bucket=BUCKET, Prefix=settings.s3_prefix)
+        return listing.get("Uploads", [])
+
+    uploads = run(using(S3Storage(settings), work))
+    assert uploads == [], "the multipart upload must be aborted"
+    assert s3.objects(settings.s3_prefix) == set(), "no object and no part may be left"
+    assert big.exists(), "the spool file stays the caller's to remove"
 
 
 def test_s3_needs_a_bucket() -> None:

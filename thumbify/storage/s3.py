@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import mimetypes
 import os
 import tempfile
@@ -26,6 +27,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from thumbify.errors import StorageFailed
 from thumbify.storage.base import THUMBNAIL_CACHE_CONTROL, StoredObject
+
+log = logging.getLogger(__name__)
 
 MISSING = {"404", "NoSuchKey", "NotFound"}
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
@@ -87,9 +90,28 @@ class S3Storage:
 
     async def put_file(self, key: str, path: Path) -> None:
         s3 = await self._s3()
-        with _errors("upload", key):
-            await s3.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer)
+        full = self._key(key)
+        try:
+            with _errors("upload", key):
+                await s3.upload_file(str(path), self.bucket, full, Config=self._transfer)
+        except BaseException:
+            # Failed or cancelled (a client that hung up), the upload leaves nothing behind: aioboto3 aborts a
+            # multipart upload that fails, not one that is cancelled, and an object that completed just before
+            # the cancel is not the caller's either.
+            await asyncio.shield(self._discard(full))
+            raise
         path.unlink(missing_ok=True)  # a move, as on local storage: the spool file is ours to remove
+
+    async def _discard(self, full: str) -> None:
+        s3 = await self._s3()
+        try:
+            listing = await s3.list_multipart_uploads(Bucket=self.bucket, Prefix=full)
+            for upload in listing.get("Uploads", []):
+                if upload["Key"] == full:  # keys are one job's: no one else is uploading to it
+                    await s3.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload["UploadId"])
+            await s3.delete_object(Bucket=self.bucket, Key=full)
+        except Exception as exc:  # S3 away: the bucket's AbortIncompleteMultipartUpload rule is the backstop
+            log.warning("could not clean up the failed upload of %s: %s", full, exc)
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         s3 = await self._s3()
