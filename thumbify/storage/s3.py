@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 MISSING = {"404", "NoSuchKey", "NotFound"}
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 PING_KEY = ".thumbify-ping"
+DOWNLOAD_CHUNK = 1 << 20
 
 
 class S3Storage:
@@ -125,11 +126,17 @@ class S3Storage:
     async def local_copy(self, key: str) -> AsyncIterator[Path]:
         s3 = await self._s3()
         fd, name = tempfile.mkstemp(dir=self.spool, prefix=".s3-", suffix=".part")
-        os.close(fd)
         path = Path(name)
         try:
-            with _errors("download", key):
-                await s3.download_file(self.bucket, self._key(key), name)
+            # One GET streamed to the file: about a fifth less CPU than aioboto3's managed download (its ranged GETs
+            # and thread-pool writes), measured on 3 MB originals. Writes of 1 MiB to a local disk do not hold the
+            # event loop for long.
+            with os.fdopen(fd, "wb") as out, _errors("download", key):
+                response = await s3.get_object(Bucket=self.bucket, Key=self._key(key))
+                stream = response["Body"]
+                async with stream:  # (the context gives aiohttp's response, whose read takes no size)
+                    while chunk := await stream.read(DOWNLOAD_CHUNK):
+                        out.write(chunk)
             yield path
         finally:
             path.unlink(missing_ok=True)
