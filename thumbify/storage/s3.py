@@ -103,11 +103,19 @@ class S3Storage:
             raise
         path.unlink(missing_ok=True)  # a move, as on local storage: the spool file is ours to remove
 
+    async def _open_uploads(self, full: str) -> list[dict]:
+        s3 = await self._s3()
+        try:
+            return (await s3.list_multipart_uploads(Bucket=self.bucket, Prefix=full)).get("Uploads", [])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return []  # how rclone's S3 server says "none" (AWS answers an empty list)
+            raise
+
     async def _discard(self, full: str) -> None:
         s3 = await self._s3()
         try:
-            listing = await s3.list_multipart_uploads(Bucket=self.bucket, Prefix=full)
-            for upload in listing.get("Uploads", []):
+            for upload in await self._open_uploads(full):
                 if upload["Key"] == full:  # keys are one job's: no one else is uploading to it
                     await s3.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload["UploadId"])
             await s3.delete_object(Bucket=self.bucket, Key=full)
