@@ -35,23 +35,16 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from prometheus_client import Histogram
-
 from gpu_worker.backends.base import Backend, Rendition
 from gpu_worker.backends.route import Deferred, Hint, Item, Result
+from gpu_worker.metrics import RENDER_BATCH, RENDER_REPLACED
 from thumbify.errors import ImageTimeout, RenderFailed, ThumbifyError, WorkerCrashed
-from thumbify.metrics import RENDER_REPLACED
 from thumbify.settings import Settings
 from thumbify.spec import ThumbnailSpec
 
 log = logging.getLogger("thumbify.worker")
 
 START_TIMEOUT_S = 60.0
-RENDER_BATCH = Histogram(
-    "thumbify_render_batch_size",
-    "Images per batch handed to the GPU render process",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
 
 
 class _Child:

@@ -36,10 +36,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gpu_worker.backends.base import Backend, Rendition
 from gpu_worker.backends.route import Deferred, RoutedBackend, hint_from_source, route
+from gpu_worker.metrics import BATCH_SIZE, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
 from thumbify.jobs import GONE, OK, TERMINAL, Job, JobStore, Thumbnail
-from thumbify.metrics import BATCH_SIZE, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from thumbify.queue import JobQueue, Message, backoff_delay
 from thumbify.redis_conn import connect
 from thumbify.retention import Retention

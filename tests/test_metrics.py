@@ -98,8 +98,12 @@ def test_prometheus_scrapes_the_api_and_a_worker(redis_server: str, tmp_path: Pa
             'sum(thumbify_jobs_total{outcome="done"})': lambda v: v >= 3,
             'sum(thumbify_job_seconds_count{backend="vips"})': lambda v: v >= 3,
             'sum(thumbify_uploads_total{outcome="accepted"})': lambda v: v >= 3,
-            'thumbify_queue_jobs{state="waiting"}': lambda v: v == 0,
-            "thumbify_redis_up": lambda v: v == 1,
+            'thumbify_queue_jobs{state="waiting",job="thumbify-api"}': lambda v: v == 0,
+            'thumbify_redis_up{job="thumbify-api"}': lambda v: v == 1,
+            # Each process exports only what it sets: a worker's 0 here would read as "Redis down".
+            'count(thumbify_redis_up{job="thumbify-worker"}) or vector(0)': lambda v: v == 0,
+            'count(thumbify_worker_jobs_in_flight{job="thumbify-api"}) or vector(0)': lambda v: v == 0,
+            'thumbify_worker_jobs_in_flight{job="thumbify-worker"}': lambda v: v == 0,
         }
         seen: dict[str, float | None] = {}
         deadline = time.monotonic() + 90

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api.metrics import QUEUE_JOBS, REDIS_UP
 from api.problems import problem, problem_responses
 from api.services import Services, services
-from thumbify.metrics import QUEUE_JOBS, REDIS_UP
 
 router = APIRouter(tags=["health"])
 Svc = Annotated[Services, Depends(services)]

@@ -11,13 +11,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from api import idempotency, upload
 from api.auth import Caller, Reader, Submitter
+from api.metrics import UPLOAD_BYTES, UPLOADS
 from api.options import DESCRIPTIONS, build_spec, collect, openapi_request_body, validate_early
 from api.problems import AUTH_PROBLEMS, problem_responses
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
 from thumbify.errors import InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
 from thumbify.jobs import TERMINAL, Job, Status, decode_cursor, new_job_id
-from thumbify.metrics import UPLOAD_BYTES, UPLOADS
 from thumbify.probe import probe_for
 from thumbify.spec import safe_stem
 

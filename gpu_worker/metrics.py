@@ -1,11 +1,9 @@
-"""Prometheus metrics both processes export. Each process has its own registry and endpoint."""
+"""A worker's Prometheus metrics (served on THUMBIFY_WORKER_METRICS_PORT); the API's are in api/metrics.py."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-UPLOADS = Counter("thumbify_uploads_total", "Uploads by outcome", ["outcome"])
-UPLOAD_BYTES = Counter("thumbify_upload_bytes_total", "Bytes of accepted uploads")
 JOBS = Counter("thumbify_jobs_total", "Jobs finished by a worker, by outcome and backend", ["outcome", "backend"])
 JOB_SECONDS = Histogram(
     "thumbify_job_seconds",
@@ -16,17 +14,13 @@ JOB_SECONDS = Histogram(
 BATCH_SIZE = Histogram(
     "thumbify_batch_size", "Messages per batch read from the queue", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )
-
-# Read from Redis by the API at each scrape (every API replica reports the same numbers: take max() across them).
-QUEUE_JOBS = Gauge(
-    "thumbify_queue_jobs",
-    "Jobs by queue state: waiting (no worker has read them), in_flight (read, not finished), delayed (waiting to be "
-    "retried), dead (in the dead-letter stream)",
-    ["state"],
-)
-REDIS_UP = Gauge("thumbify_redis_up", "1 when Redis answered this process's last look, else 0")
 JOBS_IN_FLIGHT = Gauge(
     "thumbify_worker_jobs_in_flight", "Jobs this worker holds (rendering, or fetched to render next)"
+)
+RENDER_BATCH = Histogram(
+    "thumbify_render_batch_size",
+    "Images per batch handed to the GPU render process",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 RENDER_REPLACED = Counter(
     "thumbify_render_processes_replaced_total", "Render processes replaced after an image timed out or the process died"
