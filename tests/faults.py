@@ -8,6 +8,7 @@ redis-server that is really killed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pyvips
 import redis
-from conftest import PYTHON, ROOT, Service
+from conftest import PROBLEM_BASE, PYTHON, ROOT, Service
 
 # Every process a reliability test starts (API, workers, their render processes, redis-servers) inherits this
 # variable, with a value unique to the test, so the test can prove afterwards that none of them is left running.
@@ -62,6 +63,16 @@ def job_rows(svc: Service, ids: list[str]) -> dict[str, dict[str, str]]:
         for job_id in ids:
             pipe.hgetall(f"{svc.key_prefix}:job:{job_id}")
         return dict(zip(ids, pipe.execute(), strict=True))
+
+
+def wait_retrying(svc: Service, ids: list[str], tries: int, slug: str, what: str) -> None:
+    """Wait until every job has been tried `tries` times; then each must still be queued or processing (retried,
+    not failed) with the error it last recorded of problem type `slug`."""
+    wait_for(lambda: all(int(r.get("attempts", 0)) >= tries for r in job_rows(svc, ids).values()), 30, what)
+    rows = job_rows(svc, ids)
+    assert all(r["status"] in ("queued", "processing") for r in rows.values()), rows
+    errors = [json.loads(r["error"]) for r in rows.values() if r["error"] != "null"]
+    assert errors and all(e["type"] == PROBLEM_BASE + slug for e in errors), errors
 
 
 def statuses(svc: Service, ids: list[str]) -> dict[str, str]:

@@ -27,7 +27,6 @@ from faults import (
     TAG_VAR,
     broken_thumbnail_storage,
     check_thumbnails,
-    job_rows,
     log_of,
     pending_count,
     render_children,
@@ -35,6 +34,7 @@ from faults import (
     statuses,
     tagged_processes,
     wait_for,
+    wait_retrying,
 )
 from images import truncated_jpeg
 
@@ -145,15 +145,7 @@ def test_storage_outage_is_retried_until_it_returns(redis_server: str, tmp_path:
     try:
         with broken_thumbnail_storage(svc.data_dir):
             ids = [svc.submit_ok(make_jpeg(320, 240), f"s{i}.jpg", sizes="128")["id"] for i in range(3)]
-            wait_for(
-                lambda: all(int(r.get("attempts", 0)) >= 3 for r in job_rows(svc, ids).values()),
-                30,
-                "three tries of every job",
-            )
-            rows = job_rows(svc, ids)
-            assert all(r["status"] in ("queued", "processing") for r in rows.values()), rows
-            errors = [json.loads(r["error"]) for r in rows.values() if r["error"] != "null"]
-            assert errors and all(e["type"] == PROBLEM_BASE + "storage-error" for e in errors), errors
+            wait_retrying(svc, ids, 3, "storage-error", "three tries of every job")
         for job_id in ids:
             job = svc.wait(job_id, timeout=30)
             assert job["status"] == "done", job

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import time
 import uuid
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PROBLEM_BASE, PYTHON, make_jpeg, start_service, stop_service
-from faults import job_rows, wait_for
+from conftest import make_jpeg, start_service, stop_service
+from faults import start_worker, wait_retrying
 from s3server import RcloneS3
 
 from thumbify.errors import StorageFailed
@@ -306,16 +305,8 @@ def test_worker_retries_while_s3_is_down_and_finishes_when_it_returns(redis_serv
     try:
         ids = [svc.submit_ok(make_jpeg(320, 240), f"o{i}.jpg", sizes="128")["id"] for i in range(3)]
         server.stop()
-        svc.start("worker", [PYTHON, "-m", "gpu_worker"])
-        wait_for(
-            lambda: all(int(r.get("attempts", 0)) >= 2 for r in job_rows(svc, ids).values()),
-            30,
-            "two tries of every job while S3 is down",
-        )
-        rows = job_rows(svc, ids)
-        assert all(r["status"] in ("queued", "processing") for r in rows.values()), rows
-        errors = [json.loads(r["error"]) for r in rows.values() if r["error"] != "null"]
-        assert errors and all(e["type"] == PROBLEM_BASE + "storage-error" for e in errors), errors
+        start_worker(svc, "worker")
+        wait_retrying(svc, ids, 2, "storage-error", "two tries of every job while S3 is down")
         server.start()  # the same port and folder: the originals are still there
         for job_id in ids:
             job = svc.wait(job_id, timeout=30)
