@@ -126,19 +126,6 @@ def _compile(source: str) -> ctypes.CDLL:
     return ctypes.CDLL(str(lib))
 
 
-def emulated_cupy() -> SimpleNamespace:
-    """The slice of CuPy's module interface `CupyBackend` uses, on NumPy arrays with emulated kernels."""
-    return SimpleNamespace(
-        asarray=np.asarray,
-        ascontiguousarray=np.ascontiguousarray,
-        asnumpy=np.asarray,
-        empty=np.empty,
-        float32=np.float32,
-        int32=np.int32,
-        RawKernel=EmulatedRawKernel,
-    )
-
-
 # -- a stand-in for the CuPy module, for the GPU code paths above the kernels ---------------------------------------
 
 
@@ -188,7 +175,8 @@ def _device(fn):
 
 
 def fake_cupy_module():
-    """A module that stands in for `cupy` on a machine without a GPU: one "device" whose memory is host memory,
+    """A module that stands in for `cupy` on a machine without a GPU (`CupyBackend(xp=fake_cupy_module())`, or
+    `install_fake_cupy` for code that imports cupy itself): one "device" whose memory is host memory,
     streams and events that are already done, pinned memory that is ordinary memory, and the emulated kernels."""
     import types
 

@@ -11,7 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from cuda_emulator import COMPILER, EmulatedRawKernel, emulated_cupy
+from cuda_emulator import COMPILER, EmulatedRawKernel, fake_cupy_module
 from test_kernels import ALL_FILTERS, noise, random_heights, reference, strips_of
 
 from kernels import StripResampler, resample, resample_strips
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler to emu
 
 @pytest.fixture(scope="module")
 def emulated() -> CupyBackend:
-    return CupyBackend(xp=emulated_cupy())
+    return CupyBackend(xp=fake_cupy_module())
 
 
 @pytest.mark.parametrize("name", ALL_FILTERS)
