@@ -51,17 +51,15 @@ FULL = {
 CUSTOM_KINDS = {"ScaledObject", "PodMonitor"}  # KEDA's and the Prometheus Operator's: not in Kubernetes' schemas
 
 
-def helm(*args: str, values: dict | None = None, tmp: Path | None = None) -> subprocess.CompletedProcess:
-    argv = [HELM, *args]
-    if values is not None:
-        path = (tmp or Path("/tmp")) / "values.json"
-        path.write_text(json.dumps(values))
-        argv += ["-f", str(path)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+def helm(tmp: Path, *args: str, values: dict) -> subprocess.CompletedProcess:
+    """`helm ARGS -f VALUES`, the values written as JSON (which is YAML) into `tmp`."""
+    path = tmp / "values.json"
+    path.write_text(json.dumps(values))
+    return subprocess.run([HELM, *args, "-f", str(path)], capture_output=True, text=True, timeout=120, check=False)
 
 
 def render(values: dict, tmp: Path) -> list[dict]:
-    proc = helm("template", "thumbify", str(CHART), "--namespace", "media", values=values, tmp=tmp)
+    proc = helm(tmp, "template", "thumbify", str(CHART), "--namespace", "media", values=values)
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
@@ -86,7 +84,7 @@ def rendered(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, list[
 
 def test_lint(tmp_path: Path) -> None:
     for values in (MINIMAL, FULL):
-        proc = helm("lint", "--strict", str(CHART), values=values, tmp=tmp_path)
+        proc = helm(tmp_path, "lint", "--strict", str(CHART), values=values)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -201,5 +199,5 @@ def test_secrets_stay_out_of_the_config_map(tmp_path: Path) -> None:
     ],
 )
 def test_bad_values_fail_with_a_message(tmp_path: Path, values: dict, says: str) -> None:
-    proc = helm("template", "thumbify", str(CHART), values=values, tmp=tmp_path)
+    proc = helm(tmp_path, "template", "thumbify", str(CHART), values=values)
     assert proc.returncode != 0 and says in proc.stderr, proc.stderr
