@@ -146,11 +146,6 @@ class Render(Method):
             (out / f"{f.stem}.jpg").write_bytes(self.one(f)[0].data)
 
 
-def _procs_init() -> None:
-    pyvips.cache_set_max(0)
-    set_concurrency(1)
-
-
 def _decode_at_eighth(path: Path) -> None:
     # What every libjpeg-turbo thumbnailer must do for a 12 MP → 256 px JPEG: the entropy decode of the whole file
     # (DCT scaling only skips the inverse transform of the AC coefficients, not reading them).
@@ -185,7 +180,12 @@ class ProcessPool(Method):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self.pool = ProcessPoolExecutor(CORES, multiprocessing.get_context("spawn"), initializer=_procs_init)
+        from gpu_worker.backends.vips import configure_vips
+
+        # Each process set up as the worker's render processes are (cache off, one libvips thread per image).
+        self.pool = ProcessPoolExecutor(
+            CORES, multiprocessing.get_context("spawn"), initializer=configure_vips, initargs=(1,)
+        )
         list(self.pool.map(self.fn, files[:CORES]))  # start every process and load its modules
 
     def run(self, files: list[Path]) -> float:
