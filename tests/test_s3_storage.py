@@ -38,15 +38,17 @@ def settings_for(s3: RcloneS3, tmp: Path, **overrides) -> Settings:
     return Settings(**values)
 
 
-def run(coro):
-    return asyncio.run(coro)
+def run_on(storage, work):
+    """`work(storage)` in an event loop of its own, the storage's connections closed after (an S3 client belongs to
+    the loop it was made in)."""
 
+    async def go():
+        try:
+            return await work(storage)
+        finally:
+            await storage.aclose()
 
-async def using(storage, work):
-    try:
-        return await work(storage)
-    finally:
-        await storage.aclose()
+    return asyncio.run(go())
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -70,7 +72,7 @@ def test_bytes_round_trip(make_storage) -> None:
         stored = await st.stat("thumbnails/job1/thumb_a_256x192.jpg")
         return stored, await st.read("thumbnails/job1/thumb_a_256x192.jpg")
 
-    stored, back = run(using(make_storage(), work))
+    stored, back = run_on(make_storage(), work)
     assert stored is not None and stored.size == len(data) and stored.key == "thumbnails/job1/thumb_a_256x192.jpg"
     assert back == data
 
@@ -90,7 +92,7 @@ def test_put_file_moves_the_spool_file_and_local_copy_gives_the_bytes(make_stora
         return copied, digest
 
     storage = make_storage()
-    copied, digest = run(using(storage, work))
+    copied, digest = run_on(storage, work)
     assert digest == hashlib.sha256(data).hexdigest()
     if isinstance(storage, S3Storage):
         assert not copied.exists(), "the worker's temporary copy must be removed after the render"
@@ -107,7 +109,7 @@ def test_missing_objects(make_storage) -> None:
                 pass
         assert await st.delete_prefix("thumbnails/nope") == 0
 
-    run(using(make_storage(), work))
+    run_on(make_storage(), work)
 
 
 def test_delete_prefix_takes_the_job_and_nothing_that_merely_shares_its_prefix(make_storage) -> None:
@@ -121,7 +123,7 @@ def test_delete_prefix_takes_the_job_and_nothing_that_merely_shares_its_prefix(m
         left = [await st.stat(k) for k in ("thumbnails/abc/a.jpg", "thumbnails/abcd/keep.jpg", "originals/abcd")]
         return removed, left
 
-    (thumbs, original), (gone, kept, other) = run(using(make_storage(), work))
+    (thumbs, original), (gone, kept, other) = run_on(make_storage(), work)
     assert (thumbs, original) == (3, 1)
     assert gone is None and kept is not None and other is not None
 
@@ -132,11 +134,11 @@ def test_keys_cannot_leave_the_storage(make_storage) -> None:
             with pytest.raises(ValueError):
                 await st.put_bytes(key, b"x")
 
-    run(using(make_storage(), work))
+    run_on(make_storage(), work)
 
 
 def test_ping(make_storage) -> None:
-    run(using(make_storage(), lambda st: st.ping()))
+    run_on(make_storage(), lambda st: st.ping())
 
 
 # -- S3 only -----------------------------------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ def test_s3_objects_carry_content_type_and_cache_headers(s3: RcloneS3, tmp_path:
         async with httpx.AsyncClient() as client:
             return await client.get(url)
 
-    response = run(using(S3Storage(settings), work))
+    response = run_on(S3Storage(settings), work)
     assert response.status_code == 200, response.text
     assert response.content == b"RIFF....WEBP"
     assert response.headers["content-type"] == "image/webp"
@@ -161,7 +163,7 @@ def test_s3_objects_carry_content_type_and_cache_headers(s3: RcloneS3, tmp_path:
 
 def test_local_storage_has_no_presigned_urls(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "objects", tmp_path / "spool")
-    assert run(storage.presigned_get("thumbnails/j/x.jpg", 60)) is None
+    assert asyncio.run(storage.presigned_get("thumbnails/j/x.jpg", 60)) is None
 
 
 @pytest.mark.parametrize(
@@ -175,19 +177,19 @@ def test_local_storage_has_no_presigned_urls(tmp_path: Path) -> None:
 def test_s3_refusals_are_storage_failures(s3: RcloneS3, tmp_path: Path, overrides: dict, says: str) -> None:
     storage = S3Storage(settings_for(s3, tmp_path, **overrides))
     with pytest.raises(StorageFailed, match=says):
-        run(using(storage, lambda st: st.put_bytes("thumbnails/j/x.jpg", b"x")))
+        run_on(storage, lambda st: st.put_bytes("thumbnails/j/x.jpg", b"x"))
     with pytest.raises(StorageFailed):
-        run(using(storage, lambda st: st.ping()))
+        run_on(storage, lambda st: st.ping())
 
 
 def test_s3_down_is_a_storage_failure_not_a_missing_object(tmp_path: Path) -> None:
     server = RcloneS3(tmp_path / "root", tmp_path / "rclone.log").start()
     storage = S3Storage(settings_for(server, tmp_path))
-    run(using(storage, lambda st: st.put_bytes("originals/j", b"x")))
+    run_on(storage, lambda st: st.put_bytes("originals/j", b"x"))
     server.stop()
     for work in (lambda st: st.stat("originals/j"), lambda st: st.read("originals/j"), lambda st: st.ping()):
         with pytest.raises(StorageFailed):
-            run(using(storage, work))
+            run_on(storage, work)
 
 
 def test_a_cancelled_multipart_upload_leaves_nothing(tmp_path: Path) -> None:
@@ -209,7 +211,7 @@ def test_a_cancelled_multipart_upload_leaves_nothing(tmp_path: Path) -> None:
         return await st._open_uploads(settings.s3_prefix)
 
     try:
-        uploads = run(using(S3Storage(settings), work))
+        uploads = run_on(S3Storage(settings), work)
         assert uploads == [], "the multipart upload must be aborted"
         assert server.objects(settings.s3_prefix) == set(), "no object and no part may be left"
         assert big.exists(), "the spool file stays the caller's to remove"
