@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "or point THUMBIFY_REDIS_URL at a Redis server"
         )
 
-    keys = KeyRing.load(settings.api_keys_file, settings.api_keys)
+    keys = KeyRing.for_settings(settings)
     refuse_open_bind(settings, keys)
 
     @asynccontextmanager
@@ -75,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await redis.aclose()
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line at every start: whether the API is protected, and by which keys.
+    logging.getLogger("thumbify.api").log(logging.INFO if keys else logging.WARNING, keys.describe())
     app = FastAPI(title="Thumbify", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     problems.install(app)
     security.install(app, settings)

@@ -89,5 +89,6 @@ def refuse_open_bind(settings: Settings, keys: KeyRing) -> None:
     if not keys and not is_loopback(settings.host):
         raise SystemExit(
             f"refusing to serve on {settings.host} without API keys: anyone who can reach it could use it. "
-            "Create a key (`thumbify keys create NAME`) and set THUMBIFY_API_KEYS_FILE, or bind to 127.0.0.1."
+            "Create a key (`thumbify keys create NAME`, stored in DATA_DIR/keys.json, which the server reads), "
+            "or bind to 127.0.0.1."
         )

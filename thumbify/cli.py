@@ -25,9 +25,13 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-HostOpt = Annotated[str | None, typer.Option(help="Address to bind [env THUMBIFY_HOST; default 127.0.0.1]")]
-PortOpt = Annotated[int | None, typer.Option(help="Port [env THUMBIFY_PORT; default 8000]")]
-DataOpt = Annotated[Path | None, typer.Option(help="Data folder [env THUMBIFY_DATA_DIR; default ./data]")]
+HostOpt = Annotated[
+    str | None, typer.Option(metavar="ADDRESS", help="Address to bind \\[env THUMBIFY_HOST; default 127.0.0.1]")
+]
+PortOpt = Annotated[int | None, typer.Option(metavar="PORT", help="Port \\[env THUMBIFY_PORT; default 8000]")]
+DataOpt = Annotated[
+    Path | None, typer.Option(metavar="DIR", help="Data folder \\[env THUMBIFY_DATA_DIR; default ./data]")
+]
 
 
 def _apply(**values: object) -> None:
@@ -59,7 +63,7 @@ def _run_api(settings) -> None:
 
 @app.command()
 def serve(
-    workers: Annotated[int | None, typer.Option(help="Worker processes [env THUMBIFY_WORKERS; default 1]")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes \\[env THUMBIFY_WORKERS; default 1]")] = None,
     host: HostOpt = None,
     port: PortOpt = None,
     data_dir: DataOpt = None,
@@ -74,7 +78,7 @@ def serve(
     from api.auth import refuse_open_bind
     from thumbify.keys import KeyRing
 
-    refuse_open_bind(settings, KeyRing.load(settings.api_keys_file, settings.api_keys))
+    refuse_open_bind(settings, KeyRing.for_settings(settings))
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     _apply(data_dir=data)
@@ -169,7 +173,7 @@ def thumbnail(
     fit: Annotated[str, typer.Option(help="inside, cover, fill or contain")] = "inside",
     crop: Annotated[str, typer.Option(help="For cover: centre, attention or entropy")] = "centre",
     quality: Annotated[int, typer.Option(help="1..100")] = 80,
-    background: Annotated[str, typer.Option(help="#rrggbb[aa] for contain and JPEG alpha")] = "#ffffff",
+    background: Annotated[str, typer.Option(help="#rrggbb\\[aa] for contain and JPEG alpha")] = "#ffffff",
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder", file_okay=False)] = Path("thumbnails"),
 ) -> None:
     """Thumbnail local files with the service's own pipeline, no server needed."""
@@ -348,21 +352,33 @@ keys = typer.Typer(help="API keys: each job belongs to the key that created it."
 app.add_typer(keys, name="keys")
 
 
+KeysFileOpt = Annotated[
+    Path | None,
+    typer.Option("--file", metavar="FILE", help="Keys file \\[env THUMBIFY_API_KEYS_FILE; default DATA_DIR/keys.json]"),
+]
+
+
+def _keys_path(file: Path | None, data_dir: Path | None) -> Path:
+    """The file the servers of this data folder read (the same rule as theirs: thumbify.keys.keys_file)."""
+    _apply(data_dir=data_dir)
+    settings = _settings()
+    return file or settings.api_keys_file or settings.data_dir / "keys.json"
+
+
 @keys.command("create")
 def keys_create(
-    name: Annotated[str, typer.Argument(help="The key's name: the owner of the jobs it creates")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name: the owner of the jobs it creates")],
     scope: Annotated[
-        list[str] | None, typer.Option(help="submit, read or admin; repeat for several [default: submit and read]")
+        list[str] | None,
+        typer.Option(metavar="SCOPE", help="submit, read or admin; repeat for several \\[default: submit and read]"),
     ] = None,
-    file: Annotated[
-        Path | None, typer.Option(help="Keys file [env THUMBIFY_API_KEYS_FILE; default DATA_DIR/keys.json]")
-    ] = None,
+    file: KeysFileOpt = None,
+    data_dir: DataOpt = None,
 ) -> None:
     """Make a key, store its hash in the keys file, print the key once (it is not stored anywhere)."""
     from thumbify.keys import add_to_file, new_key
 
-    settings = _settings()
-    path = file or settings.api_keys_file or settings.data_dir / "keys.json"
+    path = _keys_path(file, data_dir)
     try:
         token, key = new_key(name, scope or ["submit", "read"])
         add_to_file(path, key)
@@ -371,9 +387,61 @@ def keys_create(
         raise typer.Exit(2) from exc
     console.print(
         f"key [bold]{name}[/] ({', '.join(sorted(key.scopes))}) added to {path}; it is shown only now. "
-        f"Servers read it with THUMBIFY_API_KEYS_FILE={path}"
+        "Servers on this data folder read that file (running ones within seconds): every request now needs a key."
     )
     print(token)
+
+
+@keys.command("list")
+def keys_list(
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="", help="One JSON object per line instead of a table")
+    ] = False,
+    file: KeysFileOpt = None,
+    data_dir: DataOpt = None,
+) -> None:
+    """The keys in the keys file: name, id, scopes, created (never a secret: only hashes are stored)."""
+    import json
+
+    from thumbify.keys import read_file
+
+    path = _keys_path(file, data_dir)
+    try:
+        entries = read_file(path)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    if as_json:
+        for k in entries:
+            print(json.dumps({"name": k.name, "id": k.id, "scopes": sorted(k.scopes), "created": k.created or None}))
+        return
+    if not path.exists():
+        console.print(f"no keys file at {path}: authentication is off (create a key with `thumbify keys create`)")
+        return
+    table = Table(title=f"{len(entries)} key(s) in {path}")
+    for column in ("name", "id", "scopes", "created (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for k in entries:
+        table.add_row(k.name, k.id, ", ".join(sorted(k.scopes)), k.created or "-")
+    Console().print(table)
+
+
+@keys.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(metavar="NAME_OR_ID", help="The key's name or its 8-hex id")],
+    file: KeysFileOpt = None,
+    data_dir: DataOpt = None,
+) -> None:
+    """Remove a key from the keys file; running servers refuse it within seconds, no restart needed."""
+    from thumbify.keys import remove_from_file
+
+    path = _keys_path(file, data_dir)
+    try:
+        gone = remove_from_file(path, key)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"key [bold]{gone.name}[/] ({gone.id}) revoked: removed from {path}")
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     # How long an `Idempotency-Key` returns the job it first created.
     idempotency_window_s: int = Field(24 * 3600, ge=1)
 
-    # Authentication (see thumbify/keys.py): keys from a JSON file and/or this variable. With no key at all the API
-    # is open, which it allows only when bound to loopback.
+    # Authentication (see thumbify/keys.py): keys from a JSON file (default: data_dir/keys.json, unless only
+    # `api_keys` is set) and/or this variable. With neither the API is open, which it allows only on loopback.
     api_keys_file: Path | None = None
     api_keys: str = ""
     # Signs thumbnail URLs so a browser may fetch them for `signed_url_ttl_s` without a key; empty = no signed URLs.
