@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
+from fastapi_offline import FastAPIOffline
 
 from api import problems, security
 from api.auth import refuse_open_bind
@@ -77,11 +79,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line at every start: whether the API is protected, and by which keys.
     logging.getLogger("thumbify.api").log(logging.INFO if keys else logging.WARNING, keys.describe())
-    app = FastAPI(title="Thumbify", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # /docs (Swagger UI) and /redoc with their scripts and styles served from the app itself (fastapi-offline ships
+    # them): the pages work on a machine without internet, and load nothing from a CDN.
+    app = FastAPIOffline(
+        title="Thumbify", version=__version__, description=DESCRIPTION, lifespan=lifespan, static_url="/docs-assets"
+    )
     problems.install(app)
     security.install(app, settings)
     app.include_router(jobs.router)
     app.include_router(thumbnails.router)
     app.include_router(health.router)
+
+    @app.get("/", include_in_schema=False)
+    async def root(request: Request) -> RedirectResponse:
+        """A person who opens the server's address finds the documentation."""
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/docs")
 
     return app
