@@ -19,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.thumbify-installed
 want=$(sha256sum pyproject.toml | cut -c1-16)
-read -r have have_mode < "$stamp" 2>/dev/null || true
+read -r have have_mode 2>/dev/null < "$stamp" || true
 if [ "${have:-}" != "$want" ] || { [ "$mode" = test ] && [ "${have_mode:-}" != test ]; }; then
   say "upgrading pip"
   .venv/bin/python -m pip install -q --upgrade pip

@@ -17,13 +17,23 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(
     help="Thumbify: a thumbnail service (API, workers) and a local thumbnailer.",
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True)
+# Messages go to stderr, results (tables, JSON) to stdout. Lines are never wrapped for a file or a pipe: rich would
+# cut them at 80 columns where there is no terminal to ask.
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _output() -> Console:
+    """stdout for results; wide when it is not a terminal, so tables in a log or a pipe are not folded at 80."""
+    out = Console()
+    return out if out.is_terminal else Console(width=200)
+
 
 HostOpt = Annotated[
     str | None, typer.Option(metavar="ADDRESS", help="Address to bind \\[env THUMBIFY_HOST; default 127.0.0.1]")
@@ -165,16 +175,32 @@ def worker(data_dir: DataOpt = None) -> None:
     main()
 
 
+# The thumbnail table's length before it folds the rest into one line.
+FOLD_ROWS = 20
+
+
 @app.command()
 def thumbnail(
-    files: Annotated[list[Path], typer.Argument(help="Images to thumbnail", exists=True, dir_okay=False)],
-    size: Annotated[list[str], typer.Option("--size", "-s", help="A size (256 or 320x200); repeatable")] = None,
-    format: Annotated[str, typer.Option(help="jpeg, webp, png or avif")] = "jpeg",
-    fit: Annotated[str, typer.Option(help="inside, cover, fill or contain")] = "inside",
-    crop: Annotated[str, typer.Option(help="For cover: centre, attention or entropy")] = "centre",
-    quality: Annotated[int, typer.Option(help="1..100")] = 80,
-    background: Annotated[str, typer.Option(help="#rrggbb\\[aa] for contain and JPEG alpha")] = "#ffffff",
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder", file_okay=False)] = Path("thumbnails"),
+    files: Annotated[
+        list[Path], typer.Argument(metavar="FILE...", help="Images to thumbnail", exists=True, dir_okay=False)
+    ],
+    size: Annotated[
+        list[str],
+        typer.Option("--size", "-s", metavar="SIZE", help="256 (a box) or 320x200; repeatable \\[default: 256]"),
+    ] = None,
+    format: Annotated[str, typer.Option(metavar="FORMAT", help="jpeg, webp, png or avif")] = "jpeg",
+    fit: Annotated[str, typer.Option(metavar="FIT", help="inside, cover, fill or contain")] = "inside",
+    crop: Annotated[str, typer.Option(metavar="CROP", help="For cover: centre, attention or entropy")] = "centre",
+    quality: Annotated[int, typer.Option(min=1, max=100, help="Encoder quality")] = 80,
+    background: Annotated[
+        str, typer.Option(metavar="COLOUR", help="#rrggbb\\[aa] for contain and JPEG alpha")
+    ] = "#ffffff",
+    out: Annotated[Path, typer.Option("-o", "--out", metavar="DIR", help="Output folder", file_okay=False)] = Path(
+        "thumbnails"
+    ),
+    all_rows: Annotated[
+        bool, typer.Option("--all", help=f"List every file (the table folds past {FOLD_ROWS} rows)")
+    ] = False,
 ) -> None:
     """Thumbnail local files with the service's own pipeline, no server needed."""
     from pydantic import ValidationError
@@ -204,7 +230,7 @@ def thumbnail(
             (out / r.name).write_bytes(r.data)
         return info, renditions
 
-    rows, failures = [], 0
+    rows: list[tuple[str, str, str, str | None]] = []  # file, source, thumbnails, error (None: it worked)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     started = time.perf_counter()
     with Progress(*columns, console=console) as progress, ThreadPoolExecutor(settings.image_process_count()) as pool:
@@ -214,27 +240,38 @@ def thumbnail(
             path = futures[future]
             try:
                 info, renditions = future.result()
-                rows.append(
-                    (
-                        path.name,
-                        f"{info.width}x{info.height} {info.format}",
-                        ", ".join(r.name for r in renditions),
-                        "ok",
-                    )
-                )
+                names = ", ".join(r.name for r in renditions)
+                rows.append((str(path), f"{info.width}x{info.height} {info.format}", names, None))
             except ThumbifyError as exc:
-                failures += 1
-                rows.append((path.name, "", "", f"[red]{exc.detail}[/]"))
+                rows.append((str(path), "", "", exc.detail))
             progress.advance(task)
-    elapsed = time.perf_counter() - started
-    table = Table(title=f"{len(files)} file(s) in {elapsed:.2f}s → {out}")
-    for column in ("file", "source", "thumbnails", "result"):
-        table.add_column(column)
-    for row in sorted(rows):
-        table.add_row(*row)
-    Console().print(table)
-    if failures:
+    failed = _report(rows, time.perf_counter() - started, out, all_rows)
+    if failed:
         raise typer.Exit(1)
+
+
+def _report(rows: list[tuple[str, str, str, str | None]], elapsed: float, out: Path, all_rows: bool) -> int:
+    """The table (failures first, folded past FOLD_ROWS unless `all_rows`) and a closing line that counts both
+    outcomes; returns how many failed."""
+    failures = sorted(r for r in rows if r[3] is not None)
+    ok = sorted(r for r in rows if r[3] is None)
+    ordered = failures + ok
+    shown = ordered if all_rows or len(ordered) <= FOLD_ROWS else ordered[: FOLD_ROWS - 1]
+    table = Table()
+    for column in ("file", "source", "thumbnails", "result"):
+        table.add_column(column, overflow="fold")
+    for name, source, thumbs, error in shown:
+        table.add_row(name, source, thumbs, "ok" if error is None else Text(error, style="red"))
+    if hidden := ordered[len(shown) :]:
+        bad = sum(1 for r in hidden if r[3] is not None)
+        what = f"{len(hidden) - bad} more succeeded" + (f", {bad} more failed" if bad else "")
+        table.add_row(Text(f"… {what} (--all lists them)", style="dim"), "", "", "")
+    _output().print(table)
+    style = "red" if failures else "green"
+    console.print(
+        f"[{style}]{len(ok)} succeeded, {len(failures)} failed[/] ({len(rows)} file(s) in {elapsed:.2f}s) → {out}"
+    )
+    return len(failures)
 
 
 # -- the dead-letter stream ---------------------------------------------------------------------------------------
@@ -252,7 +289,18 @@ def _redis_url(settings) -> str:
     embedded = EmbeddedRedis(settings.data_dir / "redis")
     if embedded.socket.exists():
         return embedded.url
-    console.print(f"[red]THUMBIFY_REDIS_URL is not set and no embedded Redis runs under {settings.data_dir}[/]")
+    _no_service(
+        f"THUMBIFY_REDIS_URL is not set and no `thumbify serve` runs on the data folder {settings.data_dir.resolve()}"
+    )
+
+
+def _no_service(why: str) -> None:
+    """Stop, telling the user how to point this command at the running service."""
+    console.print(
+        f"[red]{why}.[/]\nPoint at the running service with [bold]--data-dir DIR[/] (the folder `thumbify serve` "
+        "was given; default ./data) or [bold]THUMBIFY_REDIS_URL[/]=redis://HOST:6379/0 (and THUMBIFY_KEY_PREFIX, "
+        "if it is not `thumbify`)."
+    )
     raise typer.Exit(2)
 
 
@@ -260,17 +308,25 @@ def _with_queue(settings, work):
     """Run `await work(queue)` against the configured Redis."""
     import asyncio
 
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     from thumbify.queue import JobQueue
     from thumbify.redis_conn import connect
 
+    url = _redis_url(settings)
+
     async def run():
-        redis = connect(_redis_url(settings))
+        redis = connect(url)
         try:
             return await work(JobQueue(redis, settings.key_prefix))
         finally:
             await redis.aclose()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        _no_service(f"Redis at {url} does not answer ({exc})")
 
 
 @dlq.command("list")
@@ -289,7 +345,7 @@ def dlq_list(
         return await queue.dead_entries(limit), await queue.redis.xlen(queue.dead)
 
     entries, total = _with_queue(settings, work)
-    out = Console()
+    out = _output()
     if as_json:
         for e in entries:
             row = {"entry": e.id, "job": e.job_id, "reason": e.reason, "type": e.error_type, "attempts": e.attempts}
@@ -423,7 +479,7 @@ def keys_list(
         table.add_column(column, no_wrap=True)
     for k in entries:
         table.add_row(k.name, k.id, ", ".join(sorted(k.scopes)), k.created or "-")
-    Console().print(table)
+    _output().print(table)
 
 
 @keys.command("revoke")

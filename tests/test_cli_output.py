@@ -1,0 +1,79 @@
+"""What the CLI tells a person: `thumbify thumbnail` counts successes and failures in its closing line and lists
+failures first in a table that folds; --help shows plain metavars; commands that need the running service say how
+to point at it; lines are not cut at 80 columns when the output is a file."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, ROOT, clean_env, make_jpeg
+from images import truncated_jpeg
+
+from thumbify.redis_conn import free_port
+
+
+def cli(*argv: str, **env: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "thumbify.cli", *argv],
+        cwd=ROOT,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def mixed_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("mixed")
+    good = [folder / f"good{i:02}.jpg" for i in range(24)]
+    bad = [folder / f"bad{i}.jpg" for i in range(3)]
+    for path in good:
+        path.write_bytes(make_jpeg(48, 32))
+    for path, data in zip(bad, (b"not an image at all", b"%PDF-1.4\n%%EOF\n", truncated_jpeg(640, 480, 0.3))):
+        path.write_bytes(data)
+    return bad + good
+
+
+def test_thumbnail_counts_both_outcomes_lists_failures_first_and_folds(mixed_files: list[Path], tmp_path: Path):
+    done = cli("thumbnail", *map(str, mixed_files), "-o", str(tmp_path / "out"), image_processes=2)
+    assert done.returncode == 1, done.stderr
+    assert re.search(r"24 succeeded, 3 failed \(27 file\(s\) in [\d.]+s\)", done.stderr), done.stderr
+    rows = [line for line in done.stdout.splitlines() if ".jpg" in line]
+    first_ok = next(i for i, line in enumerate(rows) if " ok " in line or line.rstrip().endswith("ok │"))
+    assert all("bad" in line for line in rows[:first_ok]) and first_ok >= 3, done.stdout
+    assert not any("bad" in line for line in rows[first_ok:]), done.stdout
+    assert "… 8 more succeeded (--all lists them)" in done.stdout, done.stdout
+    assert len(list((tmp_path / "out").iterdir())) == 24
+
+    every = cli("thumbnail", "--all", *map(str, mixed_files), "-o", str(tmp_path / "all"), image_processes=2)
+    assert every.returncode == 1 and "more succeeded" not in every.stdout
+    assert sum(1 for line in every.stdout.splitlines() if "good" in line) == 24
+
+
+def test_all_good_files_exit_0_with_the_count(mixed_files: list[Path], tmp_path: Path):
+    done = cli("thumbnail", *map(str, mixed_files[3:6]), "-o", str(tmp_path), image_processes=1)
+    assert done.returncode == 0 and "3 succeeded, 0 failed" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["thumbnail"], ["serve"], ["keys", "create"], ["dlq", "requeue"]])
+def test_help_shows_plain_metavars(command: list[str]):
+    done = cli(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    for odd in ("<bool>", "<str>", "<int>", "<path>", "<list[", "{"):
+        assert odd not in done.stdout, f"{odd!r} in {' '.join(command)} --help:\n{done.stdout}"
+
+
+def test_commands_that_need_the_service_say_how_to_point_at_it(tmp_path: Path):
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "data"
+    for env in ({"data_dir": deep}, {"redis_url": f"redis://127.0.0.1:{free_port()}/0"}):
+        done = cli("dlq", "list", **env)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr + done.stdout
+        assert "--data-dir DIR" in done.stderr and "THUMBIFY_REDIS_URL" in done.stderr, done.stderr
+    # One line, however long: the output is a file here, not an 80-column terminal.
+    first = cli("dlq", "list", "--data-dir", str(deep)).stderr.splitlines()[0]
+    assert str(deep) in first, first
