@@ -298,7 +298,9 @@ def test_untrusted_loaders_are_blocked_where_probe_runs(tmp_path: Path) -> None:
 
 
 def test_the_render_processes_run_with_untrusted_loaders_blocked(bombs: Service) -> None:
-    for pid in render_children(bombs):
+    children = render_children(bombs)
+    assert children, "the worker has no render processes to check"
+    for pid in children:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert b"VIPS_BLOCK_UNTRUSTED=1" in environ, f"render process {pid} runs without VIPS_BLOCK_UNTRUSTED"
 

@@ -33,7 +33,9 @@ def mixed_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     bad = [folder / f"bad{i}.jpg" for i in range(3)]
     for path in good:
         path.write_bytes(make_jpeg(48, 32))
-    for path, data in zip(bad, (b"not an image at all", b"%PDF-1.4\n%%EOF\n", truncated_jpeg(640, 480, 0.3))):
+    for path, data in zip(
+        bad, (b"not an image at all", b"%PDF-1.4\n%%EOF\n", truncated_jpeg(640, 480, 0.3)), strict=True
+    ):
         path.write_bytes(data)
     return bad + good
 

@@ -481,8 +481,13 @@ def test_the_gpu_graph_is_defined_with_every_decoder_option() -> None:
     """Without a GPU the mixed pipeline cannot be built, but DALI checks its operators' arguments when it is defined
     (nvJPEG's hardware-decoder load, preallocation hints and paddings are `mixed`-only arguments)."""
     hints = {"preallocate_width_hint": 4000, "preallocate_height_hint": 3000}
-    dali = DaliBackend("gpu", device_id=0, hw_decoder_load=0.9, **hints)
-    assert dali.define() is not None
+    dali = DaliBackend("gpu", device_id=0, hw_decoder_load=0.9, max_batch=12, num_threads=3, **hints)
+    pipe = dali.define()
+    assert (pipe.max_batch_size, pipe.device_id, pipe.num_threads) == (12, 0, 3)
+    # Defining is a real check of the decoder's arguments: a misspelt one is refused here, without a GPU.
+    dali.decoder_options["hw_decoder_lod"] = 0.9
+    with pytest.raises(KeyError, match="hw_decoder_lod"):
+        dali.define()
 
 
 GPU_REASON = dali_unavailable("gpu")

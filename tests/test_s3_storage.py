@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -137,8 +138,17 @@ def test_keys_cannot_leave_the_storage(make_storage) -> None:
     run_on(make_storage(), work)
 
 
-def test_ping(make_storage) -> None:
-    run_on(make_storage(), lambda st: st.ping())
+def test_ping(make_storage, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    assert run_on(make_storage(), lambda st: st.ping()) is None
+    # ...and it fails where storage cannot be written: a spool folder that is a file, a bucket that does not exist.
+    if "local" in request.node.callspec.id:
+        storage = open_storage(Settings(data_dir=tmp_path / "blocked"))
+        shutil.rmtree(storage.spool)
+        storage.spool.write_text("a file where its temporary files should go")
+    else:
+        storage = open_storage(settings_for(request.getfixturevalue("s3"), tmp_path, s3_bucket="no-such-bucket"))
+    with pytest.raises(Exception):  # noqa: B017 - each kind raises its own error; what matters is that it raises
+        run_on(storage, lambda st: st.ping())
 
 
 # -- S3 only -----------------------------------------------------------------------------------------------------------
