@@ -4,30 +4,31 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from thumbify.errors import InvalidOptions
-from thumbify.spec import Format, ThumbnailSpec, negotiate_format
+from thumbify.errors import InvalidOptions, message_of
+from thumbify.spec import COLOUR_RE, MAX_SIZES, Crop, Fit, Format, ThumbnailSpec, negotiate_format
 
 OPTION_NAMES = ("sizes", "fit", "crop", "format", "quality", "background")
 
 DESCRIPTIONS = {
-    "sizes": "1 to 8 sizes, comma-separated or repeated: a longest side (`256`, a 256×256 box) or a box "
-    "(`320x200`); each side 8..4096 px. Default `256`.",
+    "sizes": "1 to 8 sizes, comma-separated (or the field repeated), each `N` (a longest side: `256` is a 256×256 "
+    "box) or `WxH` (a box: `320x200`); each side 8..4096 px. Default `256`.",
     "fit": "`inside` (default: keep aspect, fit in the box, never enlarge), `cover` (fill the box, crop the rest), "
     "`fill` (stretch to the box), `contain` (fit in the box, pad with `background`).",
     "crop": "For `cover`: which part to keep: `centre` (default), `attention` (skin, saturation, edges), "
     "`entropy` (the busiest part).",
-    "format": "`jpeg` (default), `webp`, `png`, `avif`, or `auto`: the best the `Accept` header allows "
-    "(avif, then webp, else jpeg, or png for images with alpha).",
+    "format": "`jpeg` (default), `webp`, `png`, `avif`, or `auto`: the format the `Accept` header weighs highest "
+    "(q-values; among equals avif, then webp, when named, else jpeg, or png for images with alpha); `406` when it "
+    "takes none of them.",
     "quality": "Encoder quality 1..100 (default 80).",
     "background": "Colour for `contain` padding and for flattening alpha into JPEG: `#rrggbb` or `#rrggbbaa` "
     "(default `#ffffff`).",
 }
-EXAMPLES = {
+EXAMPLES: dict[str, object] = {
     "sizes": "256,640x480",
     "fit": "cover",
     "crop": "attention",
     "format": "webp",
-    "quality": "80",
+    "quality": 80,
     "background": "#ffffff",
 }
 
@@ -59,7 +60,9 @@ def build_spec(raw: dict[str, list[str]], accept: str | None, has_alpha: bool) -
     try:
         return ThumbnailSpec.model_validate(values), negotiated
     except ValidationError as exc:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "options", "message": e["msg"]} for e in exc.errors()]
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "options", "message": message_of(e)} for e in exc.errors()
+        ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         raise InvalidOptions(detail, errors=errors) from exc
 
@@ -70,17 +73,39 @@ def validate_early(query: dict[str, list[str]]) -> None:
         build_spec(collect(query, {}), None, False)
 
 
+# The documented grammar of `sizes` (the parser also takes spaces, `X` and `×`).
+_SIZE = "[0-9]{1,4}(x[0-9]{1,4})?"
+SIZES_PATTERN = f"^{_SIZE}(,{_SIZE}){{0,{MAX_SIZES - 1}}}$"
+DEFAULTS = {name: field.default for name, field in ThumbnailSpec.model_fields.items() if name != "sizes"}
+
+
+def _option_schemas() -> dict[str, dict]:
+    """Each option's form field: its type, bounds or choices (names match in any case), default and description."""
+    enum = {"fit": [f.value for f in Fit], "crop": [c.value for c in Crop], "format": [f.value for f in Format]}
+    enum["format"].append("auto")
+    schemas: dict[str, dict] = {
+        "sizes": {"type": "string", "pattern": SIZES_PATTERN, "default": "256"},
+        "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": DEFAULTS["quality"]},
+        "background": {"type": "string", "pattern": COLOUR_RE.pattern, "default": DEFAULTS["background"]},
+    }
+    for name, values in enum.items():
+        schemas[name] = {"type": "string", "enum": values, "default": DEFAULTS[name].value}
+    documented = {"description": DESCRIPTIONS, "examples": {name: [value] for name, value in EXAMPLES.items()}}
+    return {name: schemas[name] | {key: values[name] for key, values in documented.items()} for name in OPTION_NAMES}
+
+
 def openapi_request_body() -> dict:
+    """The upload as OpenAPI documents it: the `file` and each option once, as a form field. (The options are also
+    read from the query string, where they are checked before the upload is read; that is said in prose, so that no
+    option is documented twice.)"""
     props: dict[str, dict] = {
         "file": {
             "type": "string",
             "format": "binary",
             "description": "The image: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content).",
-        }
+        },
+        **_option_schemas(),
     }
-    for name in OPTION_NAMES:
-        props[name] = {"type": "string", "description": DESCRIPTIONS[name], "example": EXAMPLES[name]}
-    props["format"]["enum"] = [f.value for f in Format] + ["auto"]
     return {
         "requestBody": {
             "required": True,

@@ -13,7 +13,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
-from thumbify.errors import PROBLEM_BASE, ThumbifyError
+from thumbify import errors as e
+from thumbify.errors import PROBLEM_BASE, ThumbifyError, message_of
 
 log = logging.getLogger("thumbify.api")
 MEDIA_TYPE = "application/problem+json"
@@ -32,7 +33,7 @@ class ProblemDetails(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(description="A stable URI naming the kind of error", examples=[PROBLEM_BASE + "not-found"])
+    type: str = Field(description="A stable URI naming the kind of error")
     title: str = Field(description="A short summary of the kind of error")
     status: int = Field(description="The HTTP status code", ge=100, le=599)
     detail: str = Field(description="What went wrong with this request, for a person to read")
@@ -60,6 +61,7 @@ PROBLEM_DESCRIPTIONS = {
     401: "No API key, or not a valid one",
     403: "The key lacks the scope this operation needs",
     404: "No such resource for this key",
+    406: "`format=auto`, and the `Accept` header takes none of the output formats",
     409: "Conflict",
     413: "Too many bytes",
     415: "Not a media type we accept",
@@ -68,17 +70,87 @@ PROBLEM_DESCRIPTIONS = {
     503: "The job store is unavailable; see Retry-After",
 }
 AUTH_PROBLEMS = (401, 403, 429)
+# The kinds of error each status stands for, unless an operation says otherwise.
+PROBLEM_KINDS: dict[int, tuple[type[ThumbifyError], ...]] = {
+    401: (e.Unauthorized,),
+    403: (e.Forbidden,),
+    404: (e.NotFound,),
+    406: (e.NotAcceptable,),
+    409: (e.Conflict,),
+    413: (e.TooLarge,),
+    415: (e.UnsupportedMedia,),
+    422: (e.InvalidOptions,),
+    429: (e.RateLimited,),
+    503: (e.Unavailable,),
+}
+# What refuses an upload, beyond those.
+UPLOAD_PROBLEM_KINDS: dict[int, tuple[type[ThumbifyError], ...]] = {
+    422: (e.InvalidOptions, e.InvalidUpload, e.TooManyPixels, e.SideTooLong, e.TooManyFrames, e.CorruptImage),
+    503: (e.QueueFull, e.StorageFailed, e.Unavailable),
+}
+# Operations that touch the stored files can also find the storage failing.
+STORAGE_PROBLEM_KINDS: dict[int, tuple[type[ThumbifyError], ...]] = {503: (e.StorageFailed, e.Unavailable)}
+_SIZES_ERROR = "'0' is not a size: use a longest side like 256 or a box like 320x200"
+# A sample answer of each kind: its detail, and the members that kind adds.
+EXAMPLES: dict[type[ThumbifyError], dict[str, Any]] = {
+    e.Unauthorized: {"detail": "send an API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`"},
+    e.Forbidden: {"detail": "the key 'viewer' lacks the 'submit' scope"},
+    e.NotFound: {"detail": "no job 019b3a5c9d2e4f60718293a4b5c6d7e8"},
+    e.NotAcceptable: {
+        "detail": "format=auto: the Accept header (image/gif) takes none of image/jpeg, image/webp, image/png, "
+        "image/avif"
+    },
+    e.Conflict: {"detail": "a request with this Idempotency-Key is still in progress; retry when it has finished"},
+    e.TooLarge: {"detail": "the upload is larger than the limit of 209,715,200 bytes"},
+    e.UnsupportedMedia: {
+        "detail": "not an image we accept: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content)"
+    },
+    e.InvalidOptions: {"detail": f"sizes: {_SIZES_ERROR}", "errors": [{"field": "sizes", "message": _SIZES_ERROR}]},
+    e.TooManyPixels: {
+        "detail": "40000x30000 is 1,200,000,000 pixels; the limit is 1,000,000,000",
+        "width": 40000,
+        "height": 30000,
+    },
+    e.SideTooLong: {
+        "detail": "100000x8 has a side of 100,000 pixels; the limit is 65,500",
+        "width": 100000,
+        "height": 8,
+    },
+    e.TooManyFrames: {"detail": "the GIF has 2,000 frames; the limit is 1,000", "frames": 2000, "limit": 1000},
+    e.CorruptImage: {"detail": "cannot read the jpeg header: VipsJpeg: Premature end of input file"},
+    e.InvalidUpload: {"detail": "send the image as multipart/form-data with a `file` part"},
+    e.RateLimited: {"detail": "the key 'ci' is over its request rate; retry in 1s"},
+    e.QueueFull: {"detail": "the queue holds 10,000 or more jobs; retry later"},
+    e.Unavailable: {"detail": "the job store is unavailable; retry shortly"},
+    e.StorageFailed: {"detail": "S3 write of 'originals/019b3a5c9d2e4f60718293a4b5c6d7e8' failed: SlowDown: slow down"},
+    e.NotReady: {
+        "detail": "redis: ok; storage: error: PermissionError: [Errno 13] Permission denied",
+        "checks": {"redis": "ok", "storage": "error: PermissionError: [Errno 13] Permission denied"},
+    },
+}
 
 
-def problem_responses(*statuses: int, descriptions: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the given error statuses: each an `application/problem+json` ProblemDetails, with
-    the headers that status always carries (`WWW-Authenticate` on 401, `Retry-After` on 429 and 503)."""
+def example(kind: type[ThumbifyError]) -> dict[str, Any]:
+    """A sample problem of `kind`, as the API would answer it."""
+    return {"type": PROBLEM_BASE + kind.slug, "title": kind.title, "status": kind.status} | EXAMPLES[kind]
+
+
+def problem_responses(
+    *statuses: int,
+    descriptions: dict[int, str] | None = None,
+    kinds: dict[int, tuple[type[ThumbifyError], ...]] | None = None,
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the given error statuses: each an `application/problem+json` ProblemDetails with an
+    example of each kind of error it stands for, and the headers that status always carries (`WWW-Authenticate` on
+    401, `Retry-After` on 429 and 503)."""
     descriptions = {**PROBLEM_DESCRIPTIONS, **(descriptions or {})}
+    kinds = {**PROBLEM_KINDS, **(kinds or {})}
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
+        samples = {kind.slug: {"summary": kind.title, "value": example(kind)} for kind in kinds[status]}
         response: dict[str, Any] = {
             "description": descriptions.get(status, "Error"),
-            "content": {MEDIA_TYPE: {"schema": {"$ref": PROBLEM_REF}}},
+            "content": {MEDIA_TYPE: {"schema": {"$ref": PROBLEM_REF}, "examples": samples}},
         }
         headers = {401: _WWW_AUTHENTICATE, 429: _RETRY_AFTER, 503: _RETRY_AFTER}.get(status)
         if headers:
@@ -126,8 +198,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        errors = [{"field": _field(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        errors = [{"field": _field(tuple(err["loc"])), "message": message_of(err)} for err in exc.errors()]
+        detail = "; ".join(f"{err['field']}: {err['message']}" for err in errors)
         return problem(422, "invalid-options", "Invalid options", detail, request.url.path, errors=errors)
 
     @app.exception_handler(HTTPException)

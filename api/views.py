@@ -3,20 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from thumbify.jobs import Job, Status
+from thumbify.spec import Crop, Fit, Format
+
+
+class SourceView(BaseModel):
+    """The upload, as its header describes it."""
+
+    filename: str = Field(description="The name the client gave the upload")
+    format: str = Field(description="The format judged from its bytes", examples=["jpeg"])
+    width: int = Field(description="Width as displayed (after the EXIF orientation)")
+    height: int = Field(description="Height as displayed")
+    bytes: int
+    pages: int = Field(description="Frames or pages (1 for a still image)")
+    has_alpha: bool
+    sha256: str = Field(description="SHA-256 of the upload's bytes, hex")
+
+
+class SpecView(BaseModel):
+    """The options the thumbnails are made with: every option, defaults filled in (`format=auto` is resolved)."""
+
+    sizes: list[Annotated[str, Field(pattern=r"^[0-9]+x[0-9]+$")]] = Field(description="Each box, `WxH`, in order")
+    fit: Fit
+    crop: Crop
+    format: Format
+    quality: Annotated[int, Field(ge=1, le=100)]
+    background: str = Field(description="`#rrggbb`, or `#rrggbbaa` when not opaque", examples=["#ffffff"])
 
 
 class ThumbnailView(BaseModel):
     name: str
     width: int
     height: int
-    format: str
+    format: Format
     bytes: int
-    url: str
+    url: str = Field(description="Where to download it (signed when the server has a signing secret)")
 
 
 class ErrorView(BaseModel):
@@ -30,9 +55,9 @@ class JobView(BaseModel):
     attempts: int
     created_at: str
     updated_at: str
-    source: dict[str, Any]
-    spec: dict[str, Any]
-    thumbnails: list[ThumbnailView]
+    source: SourceView
+    spec: SpecView
+    thumbnails: list[ThumbnailView] = Field(description="In the order the sizes were asked (once each)")
     error: ErrorView | None
 
 
@@ -47,16 +72,15 @@ def thumbnail_path(job_id: str, name: str) -> str:
 
 def job_view(job: Job, link: Callable[[str], str] = str) -> JobView:
     """The client's view of `job`; `link` turns a thumbnail's path into its URL (e.g. a signed one)."""
-    spec = job.spec.model_dump(mode="json")
-    spec["sizes"] = [f"{s['width']}x{s['height']}" for s in spec["sizes"]]
+    spec = job.spec.model_dump(mode="json") | {"sizes": [str(size) for size in job.spec.sizes]}
     return JobView(
         id=job.id,
         status=job.status,
         attempts=job.attempts,
         created_at=job.created_at,
         updated_at=job.updated_at,
-        source=job.source,
-        spec=spec,
+        source=SourceView.model_validate(job.source),
+        spec=SpecView.model_validate(spec),
         thumbnails=[
             ThumbnailView(
                 name=t.name,

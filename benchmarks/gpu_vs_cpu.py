@@ -212,7 +212,7 @@ def vips_stage_pass(items: list) -> dict[str, float]:
     for path, fmt, spec, _ in items:
         header = open_image(path, fmt, access="sequential")
         placements = finish.plan(header.width, header.height, spec)
-        target = placements[0]
+        target = max(placements, key=lambda p: p.resize_w * p.resize_h)
         size = (path, fmt, header.width, header.height, target.resize_w, target.resize_h)
         t0 = time.perf_counter()
         if hasattr(finish, "load_shrunk"):  # the shrink-on-load rule every backend shares

@@ -265,6 +265,9 @@ def test_a_job_on_s3_end_to_end(s3: RcloneS3, s3_service) -> None:
     assert len(r.content) == thumb["bytes"]
     again = svc.client.get(thumb["url"], headers={"If-None-Match": r.headers["etag"]})
     assert again.status_code == 304
+    # Streamed from S3 too: a Last-Modified, and If-Modified-Since answered from it.
+    unchanged = svc.client.get(thumb["url"], headers={"If-Modified-Since": r.headers["last-modified"]})
+    assert unchanged.status_code == 304 and unchanged.headers["last-modified"] == r.headers["last-modified"]
 
     assert svc.client.delete(f"/v1/jobs/{job['id']}").status_code == 204
     assert not s3.objects(f"{prefix}originals/{job['id']}") and not s3.objects(f"{prefix}thumbnails/{job['id']}")
@@ -283,8 +286,12 @@ def test_thumbnails_redirect_to_presigned_urls(s3: RcloneS3, s3_service, tmp_pat
         direct = httpx.get(r.headers["location"])
         assert direct.status_code == 200 and direct.headers["content-type"] == "image/jpeg"
         assert direct.content == svc.client.get(thumb["url"]).content
-        etag = svc.client.get(thumb["url"]).headers["etag"]
-        assert api.client.get(thumb["url"], headers={"If-None-Match": etag}).status_code == 304
+        streamed = svc.client.get(thumb["url"])
+        assert api.client.get(thumb["url"], headers={"If-None-Match": streamed.headers["etag"]}).status_code == 304
+        # Two replicas, one streaming and one redirecting, date the thumbnail alike.
+        since = {"If-Modified-Since": streamed.headers["last-modified"]}
+        unchanged = api.client.get(thumb["url"], headers=since)
+        assert unchanged.status_code == 304 and unchanged.headers["last-modified"] == since["If-Modified-Since"]
         missing = api.client.get(f"/v1/thumbnails/{job['id']}/thumb_nope_1x1.jpg")
         assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
     finally:

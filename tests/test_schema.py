@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from conftest import PYTHON, ROOT, Service, clean_env, make_jpeg, start_service, stop_service
+from conftest import PROBLEM_BASE, PYTHON, ROOT, Service, clean_env, make_jpeg, start_service, stop_service
 from hypothesis import HealthCheck, settings
+from openapi_spec_validator import validate as validate_openapi
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -30,6 +31,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
+from api.problems import ProblemDetails
+from thumbify.errors import ThumbifyError
 from thumbify.settings import Settings
 
 SECRET = "schema-signing-secret"
@@ -52,6 +55,7 @@ OPERATIONS = {
     "GET /readyz",
 }
 OPEN_PATHS = ("/healthz", "/readyz")
+PROBLEM_JSON = "application/problem+json"
 WRITES = ("POST", "DELETE")
 
 
@@ -147,11 +151,75 @@ def test_the_schema_holds_every_operation() -> None:
                     assert status in op["responses"], (method, path, status)
 
 
+def test_the_schema_is_valid_openapi() -> None:
+    assert DOCUMENT["openapi"].startswith("3.1")
+    validate_openapi(DOCUMENT)  # raises, saying where, on any departure from the OpenAPI 3.1 schema
+
+
+def kinds_of_error() -> dict[str, type[ThumbifyError]]:
+    """Every kind of error the code knows, by its problem `type`."""
+    found, todo = {}, [ThumbifyError]
+    while todo:
+        kind = todo.pop()
+        found[PROBLEM_BASE + kind.slug] = kind
+        todo += kind.__subclasses__()
+    return found
+
+
+def problem_examples(op: dict, status: str) -> dict[str, dict]:
+    return op["responses"][status]["content"][PROBLEM_JSON]["examples"]
+
+
+def test_every_error_response_has_correct_examples() -> None:
+    """Each documented error status shows a sample problem of each kind it stands for: of that status, with that
+    kind's `type` and `title`, valid as ProblemDetails."""
+    kinds = kinds_of_error()
+    for path, ops in DOCUMENT["paths"].items():
+        for method, op in ops.items():
+            for status in (s for s in op["responses"] if int(s) >= 400):
+                examples = problem_examples(op, status)
+                assert examples, (method, path, status)
+                for slug, example in examples.items():
+                    value = ProblemDetails.model_validate(example["value"])
+                    kind = kinds[value.type]
+                    assert value.type == PROBLEM_BASE + slug, (method, path, status, value)
+                    assert value.status == kind.status == int(status), (method, path, status, value)
+                    assert value.title == kind.title and value.detail, (method, path, status, value)
+
+
+def test_the_options_and_the_job_are_typed() -> None:
+    """Each option documented once, as a form field with its type, choices or bounds; the job's parts are models."""
+    post = DOCUMENT["paths"]["/v1/jobs"]["post"]
+    assert [p["name"] for p in post.get("parameters", [])] == ["Idempotency-Key"]
+    form = post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert form["fit"]["enum"] == ["inside", "cover", "fill", "contain"]
+    assert form["crop"]["enum"] == ["centre", "attention", "entropy"]
+    assert form["format"]["enum"] == ["jpeg", "webp", "png", "avif", "auto"]
+    assert (form["quality"]["type"], form["quality"]["minimum"], form["quality"]["maximum"]) == ("integer", 1, 100)
+    assert form["sizes"]["pattern"] and "WxH" in form["sizes"]["description"]
+    assert "8..4096" in form["sizes"]["description"] and "1 to 8" in form["sizes"]["description"]
+    assert form["background"]["default"] == "#ffffff"
+    schemas = DOCUMENT["components"]["schemas"]
+    job = schemas["JobView"]["properties"]
+    for part, model in (("source", "SourceView"), ("spec", "SpecView")):
+        assert job[part] == {"$ref": f"#/components/schemas/{model}"}, job[part]
+        assert schemas[model]["properties"] and "additionalProperties" not in schemas[model], schemas[model]
+    assert job["thumbnails"]["items"] == {"$ref": "#/components/schemas/ThumbnailView"}
+    spec = schemas["SpecView"]["properties"]
+    assert [spec[name]["$ref"].rsplit("/", 1)[1] for name in ("fit", "crop", "format")] == ["Fit", "Crop", "Format"]
+    assert (spec["quality"]["minimum"], spec["quality"]["maximum"]) == (1, 100)
+
+
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_every_operation_conforms(case: schemathesis.Case, mode: Mode) -> None:
     response = case.call_and_validate(mode.service.base_url, headers=mode.headers, checks=CHECKS, timeout=30)
     method = response.request.method.upper()
+    if response.status_code >= 400 and method == case.operation.method.upper() != "HEAD":
+        # The answer is one of the kinds of error documented for that status.
+        op = DOCUMENT["paths"][case.operation.path][method.lower()]
+        documented = {e["value"]["type"] for e in problem_examples(op, str(response.status_code)).values()}
+        assert response.json()["type"] in documented, (case.operation.label, response.status_code, response.text)
     if case.operation.path in OPEN_PATHS or method != case.operation.method.upper():
         return  # probes and scrapers carry no key; a probe with another method is answered 405 before any key check
     status = response.status_code

@@ -7,6 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from thumbify.errors import NotAcceptable, message_of
 from thumbify.spec import (
     ALPHA_FORMATS,
     EXTENSIONS,
@@ -86,7 +87,27 @@ def test_spec_defaults() -> None:
     spec = ThumbnailSpec()
     assert spec.sizes == [Size(width=256, height=256)]
     assert (spec.fit, spec.crop, spec.format, spec.quality) == (Fit.inside, Crop.centre, Format.jpeg, 80)
-    assert spec.background_rgba == (255, 255, 255, 255)
+    assert spec.background == "#ffffff" and spec.background_rgba == (255, 255, 255, 255)
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "value"),
+    [("format", "JPEG", Format.jpeg), ("format", " WebP ", Format.webp), ("fit", "Cover", Fit.cover)]
+    + [("crop", "ATTENTION", Crop.attention)],
+)
+def test_spec_option_names_match_in_any_case(field: str, text: str, value: object) -> None:
+    assert getattr(ThumbnailSpec(**{field: text}), field) is value
+
+
+def test_spec_errors_read_naturally() -> None:
+    """The validators' own words, without pydantic's `Value error, ` prefix."""
+    with pytest.raises(ValidationError) as info:
+        ThumbnailSpec(sizes="256,big", background="red")
+    messages = {e["loc"][0]: message_of(e) for e in info.value.errors()}
+    assert messages == {
+        "sizes": "'big' is not a size: use a longest side like 256 or a box like 320x200",
+        "background": "'red' is not a colour: use #rrggbb or #rrggbbaa",
+    }
 
 
 def test_spec_sizes_from_a_comma_separated_string() -> None:
@@ -164,12 +185,13 @@ def test_spec_rejects_unknown_fields() -> None:
 @pytest.mark.parametrize(
     "text, normalised, rgba",
     [
-        ("#ffffff", "#ffffffff", (255, 255, 255, 255)),
-        ("#ABCDEF", "#abcdefff", (0xAB, 0xCD, 0xEF, 255)),
-        ("abcdef", "#abcdefff", (0xAB, 0xCD, 0xEF, 255)),
+        ("#ffffff", "#ffffff", (255, 255, 255, 255)),  # opaque: shown as the README writes it
+        ("#FFFFFFFF", "#ffffff", (255, 255, 255, 255)),
+        ("#ABCDEF", "#abcdef", (0xAB, 0xCD, 0xEF, 255)),
+        ("abcdef", "#abcdef", (0xAB, 0xCD, 0xEF, 255)),
         ("#11223344", "#11223344", (0x11, 0x22, 0x33, 0x44)),
         ("#00000000", "#00000000", (0, 0, 0, 0)),
-        (" #102030 ", "#102030ff", (16, 32, 48, 255)),
+        (" #102030 ", "#102030", (16, 32, 48, 255)),
     ],
 )
 def test_spec_background_colours(text: str, normalised: str, rgba: tuple[int, int, int, int]) -> None:
@@ -217,34 +239,53 @@ def test_format_tables_are_complete() -> None:
 @pytest.mark.parametrize(
     "accept, has_alpha, expected",
     [
-        (None, False, Format.jpeg),
+        (None, False, Format.jpeg),  # no Accept takes anything: the default
         (None, True, Format.png),
         ("", False, Format.jpeg),
-        ("*/*", False, Format.jpeg),
+        (",,;;,", False, Format.jpeg),  # nothing readable: as if not sent
+        ("*/*", False, Format.jpeg),  # a wildcard gets the safe default, not a modern format it may not decode
         ("image/*", True, Format.png),
         ("image/avif,image/webp,image/*,*/*;q=0.8", False, Format.avif),
+        ("image/avif,image/webp,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5", True, Format.avif),
         ("image/webp,*/*", False, Format.webp),
         ("image/webp,*/*", True, Format.webp),
         ("image/avif;q=0,image/webp", False, Format.webp),
-        ("image/avif; q=0, image/webp; q=0", False, Format.jpeg),
-        ("image/avif;q=0.0,image/webp;q=0.000", True, Format.png),
         ("image/avif;Q=0,image/webp", False, Format.webp),  # parameter names are case-insensitive
         ("image/avif;q=0.1", False, Format.avif),  # a low q still accepts
         ("IMAGE/AVIF", False, Format.avif),
         ("  image/webp  ;  q=0.5 ", False, Format.webp),
-        ("image/avif;q=abc", False, Format.jpeg),  # an unreadable q counts as not accepted
-        ("text/html,application/xhtml+xml", False, Format.jpeg),
-        ("image/png", False, Format.jpeg),  # png is only the alpha fallback
-        ("image/jpeg", True, Format.png),
-        (",,;;,", False, Format.jpeg),
+        ("image/png", False, Format.png),  # what the client takes, even for an opaque image
+        ("image/jpeg", True, Format.jpeg),  # ... even for one with alpha (flattened onto the background)
+        ("image/png,image/jpeg", False, Format.jpeg),  # equals: the default
+        ("image/png,image/jpeg", True, Format.png),
+        ("image/png;q=1, image/*;q=0.5", False, Format.png),  # q-values decide
+        ("image/webp;q=1.0, image/avif;q=0.5", False, Format.webp),
+        ("image/jpeg;q=0.2, image/avif;q=0.9, image/webp;q=0.9", False, Format.avif),  # equals: avif first
+        ("image/jpeg;q=0, image/*", False, Format.png),  # a wildcard with the default excluded: the other classic
+        ("image/*;q=0.3, image/webp", True, Format.webp),
+        ("text/html, image/png;q=0.1", False, Format.png),
     ],
 )
 def test_negotiate_format(accept: str | None, has_alpha: bool, expected: Format) -> None:
     assert negotiate_format(accept, has_alpha) is expected
 
 
-def test_negotiate_format_prefers_avif_over_webp_whatever_the_order() -> None:
-    assert negotiate_format("image/webp;q=1.0, image/avif;q=0.5", False) is Format.avif
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "image/gif",
+        "text/html,application/xhtml+xml",
+        "image/avif; q=0, image/webp; q=0",
+        "image/*;q=0",
+        "*/*;q=0",
+        "image/avif;q=abc",  # an unreadable q counts as not accepted
+        "image/jpeg;q=0,image/png;q=0,image/webp;q=0,image/avif;q=0,*/*",  # `*/*` does not undo a named q=0
+    ],
+)
+@pytest.mark.parametrize("has_alpha", [False, True])
+def test_negotiate_format_refuses_when_nothing_fits(accept: str, has_alpha: bool) -> None:
+    with pytest.raises(NotAcceptable, match="takes none of image/jpeg, image/webp, image/png, image/avif"):
+        negotiate_format(accept, has_alpha)
 
 
 # -- safe_stem, thumbnail_name -----------------------------------------------------------------------------------------

@@ -206,7 +206,7 @@ def thumbnail(
     from pydantic import ValidationError
 
     from gpu_worker.backends.vips import VipsBackend, configure_vips
-    from thumbify.errors import ThumbifyError
+    from thumbify.errors import ThumbifyError, message_of
     from thumbify.probe import probe_for
     from thumbify.spec import ThumbnailSpec, safe_stem
 
@@ -216,7 +216,7 @@ def thumbnail(
         )
     except ValidationError as exc:
         for err in exc.errors():
-            console.print(f"[red]{'.'.join(map(str, err['loc']))}: {err['msg']}[/]")
+            console.print(f"{'.'.join(map(str, err['loc']))}: {message_of(err)}", style="red", markup=False)
         raise typer.Exit(2) from None
     settings = _settings()
     configure_vips(settings.vips_concurrency)

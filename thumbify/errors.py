@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 PROBLEM_BASE = "https://thumbify.dev/problems/"
 
 
@@ -55,6 +57,12 @@ class NotFound(ThumbifyError):
     slug, title, status, permanent = "not-found", "Not found", 404, True
 
 
+class NotAcceptable(ThumbifyError):
+    """`format=auto` and the Accept header takes none of the output formats."""
+
+    slug, title, status, permanent = "not-acceptable", "Not acceptable", 406, True
+
+
 class Unavailable(ThumbifyError):
     slug, title, status = "unavailable", "Service unavailable", 503
 
@@ -69,6 +77,12 @@ class QueueFull(ThumbifyError):
 
 class Conflict(ThumbifyError):
     slug, title, status = "conflict", "Conflict", 409
+
+
+class NotReady(ThumbifyError):
+    """A dependency (Redis, storage) does not answer: `/readyz`, with `checks` saying which and why."""
+
+    slug, title, status = "not-ready", "Not ready", 503
 
 
 # -- the worker's errors: stored in a failed job's `error`, never an HTTP answer of their own -------------------------
@@ -143,3 +157,12 @@ class SideTooLong(ThumbifyError):
 
 class TooManyFrames(ThumbifyError):
     slug, title, status, permanent = "too-many-frames", "Image has too many frames or pages", 422, True
+
+
+def message_of(error: dict[str, Any]) -> str:
+    """One pydantic error's message as a person reads it: a validator's own words, without pydantic's `Value error, `
+    prefix."""
+    raised = error.get("ctx", {}).get("error")
+    if error.get("type") == "value_error" and raised is not None:
+        return str(raised)
+    return error["msg"]

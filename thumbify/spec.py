@@ -8,11 +8,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from thumbify.errors import NotAcceptable
+
 MIN_SIDE = 8
 MAX_SIDE = 4096
 MAX_SIZES = 8
 _SIZE_RE = re.compile(r"^\s*(\d{1,6})(?:\s*[xX×]\s*(\d{1,6}))?\s*$", re.ASCII)  # ASCII digits only
-_COLOUR_RE = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
+COLOUR_RE = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
 
 
 class Fit(StrEnum):
@@ -64,7 +66,7 @@ class Size(BaseModel):
 
 
 def parse_colour(text: str) -> tuple[int, int, int, int]:
-    m = _COLOUR_RE.match(text.strip())
+    m = COLOUR_RE.match(text.strip())
     if not m:
         raise ValueError(f"{text!r} is not a colour: use #rrggbb or #rrggbbaa")
     hexa = m.group(1) + ("ff" if len(m.group(1)) == 6 else "")
@@ -95,11 +97,18 @@ class ThumbnailSpec(BaseModel):
             return [Size.parse(str(v)) if isinstance(v, str | int) and not isinstance(v, bool) else v for v in value]
         return value
 
+    @field_validator("fit", "crop", "format", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        """`JPEG`, `Cover`: option values are names, not case-sensitive tokens."""
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("background")
     @classmethod
     def _check_background(cls, value: str) -> str:
+        """Lower-case `#rrggbb`, with `aa` only when not opaque: the default reads `#ffffff`, as documented."""
         r, g, b, a = parse_colour(value)
-        return f"#{r:02x}{g:02x}{b:02x}{a:02x}"
+        return f"#{r:02x}{g:02x}{b:02x}" + (f"{a:02x}" if a != 255 else "")
 
     @model_validator(mode="after")
     def _unique_sizes(self) -> ThumbnailSpec:
@@ -115,25 +124,54 @@ class ThumbnailSpec(BaseModel):
         return parse_colour(self.background)
 
 
-def negotiate_format(accept: str | None, has_alpha: bool) -> Format:
-    """`format=auto`: the best format the client's Accept header allows (q=0 excludes)."""
-    accepted: set[str] = set()
-    for item in (accept or "").split(","):
-        media, _, params = item.strip().partition(";")
+def parse_accept(accept: str) -> dict[str, float]:
+    """An Accept header's media ranges (lower case) and their q-values (RFC 9110 §12.5.1); an unreadable q is 0."""
+    ranges: dict[str, float] = {}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        if "/" not in media:
+            continue
         q = 1.0
-        for param in params.split(";"):
-            key, _, val = param.strip().partition("=")
+        for param in params:
+            key, _, value = param.partition("=")
             if key.strip().lower() == "q":
                 try:
-                    q = float(val)
+                    q = min(max(float(value), 0.0), 1.0)
                 except ValueError:
                     q = 0.0
-        if q > 0:
-            accepted.add(media.strip().lower())
-    for fmt in (Format.avif, Format.webp):
-        if MEDIA_TYPES[fmt] in accepted:
-            return fmt
-    return Format.png if has_alpha else Format.jpeg
+        ranges[media.lower()] = q
+    return ranges
+
+
+def _weight(fmt: Format, ranges: dict[str, float]) -> tuple[float, bool] | None:
+    """The q-value of the most specific range that matches `fmt` (its own type, `image/*`, `*/*`), and whether the
+    client named `fmt` itself; None if no range matches."""
+    for media in (MEDIA_TYPES[fmt], "image/*", "*/*"):
+        if media in ranges:
+            return ranges[media], media == MEDIA_TYPES[fmt]
+    return None
+
+
+def negotiate_format(accept: str | None, has_alpha: bool) -> Format:
+    """`format=auto`: the format the client weighs highest (q-value, then one it named over one a wildcard covers);
+    among equals, a modern format the client named (avif, then webp) before the safe default (jpeg, or png for an
+    image with alpha), which is also the choice of a wildcard. No Accept (or none readable) takes anything: the
+    default. NotAcceptable when the header excludes every output format."""
+    default, other = (Format.png, Format.jpeg) if has_alpha else (Format.jpeg, Format.png)
+    ranges = parse_accept(accept or "") or {"*/*": 1.0}
+    # Ties, least preferred first: a named format favours the modern ones, a wildcard the safe default.
+    named_order = [other, default, Format.webp, Format.avif]
+    wildcard_order = [Format.avif, Format.webp, other, default]
+    candidates = []
+    for fmt in Format:
+        weight = _weight(fmt, ranges)
+        if weight is not None and weight[0] > 0:
+            q, named = weight
+            candidates.append(((q, named, (named_order if named else wildcard_order).index(fmt)), fmt))
+    if not candidates:
+        offered = ", ".join(MEDIA_TYPES[f] for f in Format)
+        raise NotAcceptable(f"format=auto: the Accept header ({accept}) takes none of {offered}")
+    return max(candidates)[1]
 
 
 _STEM_BAD = re.compile(r"[^A-Za-z0-9._-]+")

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.metrics import QUEUE_JOBS, REDIS_UP
-from api.problems import problem, problem_responses
+from api.problems import problem_responses
 from api.services import Services, services
+from thumbify.errors import NotReady
 
 router = APIRouter(tags=["health"])
 Svc = Annotated[Services, Depends(services)]
@@ -24,7 +25,9 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Redis and storage answer",
-    responses=problem_responses(503, descriptions={503: "Not ready: `checks` says which dependency fails and why"}),
+    responses=problem_responses(
+        503, descriptions={503: "Not ready: `checks` says which dependency fails and why"}, kinds={503: (NotReady,)}
+    ),
 )
 async def readyz(svc: Svc):
     checks: dict[str, str] = {}
@@ -36,15 +39,7 @@ async def readyz(svc: Svc):
             checks[name] = f"error: {exc.__class__.__name__}: {exc}"[:200]
     if all(v == "ok" for v in checks.values()):
         return {"status": "ready", **checks}
-    return problem(
-        503,
-        "not-ready",
-        "Not ready",
-        "; ".join(f"{k}: {v}" for k, v in checks.items()),
-        "/readyz",
-        {"Retry-After": "5"},
-        checks=checks,
-    )
+    raise NotReady("; ".join(f"{k}: {v}" for k, v in checks.items()), checks=checks)
 
 
 # A route, not a mounted app: a mount answers `GET /metrics` with a redirect to `/metrics/`.

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from api import idempotency, upload
 from api.auth import Caller, Reader, Submitter
 from api.metrics import UPLOAD_BYTES, UPLOADS
-from api.options import DESCRIPTIONS, build_spec, collect, openapi_request_body, validate_early
-from api.problems import AUTH_PROBLEMS, problem_responses
+from api.options import build_spec, collect, openapi_request_body, validate_early
+from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KINDS, problem_responses
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
 from thumbify.errors import InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
@@ -34,8 +34,9 @@ def _query_options(request: Request) -> dict[str, list[str]]:
     status_code=202,
     response_model=JobView,
     summary="Upload an image and queue its thumbnails",
-    description="Multipart body: `file` plus options as form fields; the same options are accepted as query "
-    "parameters (form fields win). Answers at once with the queued job and its `Location`. With an "
+    description="Multipart body: `file` plus options as form fields. The same options may be given as query "
+    "parameters instead (form fields win), which are checked before the upload is read. Option values match in any "
+    "case (`JPEG`, `Cover`). Answers at once with the queued job and its `Location`. With an "
     "`Idempotency-Key` header, a retried request (same key, same client) within the window gets the job the key "
     "first created (header `Idempotent-Replayed: true`) instead of a new one.",
     openapi_extra=openapi_request_body(),
@@ -51,6 +52,7 @@ def _query_options(request: Request) -> dict[str, list[str]]:
         },
         **problem_responses(
             *AUTH_PROBLEMS,
+            406,
             409,
             413,
             415,
@@ -63,8 +65,9 @@ def _query_options(request: Request) -> dict[str, list[str]]:
                 415: "Not an image we accept (judged by its bytes)",
                 422: "Bad options, too many pixels, an unreadable header or a malformed upload",
                 429: "Over the key's request rate or concurrent uploads; see Retry-After",
-                503: "The queue is full or the job store is unavailable; see Retry-After",
+                503: "The queue is full, or the job store or the storage is unavailable; see Retry-After",
             },
+            kinds=UPLOAD_PROBLEM_KINDS,
         ),
     },
 )
@@ -73,14 +76,8 @@ async def create_job(
     response: Response,
     svc: Svc,
     caller: Submitter,
-    sizes: Annotated[list[str] | None, Query(description=DESCRIPTIONS["sizes"], examples=["256"])] = None,
-    fit: Annotated[str | None, Query(description=DESCRIPTIONS["fit"])] = None,
-    crop: Annotated[str | None, Query(description=DESCRIPTIONS["crop"])] = None,
-    format: Annotated[str | None, Query(description=DESCRIPTIONS["format"])] = None,
-    quality: Annotated[str | None, Query(description=DESCRIPTIONS["quality"])] = None,
-    background: Annotated[str | None, Query(description=DESCRIPTIONS["background"])] = None,
-    # The options and the key are declared for the OpenAPI schema; `_submit` reads them from the request itself, so
-    # that a bad one is judged before the body is read, with our own problem+json.
+    # The key is declared for the OpenAPI schema, the options in `openapi_request_body`; `_submit` reads them from
+    # the request itself, so that a bad one is judged before the body is read, with our own problem+json.
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -267,6 +264,7 @@ async def list_jobs(
         422,
         503,
         descriptions={403: "The key lacks the `submit` scope", 404: "No such job for this key"},
+        kinds=STORAGE_PROBLEM_KINDS,
     ),
 )
 async def delete_job(job_id: str, svc: Svc, caller: Submitter) -> Response:

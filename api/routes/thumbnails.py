@@ -1,14 +1,16 @@
-"""Thumbnail downloads: immutable bytes with a strong ETag."""
+"""Thumbnail downloads: immutable bytes with a strong ETag and a Last-Modified (the job's finish time)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
 from api.auth import Caller, authenticate
-from api.problems import AUTH_PROBLEMS, problem_responses
+from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, problem_responses
 from api.security import content_disposition
 from api.services import Services, services
 from thumbify.errors import Forbidden, NotFound
@@ -26,6 +28,23 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return header.strip() == "*" or etag in [part.strip().removeprefix("W/") for part in header.split(",")]
 
 
+def _unmodified_since(header: str | None, modified: datetime) -> bool:
+    """`If-Modified-Since` (an HTTP-date) is no earlier than `modified`, to the second; a date that cannot be read
+    is ignored (RFC 9110 §13.1.3)."""
+    try:
+        since = parsedate_to_datetime(header) if header else None
+    except (TypeError, ValueError):
+        return False
+    return since is not None and since.tzinfo is not None and modified.replace(microsecond=0) <= since
+
+
+def _not_modified(request: Request, etag: str, modified: datetime) -> bool:
+    """RFC 9110 §13.2.2: If-None-Match when sent, else If-Modified-Since."""
+    if "if-none-match" in request.headers:
+        return _etag_matches(request.headers["if-none-match"], etag)
+    return _unmodified_since(request.headers.get("if-modified-since"), modified)
+
+
 async def _caller(request: Request, svc: Services, expires: str | None, sig: str | None) -> Caller | None:
     """The key's caller; or None when a valid signed URL stands in for the key (403 if it is not valid)."""
     secret = svc.settings.url_signing_secret.get_secret_value()
@@ -37,6 +56,13 @@ async def _caller(request: Request, svc: Services, expires: str | None, sig: str
 
 
 _ETAG = {"ETag": {"description": "Strong validator of the bytes", "required": True, "schema": {"type": "string"}}}
+_LAST_MODIFIED = {
+    "Last-Modified": {
+        "description": "When the job finished (the same from every API replica)",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
 _DOCS = {
     "summary": "A thumbnail's bytes",
     "description": "Needs a key with the `read` scope that owns the job, or a signed URL (the `url` a job gives when "
@@ -51,11 +77,16 @@ _DOCS = {
             "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in MEDIA_TYPES.values()},
             "headers": {
                 **_ETAG,
+                **_LAST_MODIFIED,
                 "Cache-Control": {"description": "Immutable", "required": True, "schema": {"type": "string"}},
                 "Content-Disposition": {"description": "Inline, with a safe file name", "schema": {"type": "string"}},
             },
         },
-        304: {"description": "Not modified (`If-None-Match` matched)", "headers": _ETAG},
+        304: {
+            "description": "Not modified: `If-None-Match` matched, or (without it) nothing changed since "
+            "`If-Modified-Since`",
+            "headers": {**_ETAG, **_LAST_MODIFIED},
+        },
         **problem_responses(
             *AUTH_PROBLEMS,
             404,
@@ -64,7 +95,9 @@ _DOCS = {
             descriptions={
                 403: "The key lacks the `read` scope, or the signed URL is not valid or has expired",
                 404: "No such thumbnail for a job of this key",
+                503: "The job store or the storage is unavailable; see Retry-After",
             },
+            kinds=STORAGE_PROBLEM_KINDS,
         ),
     },
 }
@@ -89,13 +122,17 @@ async def get_thumbnail(
     if thumb is None:
         raise NotFound(f"no thumbnail {name!r} for job {job_id}")
     etag = f'"{thumb.etag}"'
+    # A done job's thumbnails never change: its finish time (in Redis, so the same on every replica, whatever the
+    # storage) dates them.
+    modified = datetime.fromisoformat(job.updated_at)
     headers = {
         "ETag": etag,
+        "Last-Modified": format_datetime(modified, usegmt=True),
         "Cache-Control": THUMBNAIL_CACHE_CONTROL,
         "X-Content-Type-Options": "nosniff",
         "Content-Disposition": content_disposition(thumb.name),
     }
-    if _etag_matches(request.headers.get("if-none-match"), etag):
+    if _not_modified(request, etag, modified):
         return Response(status_code=304, headers=headers)
     stored = await svc.storage.stat(f"thumbnails/{job_id}/{name}")
     if stored is None:

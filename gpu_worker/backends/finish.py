@@ -41,10 +41,10 @@ class Source:
 
 
 def plan(up_w: int, up_h: int, spec: ThumbnailSpec) -> list[Placement]:
-    """The placements of the spec's sizes on an upright `up_w`×`up_h` source, largest first."""
-    placements = {place(up_w, up_h, size, spec.fit) for size in spec.sizes}
+    """The placements of the spec's sizes on an upright `up_w`×`up_h` source, in the order the sizes were asked (the
+    job lists its thumbnails in this order)."""
     # Several sizes of one fit can land on the same pixels (256 and 256x300 inside a square source): once each.
-    return sorted(placements, key=lambda p: (p.out_w * p.out_h, p.out_w), reverse=True)
+    return list(dict.fromkeys(place(up_w, up_h, size, spec.fit) for size in spec.sizes))
 
 
 def intermediate_scale(extent_w: float, extent_h: float, target_w: int, target_h: int, headroom: float) -> float:
