@@ -79,3 +79,15 @@ def test_commands_that_need_the_service_say_how_to_point_at_it(tmp_path: Path):
     # One line, however long: the output is a file here, not an 80-column terminal.
     first = cli("dlq", "list", "--data-dir", str(deep)).stderr.splitlines()[0]
     assert str(deep) in first, first
+
+
+def test_bad_options_are_told_in_plain_words(mixed_files: list[Path], tmp_path: Path):
+    done = cli("thumbnail", str(mixed_files[3]), "--size", "big", "--background", "red", "-o", str(tmp_path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert "sizes: 'big' is not a size: use a longest side like 256 or a box like 320x200" in said, said
+    assert "background: 'red' is not a colour: use #rrggbb or #rrggbbaa" in said, said
+    assert "Value error" not in said, said
+    # Option names match in any case, as in the API.
+    assert cli("thumbnail", str(mixed_files[3]), "--format", "WEBP", "-o", str(tmp_path)).returncode == 0
+    assert [p.suffix for p in tmp_path.iterdir()] == [".webp"]
