@@ -27,7 +27,9 @@ class SourceView(BaseModel):
 class SpecView(BaseModel):
     """The options the thumbnails are made with: every option, defaults filled in (`format=auto` is resolved)."""
 
-    sizes: list[Annotated[str, Field(pattern=r"^[0-9]+x[0-9]+$")]] = Field(description="Each box, `WxH`, in order")
+    sizes: list[Annotated[str, Field(pattern=r"^[0-9]+x[0-9]+$")]] = Field(
+        description="Each box, `WxH`, in the order asked", examples=[["256x256", "640x480"]]
+    )
     fit: Fit
     crop: Crop
     format: Format
