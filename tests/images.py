@@ -10,6 +10,7 @@ return a `pyvips.Image` (uchar/ushort, with its interpretation set); the others 
 - `png16`, `grey_png`, `grey_jpeg`, `grey16_png`, `rgba_png`: bit depths and band layouts
 - `animated("gif" | "webp")`: three frames of FRAME_COLOURS; `encode(image, container)` for every container
 - `truncated_jpeg()`, `corrupt_jpeg()`, `jpeg_with_sof_size(w, h)`: broken or lying files
+- tests/corpus.py: a PngSuite-like corpus written chunk by chunk, its corruptions, and EXIF-oriented JPEGs
 """
 
 from __future__ import annotations
@@ -304,10 +305,11 @@ def corrupt_jpeg(width: int = 640, height: int = 480) -> bytes:
     return bytes(data)
 
 
-def jpeg_with_sof_size(width: int, height: int) -> bytes:
-    """A tiny valid JPEG whose SOF says it is `width`x`height`: a header-only reader sees the big size, any decoder
-    would fail or run out of data at once. The cheap way to make a 'huge' upload."""
-    data = bytearray(solid_image(16, 16, (90, 90, 90)).jpegsave_buffer(Q=50))
+def jpeg_with_sof_size(width: int, height: int, source: bytes | None = None) -> bytes:
+    """A tiny valid JPEG (`source`, or 16x16 of grey) whose SOF says it is `width`x`height`: a header-only reader
+    sees the big size, any decoder runs out of image data. The cheap way to make a 'huge' upload; and, over a
+    64x48 photo, the lie that shrink-on-load once decoded into a grey thumbnail."""
+    data = bytearray(source or solid_image(16, 16, (90, 90, 90)).jpegsave_buffer(Q=50))
     for marker in (b"\xff\xc0", b"\xff\xc2", b"\xff\xc1"):
         at = data.find(marker)
         if at >= 0:

@@ -9,10 +9,11 @@ spec's sizes against the upright source size and hands both to `render_sizes`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pyvips
 
@@ -26,6 +27,7 @@ SWAPS_AXES = {5, 6, 7, 8}
 # `cover` resamples at most this many pixels (or twice the box) before cropping: see `cut_overflow`.
 OVERFLOW_BUDGET = 8_000_000
 _CROP = {"centre": "centre", "attention": "attention", "entropy": "entropy"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def render_one(source: Source, placement: Placement, spec: ThumbnailSpec, stem: 
         hscale, vscale = vscale, hscale
     img = resize(img, hscale, vscale)
     # The thumbnail is small now: hold it in memory so the steps below may read it in any order.
-    img = img.copy_memory()
+    img = decoded(img.copy_memory)
     if source.orientation != 1:
         img = img.autorot()
     img = to_srgb(img)
@@ -190,6 +192,7 @@ __all__ = [
     "SWAPS_AXES",
     "Source",
     "cut_overflow",
+    "decoded",
     "decoded_upright",
     "intermediate_scale",
     "overflow_budget",
@@ -200,17 +203,41 @@ __all__ = [
 ]
 
 
+# How strictly each decoder reads (libvips' `fail_on`): damaged data fails, never turns into pixels. libjpeg reports
+# damaged scan data only as warnings and fills the gaps with grey (sharp's default is the same, failOn: 'warning');
+# libpng checks chunk CRCs and zlib's Adler-32 only at "error" or stricter (below it libvips turns both checks off).
+# The other formats fail on truncation; their decoders raise errors for damage of their own.
+FAIL_ON = {"jpeg": "warning", "png": "error"}
+
+
+def decoded(pull: Callable[[], T]) -> T:
+    """`pull()`, the call that makes libvips decode a lazily opened source (a `copy_memory`, a sink), checked for
+    the damage libjpeg reports while decoding the last strip, which `fail_on="warning"` never sees.
+
+    libvips' JPEG loader checks for warnings before it decodes each strip of 8 rows, not after the last one: damage
+    libjpeg meets in the last strip (image data too short for the size the header declares, a marker where data
+    should be) is only logged, and libjpeg fills what it could not decode with grey. With shrink-on-load the last
+    strip is often the whole image: a header claiming 65500x10 over 64x48 of data decodes at 1/8 as 2 rows. The
+    first warning of a decode is also written to libvips' error buffer as "VipsJpeg: ...": read it right after the
+    decode, before any other pyvips call (pyvips empties that buffer whenever it looks up an operation by name).
+    The buffer is per process: a render process decodes one image at a time."""
+    pyvips.vips_lib.vips_error_clear()
+    out = pull()
+    text = pyvips.ffi.string(pyvips.vips_lib.vips_error_buffer()).decode(errors="replace")
+    warnings = [line.strip() for line in text.splitlines() if line.startswith("VipsJpeg:")]
+    if warnings:
+        raise pyvips.Error("the JPEG decoder warned while decoding the last rows", warnings[-1])
+    return out
+
+
 def load_shrunk(
     path: Path, fmt: str, up_w: int, up_h: int, target_w: int, target_h: int, headroom: float
 ) -> tuple[pyvips.Image, int]:
     """The source opened for sequential reading, shrunk on load where the format allows (JPEG's DCT scaling, WebP's
     scaled decode) to keep `headroom`× the target; and the JPEG shrink it was decoded at (1 for none)."""
-    options: dict[str, object] = {"access": "sequential", "fail_on": "truncated"}
+    options: dict[str, object] = {"access": "sequential", "fail_on": FAIL_ON.get(fmt, "truncated")}
     shrink = 1
     if fmt == "jpeg":
-        # libjpeg reports damaged scan data only as warnings and fills the gaps with grey: without this a corrupt
-        # JPEG would end `done` with garbage pixels (sharp's default is the same, failOn: 'warning').
-        options["fail_on"] = "warning"
         shrink = load_shrink(up_w, up_h, target_w, target_h, headroom)
         if shrink > 1:
             options["shrink"] = shrink

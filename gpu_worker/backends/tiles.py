@@ -54,6 +54,7 @@ from gpu_worker.backends.finish import (
     SWAPS_AXES,
     Source,
     decode_errors,
+    decoded,
     decoded_upright,
     exact_extent,
     intermediate_scale,
@@ -146,7 +147,7 @@ class TilesBackend:
         image = _kernel_ready(image)
         if (out_w, out_h) == (image.width, image.height):
             # Already the size wanted (a small source): nothing to resample, and small enough to hold.
-            small = image.copy_memory()
+            small = decoded(image.copy_memory)
         else:
             pixels = self._resample(image, out_w, out_h)
             small = _to_vips(pixels, image, orientation)
@@ -252,7 +253,7 @@ def _strips(image: pyvips.Image, rows: int, alloc: Callable[..., np.ndarray]) ->
         try:
             target = pyvips.TargetCustom()
             target.on_write(on_write)
-            image.rawsave_target(target)
+            decoded(lambda: image.rawsave_target(target))
             if state["y"] != h:
                 raise pyvips.Error("the decoder stopped early", f"{state['y']} of {h} rows decoded")
             full.put(_DONE)

@@ -16,6 +16,7 @@ from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.finish import (
     Source,
     decode_errors,
+    decoded,
     exact_extent,
     intermediate_scale,
     load_shrunk,
@@ -73,11 +74,11 @@ class VipsBackend:
         img = source.image
         scale = intermediate_scale(source.extent_w, source.extent_h, target_w, target_h, self.headroom)
         if scale == 1.0:
-            return replace(source, image=img.copy_memory())
+            return replace(source, image=decoded(img.copy_memory))
         # libvips maps by the factor, so the exact extent scales by it too.
         return replace(
             source,
-            image=resize(img, scale, scale).copy_memory(),
+            image=decoded(resize(img, scale, scale).copy_memory),
             extent_w=source.extent_w * scale,
             extent_h=source.extent_h * scale,
         )
