@@ -9,7 +9,15 @@ import signal
 from gpu_worker.memory import limit_malloc_arenas
 
 
+def _exit_now(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    # Until the event loop takes them over, SIGTERM and SIGINT end the worker at once: nothing is read yet, so
+    # nothing needs handing back (and an exit, not a traceback).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_now)
     limit_malloc_arenas()
     from prometheus_client import start_http_server
 

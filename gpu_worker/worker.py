@@ -105,9 +105,9 @@ class Worker:
         )
         cpu_backend = self.gpu_backend.vips if self.gpu_backend else self.backend
         self.pool = RenderPool(self.settings, cpu_backend, self.processes)
-        await self.pool.start()
-        if self.gpu_backend is not None:
-            await self._start_gpu()
+        if not await self._unless_stopped(self._start_renderers()):
+            await self._close()
+            return
         log.info(
             "worker %s: %d render processes%s, up to %d jobs in flight, batches of up to %d",
             self.name,
@@ -126,19 +126,37 @@ class Worker:
             await self._consume()
             await self._drain()
         finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            for task in self.inflight.values():
-                task.cancel()
-            if self.inflight:
-                await asyncio.wait(list(self.inflight.values()), timeout=5)
-            await self.pool.close()
-            if self.gpu is not None:
-                await self.gpu.close()
-            await self.storage.aclose()
-            await self.redis.aclose()
-            log.info("worker %s stopped (%d jobs done)", self.name, self.processed)
+            await _cancel(background)
+            await _cancel(list(self.inflight.values()))
+            await self._close()
+
+    async def _close(self) -> None:
+        await self.pool.close()
+        if self.gpu is not None:
+            await self.gpu.close()
+        await self.storage.aclose()
+        await self.redis.aclose()
+        log.info("worker %s stopped (%d jobs done)", self.name, self.processed)
+
+    async def _start_renderers(self) -> None:
+        await self.pool.start()
+        if self.gpu_backend is not None:
+            await self._start_gpu()
+
+    async def _unless_stopped(self, start: Awaitable[None]) -> bool:
+        """Run a start-up step; a stop (a signal) meanwhile cancels it (what it started is stopped) and gives
+        False, so a worker that is still starting stops at once instead of finishing its start first."""
+        task = asyncio.ensure_future(start)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()
+            return True
+        await _cancel([task])
+        return False
 
     async def _start_gpu(self) -> None:
         """The GPU render process; with THUMBIFY_BACKEND=auto a GPU that fails to start leaves a vips-only worker."""
@@ -472,6 +490,19 @@ class Worker:
                 except Deferred:
                     pass  # refused by DALI, or failed in it: vips renders it
         return await self.pool.render(path, fmt, job.spec, job.stem)
+
+
+async def _cancel(tasks: list[asyncio.Task], timeout: float = 5.0) -> None:
+    """Cancel `tasks` and wait for them, cancelling again while any is left: a library that turns one cancel into
+    another exception (redis-py does, while it connects) must not leave a loop running that we wait for forever."""
+    pending = {t for t in tasks if not t.done()}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+    if pending:
+        log.warning("%d task(s) did not stop when cancelled: %s", len(pending), [t.get_name() for t in pending])
 
 
 def _ids(messages: list[Message]) -> str:

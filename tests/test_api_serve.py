@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pyvips
-from conftest import clean_env, log_tail, make_jpeg, port_is_free, wait_ready
+from conftest import ROOT, clean_env, log_tail, make_jpeg, port_is_free, wait_ready
 
 from thumbify.redis_conn import free_port
 
@@ -70,15 +70,25 @@ def wait_gone(procs: dict[int, tuple[str, str]], timeout: float = 30.0) -> dict[
 class Serve:
     """One `thumbify serve` run, in its own session (so Ctrl-C can be sent to its process group as a terminal does)."""
 
-    def __init__(self, tmp: Path, data_dir: Path, port: int, run: int) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        data_dir: Path,
+        port: int,
+        run: int,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`command`: how to run `thumbify` (default: the installed entry point, from `tmp`; anything else runs
+        from the repository root). `env`: default nothing preset, so the embedded Redis is the default."""
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log = tmp / f"serve-{run}.log"
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(
-                [str(THUMBIFY), "serve", "--port", str(port), "--data-dir", str(data_dir)],
-                cwd=tmp,
-                env=clean_env(),  # nothing preset: the embedded Redis is the default
+                [*(command or [str(THUMBIFY)]), "serve", "--port", str(port), "--data-dir", str(data_dir)],
+                cwd=tmp if command is None else ROOT,
+                env=env or clean_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,

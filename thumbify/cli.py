@@ -4,10 +4,6 @@ importing them only inside the commands, so the core never depends on either."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -57,10 +53,11 @@ def _settings():
     return Settings()
 
 
-def _run_api(settings) -> None:
+def _api_server(settings):
+    """The API as a uvicorn server; the app is built (from THUMBIFY_* variables) when it starts."""
     import uvicorn
 
-    uvicorn.run(
+    config = uvicorn.Config(
         "api.app:create_app",
         factory=True,
         host=settings.host,
@@ -69,94 +66,34 @@ def _run_api(settings) -> None:
         server_header=False,
         proxy_headers=False,
     )
+    return uvicorn.Server(config)
+
+
+def _run_api(settings) -> None:
+    _api_server(settings).run()
 
 
 @app.command()
 def serve(
-    workers: Annotated[int | None, typer.Option(help="Worker processes \\[env THUMBIFY_WORKERS; default 1]")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes [env THUMBIFY_WORKERS; default 1]")] = None,
     host: HostOpt = None,
     port: PortOpt = None,
     data_dir: DataOpt = None,
 ) -> None:
-    """All in one: an embedded Redis (unless THUMBIFY_REDIS_URL is set), N workers and the API."""
-    from thumbify.redis_conn import EmbeddedRedis
-
+    """All in one: an embedded Redis (unless THUMBIFY_REDIS_URL is set), N workers and the API, each restarted if it
+    dies; the data folder is locked against a second `serve`."""
     if data_dir is not None:
         data_dir = data_dir.resolve()
     _apply(workers=workers, host=host, port=port, data_dir=data_dir)
     settings = _settings()
     from api.auth import refuse_open_bind
     from thumbify.keys import KeyRing
+    from thumbify.supervise import serve as serve_all
 
-    refuse_open_bind(settings, KeyRing.for_settings(settings))
-    data = settings.data_dir.resolve()
-    data.mkdir(parents=True, exist_ok=True)
-    _apply(data_dir=data)
-    embedded = None
-    if not settings.redis_url:
-        embedded = EmbeddedRedis(data / "redis").start()
-        _apply(redis_url=embedded.url)
-        console.print(f"[green]embedded redis[/] {embedded.url} (AOF under {data / 'redis'})")
-    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
-    supervisor = _Supervisor([sys.executable, "-m", "gpu_worker"], env, settings.workers)
-    supervisor.start()
-    console.print(
-        f"[green]{settings.workers} worker(s)[/]; API on http://{settings.host}:{settings.port} "
-        f"(docs at /docs); data in {data}"
-    )
-    # uvicorn re-raises SIGTERM after its graceful shutdown; with the default action that would kill this process
-    # before the cleanup below, so SIGTERM becomes an exception here instead.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    try:
-        _run_api(_settings())
-    finally:
-        # Workers get their own shutdown grace (they hand back what they cannot finish), and a little more.
-        supervisor.stop(grace=settings.shutdown_grace_s + 10)
-        if embedded:
-            embedded.stop()
-
-
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-class _Supervisor:
-    """Keeps N worker processes running; restarts one that dies, stops them all with SIGTERM on exit."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], count: int) -> None:
-        self.argv, self.env, self.count = argv, env, count
-        self.procs: list[subprocess.Popen] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def start(self) -> None:
-        self.procs = [self._spawn() for _ in range(self.count)]
-        self._thread.start()
-
-    def _spawn(self) -> subprocess.Popen:
-        from thumbify.process import die_with_parent
-
-        return subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
-
-    def _watch(self) -> None:
-        while not self._stopping.wait(1.0):
-            for i, proc in enumerate(self.procs):
-                if proc.poll() is not None and not self._stopping.is_set():
-                    console.print(f"[yellow]worker {proc.pid} exited ({proc.returncode}); restarting[/]")
-                    self.procs[i] = self._spawn()
-
-    def stop(self, grace: float = 30.0) -> None:
-        self._stopping.set()
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    refuse_open_bind(settings, KeyRing.load(settings.api_keys_file, settings.api_keys))
+    code = serve_all(settings, _api_server(settings))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -98,15 +98,22 @@ class EmbeddedRedis:
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
+        try:
+            self._until_answering(timeout)
+        except BaseException:  # not answering, or interrupted (a signal while starting): leave nothing running
+            self.stop()
+            raise
+        return self
+
+    def _until_answering(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{log}")
             if self._answers():
-                return self
+                return
             time.sleep(0.05)
-        self.stop()
         raise RuntimeError(f"redis-server did not answer within {timeout}s")
 
     def _answers(self) -> bool:
