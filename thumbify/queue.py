@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -368,11 +369,22 @@ class JobQueue:
 
     async def requeue_dead(self, entry_id: str) -> tuple[int, str]:
         """Bring one dead-letter entry's job back (atomically): (1 requeued | 0 nothing to do | -1 no such entry |
-        -2 job gone, job id)."""
+        -2 job gone, job id). Text that is no stream id (Redis would refuse the command) is no such entry."""
+        if not is_stream_id(entry_id):
+            return -1, ""
         code, job_id = await self._requeue_dead(
             keys=[self.dead, self.stream, self.index], args=[entry_id, self.job_prefix, now_iso(), self.events]
         )
         return int(code), job_id
+
+
+_STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+
+
+def is_stream_id(text: str) -> bool:
+    """Whether Redis takes `text` as a stream entry id: `<ms>-<seq>` or `<ms>`, each below 2**64."""
+    match = _STREAM_ID.fullmatch(text)
+    return match is not None and all(int(part) < 2**64 for part in match.groups() if part)
 
 
 def _messages(reply) -> list[Message]:
