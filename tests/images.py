@@ -284,9 +284,10 @@ def _scan_start(jpeg: bytes) -> int:
     return sos + 2 + length
 
 
-def truncated_jpeg(width: int = 640, height: int = 480, keep: float = 0.5) -> bytes:
-    """A photo-like JPEG cut off part-way through its scan (no EOI)."""
-    data = photo_like(width, height, seed=3, quality=90)
+def truncated_jpeg(width: int = 640, height: int = 480, keep: float = 0.5, restart_interval: int = 0) -> bytes:
+    """A photo-like JPEG cut off part-way through its scan (no EOI); with restart markers every `restart_interval`
+    MCUs if given."""
+    data = photo_like_image(width, height, seed=3).jpegsave_buffer(Q=90, restart_interval=restart_interval)
     start = _scan_start(data)
     return data[: start + int((len(data) - start) * keep)]
 

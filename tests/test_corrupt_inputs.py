@@ -23,6 +23,7 @@ from conftest import Service
 from test_api_bad_input import assert_problem, is_failed_corrupt
 from test_routing import item
 
+from gpu_worker.backends.dali import jpeg_damage
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 from thumbify.errors import CorruptImage, UnsupportedMedia
 from thumbify.probe import png_damage, probe
@@ -41,6 +42,9 @@ SHORT_SCANS = {
     "cut-before-eoi": images.truncated_jpeg(keep=0.999) + b"\xff\xd9",
     "claims-64x96": images.jpeg_with_sof_size(64, 96, images.photo_like(64, 48, seed=2, quality=95)),
 }
+# The same cut in a JPEG with restart markers (as cameras write them): DALI's structure walk counts them and sends
+# it to vips, which refuses it. (A cut inside the last restart interval is the gap above again.)
+RESTARTED_CUT = images.truncated_jpeg(keep=0.99, restart_interval=4) + b"\xff\xd9"
 # Damage the API's check can tell (the rest is for the decoder): 415 where the file is not a PNG at all.
 AT_UPLOAD = {name: 422 for name in corpus.CORRUPTIONS if name != "idat-data-damaged"}
 AT_UPLOAD |= {"bad-signature": 415, "signature-cr-lf-mangled": 415}
@@ -91,6 +95,15 @@ def test_a_jpeg_lying_about_its_size_is_refused(
     with pytest.raises(CorruptImage) as caught:
         any_backend.render(*item(tmp_path, f"{name}.jpg", LYING_JPEGS[name], **spec))
     assert caught.value.status == 422 and "premature end of data" in caught.value.detail, caught.value.detail
+
+
+def test_a_scan_cut_with_restart_markers_is_refused_by_every_backend(any_backend, tmp_path: Path) -> None:
+    assert "restart intervals" in jpeg_damage(RESTARTED_CUT)
+    sound = images.photo_like_image(640, 480, seed=3).jpegsave_buffer(Q=90, restart_interval=4)
+    assert jpeg_damage(sound) is None
+    for n, spec in enumerate(SPECS):
+        with pytest.raises(CorruptImage, match="corrupt"):
+            any_backend.render(*item(tmp_path, f"restarted-{n}.jpg", RESTARTED_CUT, **spec))
 
 
 @pytest.mark.parametrize("name", list(SHORT_SCANS))

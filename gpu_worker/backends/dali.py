@@ -355,14 +355,16 @@ def jpeg_damage(data: bytes) -> str | None:
     fill with grey: a file that ends before its end-of-image marker, a segment that runs past the end, a marker that
     may not stand where it does (a restart marker where no restart interval was declared, or out of sequence), and,
     for a baseline image coded in one scan, image data too short to hold the blocks its header declares (every
-    8x8 block takes at least 2 bits: a DC code and an end-of-block code)."""
+    8x8 block takes at least 2 bits: a DC code and an end-of-block code) or with fewer restart markers than its
+    restart interval needs (an encoder writes one between every two intervals: a scan cut short, even with its
+    end-of-image marker put back, has lost some)."""
     if data[:2] != b"\xff\xd8":
         return "it does not start with a JPEG start-of-image marker"
     markers = _Markers(data)
     n = len(data)
     pos, restart = 2, 0
-    frame: tuple[int, int, int, int, int] | None = None  # marker, width, height, components, 8x8 blocks
-    scans: list[tuple[int, int]] = []  # (components, bytes of image data)
+    frame: tuple[int, int, int, int, tuple[int, int]] | None = None  # marker, width, height, components, units
+    scans: list[tuple[int, int, int]] = []  # (components, bytes of image data, restart markers)
     while True:
         if pos >= n:
             return "the file ends before its end-of-image marker"
@@ -389,31 +391,36 @@ def jpeg_damage(data: bytes) -> str | None:
             restart = int.from_bytes(body[:2], "big")
         elif marker in _SOF and len(body) >= 6:
             width, height = int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big")
-            frame = (marker, width, height, body[5], _block_count(body))
+            frame = (marker, width, height, body[5], _coding_units(body))
         elif marker == 0xDA:  # SOS: entropy-coded image data follows, up to the next marker that is not RSTn
-            end, damage = markers.scan_end(pos, restart)
+            end, restarts, damage = markers.scan_end(pos, restart)
             if damage:
                 return damage
-            scans.append((body[0] if body else 0, end - pos))
+            scans.append((body[0] if body else 0, end - pos, restarts))
             pos = end
     if frame and frame[0] in _HUFFMAN_SEQUENTIAL and len(scans) == 1 and scans[0][0] == frame[3]:
-        if scans[0][1] * 4 < frame[4]:
-            return f"its image data ({scans[0][1]} bytes) is too short for the {frame[1]}x{frame[2]} it declares"
+        (mcus, blocks), (_, size, restarts) = frame[4], scans[0]
+        if size * 4 < blocks:
+            return f"its image data ({size} bytes) is too short for the {frame[1]}x{frame[2]} it declares"
+        if restart and restarts < math.ceil(mcus / restart) - 1:
+            return f"its image data ends after {restarts + 1} of the {math.ceil(mcus / restart)} restart intervals"
     return None
 
 
-def _block_count(sof: bytes) -> int:
-    """8x8 blocks in an image coded in one interleaved scan (in MCUs, as the decoder counts them)."""
+def _coding_units(sof: bytes) -> tuple[int, int]:
+    """(MCUs, 8x8 blocks) of an image coded in one scan, as the decoder counts them; (0, 0) where the height is
+    left to a DNL marker (nothing to check)."""
     height, width, count = int.from_bytes(sof[1:3], "big"), int.from_bytes(sof[3:5], "big"), sof[5]
     factors = [(sof[7 + 3 * i] >> 4, sof[7 + 3 * i] & 15) for i in range(count) if 8 + 3 * i < len(sof)]
     if not factors or not height or not width:
-        return 0  # height 0: defined later by a DNL marker; nothing to check
-    if len(factors) == 1:
-        return math.ceil(width / 8) * math.ceil(height / 8)
+        return 0, 0
+    if len(factors) == 1:  # not interleaved: an MCU is one block
+        blocks = math.ceil(width / 8) * math.ceil(height / 8)
+        return blocks, blocks
     h_max = max(h for h, _ in factors) or 1
     v_max = max(v for _, v in factors) or 1
     mcus = math.ceil(width / (8 * h_max)) * math.ceil(height / (8 * v_max))
-    return mcus * sum(h * v for h, v in factors)
+    return mcus, mcus * sum(h * v for h, v in factors)
 
 
 class _Markers:
@@ -428,21 +435,21 @@ class _Markers:
         self.offsets, self.codes = ff[real], after[real]
         self.stops = np.flatnonzero((self.codes < 0xD0) | (self.codes > 0xD7))  # markers that are not RSTn
 
-    def scan_end(self, start: int, restart: int) -> tuple[int, str | None]:
+    def scan_end(self, start: int, restart: int) -> tuple[int, int, str | None]:
         """Where the image data starting at `start` ends (the offset of its next marker that is not a restart
-        marker), or why it is damaged."""
+        marker) and how many restart markers it holds, or why it is damaged."""
         first = int(np.searchsorted(self.offsets, start))
         at = int(np.searchsorted(self.stops, first))
         if at == len(self.stops):
-            return 0, "the file ends in the middle of its image data"
+            return 0, 0, "the file ends in the middle of its image data"
         stop = int(self.stops[at])
         restarts = self.codes[first:stop]
         if len(restarts):
             if not restart:
-                return 0, "a restart marker in image data that declares no restart interval"
+                return 0, 0, "a restart marker in image data that declares no restart interval"
             if not np.array_equal(restarts, 0xD0 + np.arange(len(restarts)) % 8):
-                return 0, "restart markers out of sequence"
-        return int(self.offsets[stop]), None
+                return 0, 0, "restart markers out of sequence"
+        return int(self.offsets[stop]), len(restarts), None
 
 
 def _outcome(render: Callable[..., list[Rendition]], *args) -> list[Rendition] | Exception:
