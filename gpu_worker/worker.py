@@ -3,7 +3,8 @@
 What keeps it reliable (README "Reliability"):
 - every message stays pending until its outcome is recorded together with its ack (one Lua script each, in
   `thumbify.queue`); a worker killed mid-batch leaves its messages to be claimed by another after
-  `visibility_timeout_s`, while a live worker renews the claims on what it holds (`_keep_claims`);
+  `visibility_timeout_s`, while a live worker renews the claims on what it holds (`_keep_claims`); a worker's
+  heartbeat (`_heartbeat`) lets the others take a killed worker's messages seconds after its last beat instead;
 - a transient failure (storage, a crashed render process, anything unexpected) goes back to the queue after an
   exponential backoff with full jitter; a permanent one (corrupt image, image-timeout) fails at once; past
   `max_attempts` the job is failed and its message moved to the dead-letter stream;
@@ -51,6 +52,11 @@ log = logging.getLogger("thumbify.worker")
 # What "Redis is not answering" looks like (BusyLoadingError, while it reads its AOF back, is a ConnectionError).
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 PROMOTE_EVERY_S = 0.25
+# The heartbeat: a key that expires HEARTBEAT_TTL_S after its last renewal, renewed every HEARTBEAT_EVERY_S. Once it
+# has expired, other workers take this worker's messages at their next look (every HEARTBEAT_EVERY_S at most), so a
+# killed worker's jobs wait seconds, not the visibility timeout.
+HEARTBEAT_TTL_S = 10.0
+HEARTBEAT_EVERY_S = 3.0
 T = TypeVar("T")
 
 
@@ -69,7 +75,8 @@ class Worker:
         self._preparing: set[str] = set()  # messages whose job has not yet reached its render call
         vis = settings.visibility_timeout_s
         self.extend_every_s = max(0.05, vis / 3)  # renew our claims well before anyone may take them
-        self.claim_every_s = max(0.1, min(5.0, vis / 2))  # look for others' stale messages (and our orphans)
+        # look for others' stale messages, those of workers whose heartbeat stopped, and our orphans
+        self.claim_every_s = max(0.1, min(HEARTBEAT_EVERY_S, vis / 2))
         self.stopping = asyncio.Event()
         self.inflight: dict[str, asyncio.Task] = {}  # message id -> its handler
         self.processed = 0
@@ -120,6 +127,7 @@ class Worker:
         try:
             await self._until_ready()
             background = [
+                asyncio.create_task(self._heartbeat(), name="heartbeat"),
                 asyncio.create_task(self._keep_claims(), name="keep-claims"),
                 asyncio.create_task(self._housekeeping(), name="housekeeping"),
             ]
@@ -270,6 +278,12 @@ class Worker:
             free -= self._dispatch(orphans)
         if free <= 0:
             return
+        orphaned = await self.queue.claim_orphaned(self.name, min(free, self.settings.batch_size))
+        if orphaned:
+            log.info("claimed %d message(s) of a worker whose heartbeat stopped: %s", len(orphaned), _ids(orphaned))
+            free -= self._dispatch(orphaned)
+        if free <= 0:
+            return
         idle_ms = int(self.settings.visibility_timeout_s * 1000)
         stale = await self.queue.claim_stale(self.name, idle_ms, min(free, self.settings.batch_size))
         if stale:
@@ -295,6 +309,19 @@ class Worker:
         JOBS_IN_FLIGHT.set(len(self.inflight))
 
     # -- background ---------------------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        """Say we are alive; on the way out (a clean stop), say we are not, so that we are removed from the group."""
+        try:
+            while True:
+                try:
+                    await self.queue.beat(self.name, HEARTBEAT_TTL_S)
+                except REDIS_DOWN as exc:
+                    log.debug("could not renew the heartbeat (%s)", exc)
+                await asyncio.sleep(HEARTBEAT_EVERY_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.queue.retire(self.name), 2)
 
     async def _keep_claims(self) -> None:
         """Renew the claims on what we hold, so a long image is not taken over while we still work on it."""

@@ -14,7 +14,10 @@ together, so no crash between the two can leave them disagreeing:
   not counted).
 
 A worker that dies leaves its messages pending; another takes them over with `claim_stale` once they have been
-idle for the visibility timeout. A live worker keeps its own messages from being taken with `extend`.
+idle for the visibility timeout. A live worker keeps its own messages from being taken with `extend`. Workers that
+publish a heartbeat (`beat`: a key `<p>:worker:<name>` with a short TTL, and their name in the set `<p>:workers`)
+are not waited for that long: once the key has expired, `claim_orphaned` takes their messages at once, and removes
+them from the group when they hold none.
 """
 
 from __future__ import annotations
@@ -184,6 +187,32 @@ end
 return lost
 """
 
+# KEYS[1] stream, KEYS[2] set of heartbeating workers; ARGV[1] group, ARGV[2] the caller, ARGV[3] heartbeat key
+# prefix, ARGV[4] how many messages at most. Each worker of the set whose heartbeat key is gone (it died) has its
+# pending messages claimed for the caller (XCLAIM with min-idle 0: the delivery count grows as for any claim); one
+# that holds nothing is removed from the group and the set. One script, so a worker is never removed while it
+# still holds a message.
+_CLAIM_ORPHANED = """
+local claimed, room = {}, tonumber(ARGV[4])
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if name ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. name) == 0 then
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', math.max(room, 1), name)
+    if #pending == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+      redis.call('SREM', KEYS[2], name)
+    elseif room > 0 then
+      local ids = {}
+      for i, row in ipairs(pending) do ids[i] = row[1] end
+      room = room - #ids
+      for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))) do
+        claimed[#claimed + 1] = entry
+      end
+    end
+  end
+end
+return claimed
+"""
+
 # KEYS[1] delayed set, KEYS[2] stream; ARGV[1] how many at most. One script, so two workers never promote one id
 # twice: the first removes what it moved before the second can read it.
 _PROMOTE = (
@@ -231,6 +260,8 @@ class JobQueue:
         self.index = f"{prefix}:index"
         self.events = f"{prefix}:events"
         self.job_prefix = f"{prefix}:job:"
+        self.workers = f"{prefix}:workers"
+        self.heartbeat_prefix = f"{prefix}:worker:"
         self._complete = redis.register_script(_COMPLETE)
         self._fail = redis.register_script(_FAIL)
         self._retry_later = redis.register_script(_RETRY_LATER)
@@ -239,6 +270,7 @@ class JobQueue:
         self._extend = redis.register_script(_EXTEND)
         self._promote = redis.register_script(_PROMOTE)
         self._requeue_dead = redis.register_script(_REQUEUE_DEAD)
+        self._claim_orphaned = redis.register_script(_CLAIM_ORPHANED)
 
     def add_to(self, pipe, job_id: str) -> None:
         """Queue the XADD inside the caller's transaction, beside the job record it announces."""
@@ -288,6 +320,24 @@ class JobQueue:
         """Take over messages another consumer has held longer than `idle_ms` (it died or hung)."""
         reply = await self.redis.xautoclaim(self.stream, self.GROUP, consumer, idle_ms, "0-0", count=count)
         return [Message(entry_id, fields["job"]) for entry_id, fields in reply[1] if fields]
+
+    async def beat(self, consumer: str, ttl_s: float) -> None:
+        """`consumer` is alive for the next `ttl_s` seconds (and publishes heartbeats from now on)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.heartbeat_prefix + consumer, "1", px=max(1, round(ttl_s * 1000)))
+            pipe.sadd(self.workers, consumer)
+            await pipe.execute()
+
+    async def retire(self, consumer: str) -> None:
+        """`consumer` stops: its heartbeat ends now (the next `claim_orphaned` of another worker removes it)."""
+        await self.redis.delete(self.heartbeat_prefix + consumer)
+
+    async def claim_orphaned(self, consumer: str, count: int) -> list[Message]:
+        """Take over the messages of workers whose heartbeat has stopped (they died), at most `count`."""
+        reply = await self._claim_orphaned(
+            keys=[self.stream, self.workers], args=[self.GROUP, consumer, self.heartbeat_prefix, count]
+        )
+        return [Message(entry_id, job_id) for entry_id, fields in reply if (job_id := _field(fields, "job"))]
 
     async def own_pending_ids(self, consumer: str, count: int = 1000) -> list[str]:
         rows = await self.redis.xpending_range(self.stream, self.GROUP, "-", "+", count, consumername=consumer)
@@ -389,3 +439,9 @@ def is_stream_id(text: str) -> bool:
 
 def _messages(reply) -> list[Message]:
     return [Message(entry_id, fields["job"]) for _, entries in reply or [] for entry_id, fields in entries if fields]
+
+
+def _field(fields: list[str], name: str) -> str | None:
+    """A field of a stream entry as a script returns it (a flat list of names and values)."""
+    pairs = dict(zip(fields[::2], fields[1::2], strict=True)) if fields else {}
+    return pairs.get(name)
