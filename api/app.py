@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 from fastapi_offline import FastAPIOffline
 
-from api import problems, security
+from api import problems, security, spool
 from api.auth import refuse_open_bind
 from api.idempotency import IdempotencyKeys
 from api.routes import health, jobs, thumbnails
@@ -68,10 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.max_concurrent_uploads,
             ),
         )
+        # Before the first request: this process's spool files are its own, leftovers of dead ones are gone.
+        await anyio.to_thread.run_sync(spool.own, settings.spool_dir)
+        await _sweep_spool(settings.spool_dir)
         await waiter.start()
+        sweeper = asyncio.create_task(_sweep_spool_every(settings.spool_dir), name="spool-sweeper")
         try:
             yield
         finally:
+            sweeper.cancel()
             await waiter.stop()
             await storage.aclose()
             await redis.aclose()
@@ -96,3 +104,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return RedirectResponse(f"{request.scope.get('root_path', '')}/docs")
 
     return app
+
+
+async def _sweep_spool(folder: Path) -> None:
+    """Remove the upload spool files of API processes that are gone (api/spool.py)."""
+    try:
+        await anyio.to_thread.run_sync(spool.sweep, folder)
+    except OSError as exc:  # the folder unreadable for a moment: try again next time
+        logging.getLogger("thumbify.api").warning("could not sweep the upload spool (%s)", exc)
+
+
+async def _sweep_spool_every(folder: Path) -> None:
+    while True:
+        await asyncio.sleep(spool.SWEEP_EVERY_S)
+        await _sweep_spool(folder)

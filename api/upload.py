@@ -18,6 +18,7 @@ import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from api.spool import UPLOAD_PREFIX
 from thumbify.errors import InvalidUpload, ThumbifyError, TooLarge, UnsupportedMedia
 from thumbify.probe import SNIFF_BYTES, sniff
 
@@ -87,7 +88,7 @@ class _Receiver:
                 raise InvalidUpload("send exactly one `file` part")
             self.in_file = True
             self.filename = params.get(b"filename", b"").decode("utf-8", "replace")[:255]
-            fd, name = tempfile.mkstemp(dir=self.spool, prefix="upload-", suffix=".part")
+            fd, name = tempfile.mkstemp(dir=self.spool, prefix=UPLOAD_PREFIX, suffix=".part")
             self.path = Path(name)
             self.fh = os.fdopen(fd, "wb")
         elif b"filename" in params:

@@ -208,7 +208,10 @@ class Service:
         return self.data_dir / "objects" / "thumbnails" / job_id
 
     def spool_files(self) -> set[str]:
-        return {p.name for p in self.spool_dir.iterdir()} if self.spool_dir.exists() else set()
+        """The spool's files, but the API processes' owner locks (api/spool.py), which live as long as they do."""
+        if not self.spool_dir.exists():
+            return set()
+        return {p.name for p in self.spool_dir.iterdir() if not (p.name.startswith("owner-") and p.suffix == ".lock")}
 
     def originals(self) -> set[str]:
         return {p.name for p in self.originals_dir.iterdir()} if self.originals_dir.exists() else set()
