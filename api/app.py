@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        redis = connect(settings.redis_url)
+        redis = connect(settings.redis_url, max_connections=settings.redis_max_connections)
         storage = open_storage(settings)
         waiter = JobWaiter(redis, f"{settings.key_prefix}:events")
         app.state.services = Services(
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.rate_limit_per_s,
                 settings.rate_limit_burst,
                 settings.max_concurrent_uploads,
+                settings.upload_lease_s,
             ),
         )
         # Before the first request: this process's spool files are its own, leftovers of dead ones are gone.

@@ -2,14 +2,18 @@
 
 Redis holds `<prefix>:idem:<sha256(client, key)>`. A request claims the key with a short-lived placeholder (SET NX)
 before it reads the body, so two concurrent requests with one key cannot both create a job: the second is told
-409 while the first is in flight. The job id replaces the placeholder inside the transaction that creates the job,
-so the key never points at a job that was not created; a request that fails gives its claim back.
+409 while the first is in flight. The job id and the request's fingerprint (its options and the file's SHA-256)
+replace the placeholder inside the transaction that creates the job, so the key never points at a job that was not
+created; a request that fails gives its claim back. A retry is compared with the fingerprint once its body has been
+read: another request under the same key is 422 `idempotency-key-reused`, as the IETF draft recommends.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from dataclasses import dataclass
 
 from fastapi import Request
 from redis.asyncio import Redis
@@ -34,6 +38,23 @@ def header_key(request: Request) -> str | None:
     return key
 
 
+def fingerprint(options: dict[str, list[str]], sha256: str) -> str:
+    """What makes two requests the same one: their options and the bytes of their file."""
+    return hashlib.sha256(json.dumps([options, sha256], sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a key is bound to: the job it created, and the fingerprint of the request that created it ("" for a
+    binding stored before fingerprints were)."""
+
+    job_id: str
+    fingerprint: str
+
+    def matches(self, fingerprint: str) -> bool:
+        return not self.fingerprint or self.fingerprint == fingerprint
+
+
 def client_of(request: Request) -> str:
     """Who the key belongs to: one client's key never replays another's job."""
     return request.client.host if request.client else "unknown"
@@ -49,8 +70,8 @@ class IdempotencyKeys:
         digest = hashlib.sha256(f"{client}\0{key}".encode()).hexdigest()
         return f"{self.prefix}:idem:{digest}"
 
-    async def claim(self, client: str, key: str) -> str | None:
-        """None if this request now owns the key; else the id of the job the key already created.
+    async def claim(self, client: str, key: str) -> Held | None:
+        """None if this request now owns the key; else what the key is bound to.
         Raises 409 while another request with the key is in flight."""
         name = self._name(client, key)
         while True:
@@ -60,7 +81,8 @@ class IdempotencyKeys:
             if held == _PENDING:
                 raise Conflict(f"a request with this {HEADER} is still in progress; retry when it has finished")
             if held is not None:
-                return held
+                job_id, _, digest = held.partition(" ")
+                return Held(job_id, digest)
             # Expired between SET and GET: try to claim it again.
 
     async def forget(self, client: str, key: str, job_id: str | None = None) -> None:
@@ -69,11 +91,11 @@ class IdempotencyKeys:
         expected = job_id or _PENDING
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(name)
-            if await pipe.get(name) == expected:
+            if ((await pipe.get(name)) or "").partition(" ")[0] == expected:
                 pipe.multi()
                 pipe.delete(name)
                 await pipe.execute()
 
-    def bind_to(self, pipe, client: str, key: str, job_id: str) -> None:
+    def bind_to(self, pipe, client: str, key: str, job_id: str, fingerprint: str) -> None:
         """Queue the key → job binding inside the caller's transaction that creates the job."""
-        pipe.set(self._name(client, key), job_id, ex=self.window_s)
+        pipe.set(self._name(client, key), f"{job_id} {fingerprint}", ex=self.window_s)

@@ -57,14 +57,24 @@ _WWW_AUTHENTICATE = {
         "schema": {"type": "string"},
     }
 }
+_CONTENT_RANGE = {
+    "Content-Range": {
+        "description": "The size of the thumbnail: `bytes */<size>`",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
 PROBLEM_DESCRIPTIONS = {
+    400: "Malformed request",
     401: "No API key, or not a valid one",
     403: "The key lacks the scope this operation needs",
     404: "No such resource for this key",
     406: "`format=auto`, and the `Accept` header takes none of the output formats",
+    408: "The upload stalled",
     409: "Conflict",
     413: "Too many bytes",
     415: "Not a media type we accept",
+    416: "Range not satisfiable",
     422: "Invalid request: bad options or parameters",
     429: "Over the key's request rate; see Retry-After",
     503: "The job store is unavailable; see Retry-After",
@@ -72,20 +82,31 @@ PROBLEM_DESCRIPTIONS = {
 AUTH_PROBLEMS = (401, 403, 429)
 # The kinds of error each status stands for, unless an operation says otherwise.
 PROBLEM_KINDS: dict[int, tuple[type[ThumbifyError], ...]] = {
+    400: (e.MalformedRange,),
     401: (e.Unauthorized,),
     403: (e.Forbidden,),
     404: (e.NotFound,),
     406: (e.NotAcceptable,),
+    408: (e.UploadTimeout,),
     409: (e.Conflict,),
     413: (e.TooLarge,),
     415: (e.UnsupportedMedia,),
+    416: (e.RangeNotSatisfiable,),
     422: (e.InvalidOptions,),
     429: (e.RateLimited,),
     503: (e.Unavailable,),
 }
 # What refuses an upload, beyond those.
 UPLOAD_PROBLEM_KINDS: dict[int, tuple[type[ThumbifyError], ...]] = {
-    422: (e.InvalidOptions, e.InvalidUpload, e.TooManyPixels, e.SideTooLong, e.TooManyFrames, e.CorruptImage),
+    422: (
+        e.InvalidOptions,
+        e.InvalidUpload,
+        e.TooManyPixels,
+        e.SideTooLong,
+        e.TooManyFrames,
+        e.CorruptImage,
+        e.IdempotencyKeyReused,
+    ),
     503: (e.QueueFull, e.StorageFailed, e.Unavailable),
 }
 # Operations that touch the stored files can also find the storage failing.
@@ -101,6 +122,15 @@ EXAMPLES: dict[type[ThumbifyError], dict[str, Any]] = {
         "image/avif"
     },
     e.Conflict: {"detail": "a request with this Idempotency-Key is still in progress; retry when it has finished"},
+    e.UploadTimeout: {"detail": "the upload stalled: nothing arrived for 60 s"},
+    e.IdempotencyKeyReused: {
+        "detail": "this Idempotency-Key was first sent with another request (other options or another file); use a "
+        "new key for a new request"
+    },
+    e.MalformedRange: {
+        "detail": "the Range header 'bytes=9-2' is malformed: Range header: start must be less than end"
+    },
+    e.RangeNotSatisfiable: {"detail": "the Range 'bytes=5000-' is outside the 2,034 bytes", "size": 2034},
     e.TooLarge: {"detail": "the upload is larger than the limit of 209,715,200 bytes"},
     e.UnsupportedMedia: {
         "detail": "not an image we accept: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content)"
@@ -142,7 +172,7 @@ def problem_responses(
 ) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the given error statuses: each an `application/problem+json` ProblemDetails with an
     example of each kind of error it stands for, and the headers that status always carries (`WWW-Authenticate` on
-    401, `Retry-After` on 429 and 503)."""
+    401, `Content-Range` on 416, `Retry-After` on 429 and 503)."""
     descriptions = {**PROBLEM_DESCRIPTIONS, **(descriptions or {})}
     kinds = {**PROBLEM_KINDS, **(kinds or {})}
     responses: dict[int | str, dict[str, Any]] = {}
@@ -152,7 +182,7 @@ def problem_responses(
             "description": descriptions.get(status, "Error"),
             "content": {MEDIA_TYPE: {"schema": {"$ref": PROBLEM_REF}, "examples": samples}},
         }
-        headers = {401: _WWW_AUTHENTICATE, 429: _RETRY_AFTER, 503: _RETRY_AFTER}.get(status)
+        headers = {401: _WWW_AUTHENTICATE, 416: _CONTENT_RANGE, 429: _RETRY_AFTER, 503: _RETRY_AFTER}.get(status)
         if headers:
             response["headers"] = headers
         responses[status] = response

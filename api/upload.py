@@ -2,12 +2,13 @@
 
 FastAPI's `UploadFile` parses the whole body before the route runs, so a byte cap could only be checked after the
 fact. Here python-multipart's push parser is fed the request stream chunk by chunk: the magic bytes are judged as
-soon as they arrive (415 without reading on), the byte cap is enforced while streaming (413), and the partial file
-is deleted on any failure.
+soon as they arrive (415 without reading on), the byte cap is enforced while streaming (413), a client that stops
+sending is dropped after an idle timeout (408), and the partial file is deleted on any failure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -17,9 +18,10 @@ from pathlib import Path
 import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
+from starlette.types import Message
 
 from api.spool import UPLOAD_PREFIX
-from thumbify.errors import InvalidUpload, ThumbifyError, TooLarge, UnsupportedMedia
+from thumbify.errors import InvalidUpload, ThumbifyError, TooLarge, UnsupportedMedia, UploadTimeout
 from thumbify.probe import SNIFF_BYTES, sniff
 
 MAX_FIELD_BYTES = 4096
@@ -135,7 +137,9 @@ class _Receiver:
         return data
 
 
-async def receive(request: Request, spool: Path, max_bytes: int, chunk_bytes: int) -> Upload:
+async def receive(request: Request, spool: Path, max_bytes: int, chunk_bytes: int, idle_timeout_s: float) -> Upload:
+    """The upload, spooled; a ThumbifyError (and nothing left in the spool) if it is refused or stops arriving for
+    `idle_timeout_s`."""
     content_type = request.headers.get("content-type", "")
     ctype, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
@@ -147,12 +151,12 @@ async def receive(request: Request, spool: Path, max_bytes: int, chunk_bytes: in
 
     rx = _Receiver(spool, max_bytes, chunk_bytes)
     callbacks = {n: getattr(rx, n) for n in dir(rx) if n.startswith("on_")}
-    parser = MultipartParser(boundary, callbacks)
     consumed, more = 0, True
     try:
         try:
+            parser = MultipartParser(boundary, callbacks)  # refuses a boundary over 256 bytes
             while more:
-                message = await request.receive()
+                message = await _next(request, idle_timeout_s)
                 if message["type"] == "http.disconnect":
                     raise InvalidUpload("the client closed the connection before the upload finished")
                 chunk = message.get("body", b"")
@@ -175,20 +179,30 @@ async def receive(request: Request, spool: Path, max_bytes: int, chunk_bytes: in
             rx.fh.close()
         if rx.path is not None:
             rx.path.unlink(missing_ok=True)
-        if more and isinstance(exc, ThumbifyError):
-            await drain(request, consumed)
+        if more and isinstance(exc, ThumbifyError) and not isinstance(exc, UploadTimeout):
+            await drain(request, idle_timeout_s, consumed)
         raise
     assert rx.format is not None
     return Upload(rx.path, rx.filename, rx.size, rx.digest.hexdigest(), rx.format, rx.fields)
 
 
-async def drain(request: Request, consumed: int = 0) -> None:
-    """Read and drop what is left of the body (up to DRAIN_LIMIT), so a client still sending reads our answer
-    instead of a reset connection."""
-    while consumed <= DRAIN_LIMIT:
-        message = await request.receive()
-        if message["type"] != "http.request":
-            return
-        consumed += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
+async def _next(request: Request, idle_timeout_s: float) -> Message:
+    """The next piece of the body; 408 (and the connection closed) if the client sends nothing for that long."""
+    try:
+        with anyio.fail_after(idle_timeout_s):
+            return await request.receive()
+    except TimeoutError:
+        raise UploadTimeout(f"the upload stalled: nothing arrived for {idle_timeout_s:g} s") from None
+
+
+async def drain(request: Request, idle_timeout_s: float, consumed: int = 0) -> None:
+    """Read and drop what is left of the body (up to DRAIN_LIMIT, and while it keeps coming), so a client still
+    sending reads our answer instead of a reset connection."""
+    with contextlib.suppress(UploadTimeout):
+        while consumed <= DRAIN_LIMIT:
+            message = await _next(request, idle_timeout_s)
+            if message["type"] != "http.request":
+                return
+            consumed += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return

@@ -1,4 +1,9 @@
-"""Long-poll support: one Redis pub/sub subscription per API process wakes every request waiting on a job."""
+"""Long-poll support: one Redis pub/sub subscription per API process wakes every request waiting on a job.
+
+A waiting request holds no Redis connection: it sleeps on its event until the job ends or its deadline passes, and
+reads the job once more then. Only the end of a job (done or failed) wakes its waiters; a lost subscription wakes
+every waiter once it is back, as anything may have ended meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import logging
 from collections import defaultdict
 
 from redis.asyncio import Redis
+
+from thumbify.jobs import TERMINAL
 
 log = logging.getLogger("thumbify.api")
 
@@ -50,9 +57,10 @@ class JobWaiter:
                     backoff = 0.2
                     self._wake_all()  # anything that finished while we were not listening
                     async for message in pubsub.listen():
-                        job_id = str(message.get("data", "")).split(" ", 1)[0]
-                        for event in self._waiting.get(job_id, ()):
-                            event.set()
+                        job_id, _, status = str(message.get("data", "")).partition(" ")
+                        if status in TERMINAL:
+                            for event in self._waiting.get(job_id, ()):
+                                event.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis gone: waiters fall back to their timeout; retry with backoff

@@ -71,6 +71,34 @@ class InvalidUpload(ThumbifyError):
     slug, title, status, permanent = "invalid-upload", "Invalid upload", 422, True
 
 
+class UploadTimeout(ThumbifyError):
+    """The client stopped sending its upload: dropped, and the connection closed (the rest will never come)."""
+
+    slug, title, status = "upload-timeout", "Upload timed out", 408
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
+class IdempotencyKeyReused(ThumbifyError):
+    """An Idempotency-Key sent again with another request (other options or another file)."""
+
+    slug, title, status, permanent = "idempotency-key-reused", "Idempotency-Key reused", 422, True
+
+
+class MalformedRange(ThumbifyError):
+    slug, title, status, permanent = "malformed-range", "Malformed Range header", 400, True
+
+
+class RangeNotSatisfiable(ThumbifyError):
+    """Raised with `size=` (the thumbnail's bytes), which the problem and its `Content-Range` carry."""
+
+    slug, title, status, permanent = "range-not-satisfiable", "Range not satisfiable", 416, True
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.extra['size']}"}
+
+
 class QueueFull(ThumbifyError):
     slug, title, status = "queue-full", "Queue full", 503
 

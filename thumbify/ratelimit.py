@@ -1,11 +1,17 @@
-"""Per-client limits kept in Redis, so every API replica shares them: a token bucket for the request rate, and a
-counter of uploads in flight."""
+"""Per-client limits kept in Redis, so every API replica shares them: a token bucket for the request rate, and
+leased slots for uploads in flight."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import uuid
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("thumbify.api")
 
 # KEYS: bucket hash; ARGV: rate (tokens/s), burst. Refills by elapsed time (Redis's clock: one clock for all
 # replicas), takes one token if there is one; returns {allowed, milliseconds until a token is there}.
@@ -28,21 +34,80 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
 return {allowed, wait}
 """
 
-# KEYS: counter; ARGV: cap, safety TTL (s). Counts one more upload in flight unless at the cap.
-_ENTER = """
-local n = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
+# Uploads in flight are leases in a sorted set per client (member: the upload's id, score: when its lease ends, in
+# ms by Redis's clock). A live upload renews its lease while it streams and removes it when it ends; a process that
+# dies stops renewing, so its slots free themselves within one lease time. A refusal changes no lease.
+# The set itself expires with its last lease.
+_LEASES = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function expire_with_last_lease(key)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', key, last[2]) end
+end
+"""
+
+# KEYS: lease set; ARGV: cap, lease (ms), upload id. Takes a slot unless the client holds `cap` live leases.
+_ENTER = (
+    _LEASES
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+expire_with_last_lease(KEYS[1])
 return 1
 """
+)
+
+# KEYS: lease set; ARGV: lease (ms), upload id. Extends a lease that still exists (one that ran out stays gone).
+_RENEW = (
+    _LEASES
+    + """
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[2]) == 1 then
+  expire_with_last_lease(KEYS[1])
+end
+return 1
+"""
+)
+
+
+class UploadSlot:
+    """One upload's lease on a slot: renewed every third of the lease while the upload runs, until `release`."""
+
+    def __init__(self, redis: Redis, renew, key: str, upload_id: str, lease_ms: int) -> None:
+        self.redis, self.key, self.upload_id = redis, key, upload_id
+        self._renewing = asyncio.create_task(self._renew(renew, lease_ms), name=f"upload-lease-{upload_id}")
+
+    async def _renew(self, renew, lease_ms: int) -> None:
+        while True:
+            await asyncio.sleep(lease_ms / 3000)
+            try:
+                await renew(keys=[self.key], args=[lease_ms, self.upload_id])
+            except RedisError as exc:  # Redis away for a moment: try again before the lease ends
+                log.warning("could not renew an upload lease: %s", exc)
+
+    async def release(self) -> None:
+        self._renewing.cancel()
+        await self.redis.zrem(self.key, self.upload_id)
+
+
+class _Uncounted:
+    """The slot when uploads are not capped: nothing to renew or give back."""
+
+    async def release(self) -> None:
+        pass
 
 
 class Limits:
-    def __init__(self, redis: Redis, prefix: str, rate: float, burst: int, max_uploads: int) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str, rate: float, burst: int, max_uploads: int, lease_s: float = 30.0
+    ) -> None:
         self.redis, self.prefix = redis, prefix
         self.rate, self.burst, self.max_uploads = rate, burst, max_uploads
+        self.lease_ms = max(1, round(lease_s * 1000))
         self._take = redis.register_script(_TAKE)
         self._enter = redis.register_script(_ENTER)
+        self._renew = redis.register_script(_RENEW)
 
     async def take(self, client: str) -> float:
         """0 if the request may go ahead, else the seconds until it may (`rate` 0 turns the limit off)."""
@@ -51,13 +116,18 @@ class Limits:
         allowed, wait_ms = await self._take(keys=[f"{self.prefix}:rate:{client}"], args=[self.rate, self.burst])
         return 0.0 if int(allowed) else max(1, math.ceil(int(wait_ms) / 1000))
 
-    async def enter_upload(self, client: str, ttl_s: int = 3600) -> bool:
-        """Count an upload in flight; False when the client is at its cap (`max_uploads` 0 = no cap). The TTL only
-        matters if an API process dies between enter and leave."""
-        if self.max_uploads <= 0:
-            return True
-        return bool(await self._enter(keys=[f"{self.prefix}:uploads:{client}"], args=[self.max_uploads, ttl_s]))
+    def uploads_key(self, client: str) -> str:
+        return f"{self.prefix}:upload-leases:{client}"
 
-    async def leave_upload(self, client: str) -> None:
-        if self.max_uploads > 0:
-            await self.redis.decr(f"{self.prefix}:uploads:{client}")
+    async def enter_upload(self, client: str) -> UploadSlot | _Uncounted | None:
+        """A slot for one more upload in flight (release it when the upload ends); None when the client is at its
+        cap. With `max_uploads` 0 (no cap) nothing is counted and the slot is a no-op."""
+        if self.max_uploads <= 0:
+            return _UNCOUNTED
+        key, upload_id = self.uploads_key(client), uuid.uuid4().hex
+        if not int(await self._enter(keys=[key], args=[self.max_uploads, self.lease_ms, upload_id])):
+            return None
+        return UploadSlot(self.redis, self._renew, key, upload_id, self.lease_ms)
+
+
+_UNCOUNTED = _Uncounted()

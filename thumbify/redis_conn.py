@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from thumbify.process import die_with_parent
 
@@ -16,18 +16,24 @@ from thumbify.process import die_with_parent
 # seconds above it, so a blocking read is never cut short and a hung server is noticed instead of waited on forever.
 LONGEST_BLOCK_S = 1.0
 SOCKET_TIMEOUT_S = LONGEST_BLOCK_S + 4.0
+# How long a command waits for a free connection of a full pool before it fails (ConnectionError: a 503 in the API).
+POOL_TIMEOUT_S = 10.0
 
 
-def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT_S) -> Redis:
+def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT_S, max_connections: int = 50) -> Redis:
     """A client whose every command fails (instead of hanging) when the server stops answering: `socket_timeout` on
-    reads, 5 s to connect. Pub/sub `listen()` still blocks for as long as it must."""
-    return Redis.from_url(
+    reads, 5 s to connect. Pub/sub `listen()` still blocks for as long as it must. At most `max_connections` at once:
+    a burst of commands waits its turn for one (up to POOL_TIMEOUT_S) instead of failing at once."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=POOL_TIMEOUT_S,
         decode_responses=True,
         health_check_interval=15,
         socket_connect_timeout=5,
         socket_timeout=socket_timeout,
     )
+    return Redis.from_pool(pool)
 
 
 def find_redis_server() -> str:

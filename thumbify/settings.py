@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     # Empty means "embedded": `thumbify serve` starts a redis-server under data_dir/redis.
     redis_url: str = ""
     key_prefix: str = "thumbify"
+    # Redis connections an API process may hold at once (its pool); past them a request waits for one (up to 10 s),
+    # so a burst of requests queues instead of failing. A long-poll holds none while it waits.
+    redis_max_connections: int = Field(50, ge=2)
 
     # Where originals and thumbnails live: "local" (data_dir/objects, one machine or a shared volume) or "s3" (any
     # S3 API: AWS, MinIO, Ceph, R2). Empty S3 credentials and region leave them to boto's own chain (AWS_*
@@ -58,6 +61,8 @@ class Settings(BaseSettings):
     # Browser origins allowed to call the API (CORS), e.g. ["https://app.example"]; empty = no CORS headers at all.
     cors_origins: list[str] = Field(default_factory=list)
     upload_chunk_bytes: int = 1024 * 1024
+    # An upload that sends nothing for this long is dropped (408), its spool file and its slot freed.
+    upload_idle_timeout_s: float = Field(60.0, gt=0)
     # Backpressure: above this many queued or in-flight jobs `POST /v1/jobs` answers 503 before reading the body
     # (0 = no cap).
     max_queue_depth: int = Field(10_000, ge=0)
@@ -75,6 +80,9 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(50.0, ge=0)
     rate_limit_burst: int = Field(100, ge=1)
     max_concurrent_uploads: int = Field(8, ge=0)
+    # Each of those uploads holds a lease on its slot, renewed while it streams: the slots of an API that dies free
+    # themselves within this time.
+    upload_lease_s: float = Field(30.0, ge=1)
 
     # Worker.
     batch_size: int = Field(16, ge=1, le=1024)

@@ -16,7 +16,7 @@ from api.options import build_spec, collect, openapi_request_body, validate_earl
 from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KINDS, problem_responses
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
-from thumbify.errors import InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
+from thumbify.errors import IdempotencyKeyReused, InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
 from thumbify.jobs import TERMINAL, Job, Status, decode_cursor, new_job_id
 from thumbify.probe import probe_for
 from thumbify.spec import safe_stem
@@ -38,7 +38,8 @@ def _query_options(request: Request) -> dict[str, list[str]]:
     "parameters instead (form fields win), which are checked before the upload is read. Option values match in any "
     "case (`JPEG`, `Cover`). Answers at once with the queued job and its `Location`. With an "
     "`Idempotency-Key` header, a retried request (same key, same client) within the window gets the job the key "
-    "first created (header `Idempotent-Replayed: true`) instead of a new one.",
+    "first created (header `Idempotent-Replayed: true`) instead of a new one; the same key with another request "
+    "(other options or another file) is 422 `idempotency-key-reused`.",
     openapi_extra=openapi_request_body(),
     responses={
         202: {
@@ -53,6 +54,7 @@ def _query_options(request: Request) -> dict[str, list[str]]:
         **problem_responses(
             *AUTH_PROBLEMS,
             406,
+            408,
             409,
             413,
             415,
@@ -60,10 +62,12 @@ def _query_options(request: Request) -> dict[str, list[str]]:
             503,
             descriptions={
                 403: "The key lacks the `submit` scope",
+                408: "The upload stalled (nothing arrived for `UPLOAD_IDLE_TIMEOUT_S`); the connection is closed",
                 409: "A request with the same Idempotency-Key is still in progress",
                 413: "Too many bytes",
                 415: "Not an image we accept (judged by its bytes)",
-                422: "Bad options, too many pixels, an unreadable header or a malformed upload",
+                422: "Bad options, too many pixels, an unreadable header, a malformed upload, or an Idempotency-Key "
+                "first sent with another request",
                 429: "Over the key's request rate or concurrent uploads; see Retry-After",
                 503: "The queue is full, or the job store or the storage is unavailable; see Retry-After",
             },
@@ -104,42 +108,70 @@ async def create_job(
 
 
 async def _submit(request: Request, svc: Services, caller: Caller) -> tuple[Job, bool, bool]:
-    """Admit the request before reading its body (backpressure, then the idempotency key), then accept the upload.
-    Returns the job, whether its format was negotiated, and whether it is a replay of an earlier request."""
+    """Admit the request before reading its body (backpressure, the idempotency key, the key's upload slot), then
+    accept the upload. Returns the job, whether its format was negotiated, and whether it is a replay of an earlier
+    request."""
+    settings = svc.settings
     key = idempotency.header_key(request)
     client = caller.owner or idempotency.client_of(request)
-    claimed = entered = reading = False
+    claimed = reading = False
+    replay: tuple[Job, idempotency.Held] | None = None
+    slot = None
     try:
         await _admit(svc)
-        while key and not claimed:
+        while key and not claimed and replay is None:
             held = await svc.idempotency.claim(client, key)
             if held is None:
                 claimed = True
-            elif (job := await svc.store.get(held)) is not None:
-                await upload.drain(request)
-                return job, False, True
+            elif (job := await svc.store.get(held.job_id)) is not None:
+                replay = job, held
             else:
-                await svc.idempotency.forget(client, key, held)  # its job was deleted since: start afresh
+                await svc.idempotency.forget(client, key, held.job_id)  # its job was deleted since: start afresh
         if caller.owner:
-            entered = await svc.limits.enter_upload(caller.owner)
-            if not entered:
+            slot = await svc.limits.enter_upload(caller.owner)
+            if slot is None:
                 raise RateLimited(
                     f"the key {caller.owner!r} already has {svc.limits.max_uploads} uploads in flight", retry_after=1
                 )
+        query = _query_options(request)
+        validate_early(query)
         reading = True
-        job, negotiated = await _accept(request, svc, caller.owner, (client, key) if key else None)
+        received = await upload.receive(
+            request,
+            settings.spool_dir,
+            settings.max_upload_bytes,
+            settings.upload_chunk_bytes,
+            settings.upload_idle_timeout_s,
+        )
+        if replay is not None:
+            return _replayed(query, received, *replay), False, True
+        job, negotiated = await _accept(request, svc, query, received, caller.owner, (client, key) if key else None)
         return job, negotiated, False
     except BaseException:
         if not reading:  # refused before the body was read: read and drop it, so the client sees our answer
-            await upload.drain(request)
+            await upload.drain(request, settings.upload_idle_timeout_s)
         if claimed:
             with contextlib.suppress(Exception):
                 await asyncio.shield(svc.idempotency.forget(client, key))
         raise
     finally:
-        if entered:
+        if slot is not None:
             with contextlib.suppress(Exception):
-                await asyncio.shield(svc.limits.leave_upload(caller.owner))
+                await asyncio.shield(slot.release())
+
+
+def _replayed(query: dict[str, list[str]], received: upload.Upload, job: Job, held: idempotency.Held) -> Job:
+    """The job a retried request's key created, if the retry is the same request; its own upload is dropped."""
+    try:
+        same = held.matches(idempotency.fingerprint(collect(query, received.fields), received.sha256))
+    finally:
+        received.discard()
+    if not same:
+        raise IdempotencyKeyReused(
+            f"this {idempotency.HEADER} was first sent with another request (other options or another file); "
+            "use a new key for a new request"
+        )
+    return job
 
 
 async def _admit(svc: Services) -> None:
@@ -149,13 +181,17 @@ async def _admit(svc: Services) -> None:
         raise QueueFull(f"the queue holds {cap:,} or more jobs; retry later")
 
 
-async def _accept(request: Request, svc: Services, owner: str, key: tuple[str, str] | None) -> tuple[Job, bool]:
-    """Stream, check and store the upload, then create and enqueue the job in one transaction (which also binds
-    the idempotency key, if any, to it)."""
+async def _accept(
+    request: Request,
+    svc: Services,
+    query: dict[str, list[str]],
+    received: upload.Upload,
+    owner: str,
+    key: tuple[str, str] | None,
+) -> tuple[Job, bool]:
+    """Check and store the upload, then create and enqueue the job in one transaction (which also binds the
+    idempotency key, if any, to it)."""
     settings = svc.settings
-    query = _query_options(request)
-    validate_early(query)
-    received = await upload.receive(request, settings.spool_dir, settings.max_upload_bytes, settings.upload_chunk_bytes)
     try:
         options = collect(query, received.fields)
         info = await anyio.to_thread.run_sync(probe_for, received.path, settings)
@@ -173,7 +209,7 @@ async def _accept(request: Request, svc: Services, owner: str, key: tuple[str, s
             svc.store.add_to(pipe, job_id, record)
             svc.queue.add_to(pipe, job_id)
             if key:
-                svc.idempotency.bind_to(pipe, *key, job_id)
+                svc.idempotency.bind_to(pipe, *key, job_id, idempotency.fingerprint(options, received.sha256))
             await pipe.execute()
     except BaseException:
         # No record, no queue entry: take the original back so nothing is left behind.
@@ -220,9 +256,9 @@ async def get_job(
             remaining = deadline - loop.time()
             if job.status in TERMINAL or remaining <= 0:
                 break
-            # Wake on the job's event; re-read at least every second in case an event was lost.
+            # Sleep, holding no Redis connection, until the job ends (its event) or the deadline (read once more).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), min(remaining, 1.0))
+                await asyncio.wait_for(finished.wait(), remaining)
     return job_view(job, svc.link)
 
 
