@@ -133,6 +133,21 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (not its children), from /proc/PID/stat; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """User + system CPU seconds of this process, all its threads (the benchmark's client)."""
+    times = os.times()
+    return times.user + times.system
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants (from /proc/PID/task/*/children)."""
     found, todo = [], [pid]
@@ -246,7 +261,9 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
 class ThumbifyServer:
     """`thumbify serve` (API + embedded Redis + workers) on a free port with a temporary data folder."""
 
-    def __init__(self, env: dict[str, str] | None = None, workers: int = 1, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, workers: int | None = 1, data_dir: Path | None = None
+    ) -> None:
         import tempfile
 
         from thumbify.redis_conn import free_port
@@ -255,12 +272,9 @@ class ThumbifyServer:
         self._own = data_dir is None
         self.data = Path(data_dir or tempfile.mkdtemp(prefix="thumbify-serve-"))
         self.workers = workers
-        self.env = {
-            **os.environ,
-            "THUMBIFY_LOG_LEVEL": "warning",
-            "THUMBIFY_WORKERS": str(workers),
-            **(env or {}),
-        }
+        self.env = {**os.environ, "THUMBIFY_LOG_LEVEL": "warning", **(env or {})}
+        if workers is not None:  # None: `thumbify serve`'s own default
+            self.env["THUMBIFY_WORKERS"] = str(workers)
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = self.data.parent / f"{self.data.name}.log"
@@ -291,6 +305,26 @@ class ThumbifyServer:
                 except OSError:
                     pass
         return pids
+
+    def roles(self) -> dict[int, str]:
+        """Every process of the server by what it is (for CPU time per process)."""
+        out = {}
+        for pid in process_tree(self.proc.pid):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if pid == self.proc.pid:
+                out[pid] = "api (serve process)"
+            elif "redis-server" in cmd:
+                out[pid] = "redis"
+            elif "gpu_worker" in cmd:
+                out[pid] = "worker"
+            elif "spawn_main" in cmd:
+                out[pid] = "render processes"
+            elif "resource_tracker" in cmd:
+                out[pid] = "other"
+        return out
 
     def stop(self) -> None:
         import shutil

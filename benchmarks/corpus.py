@@ -8,6 +8,7 @@
   Pure noise is avoided on purpose: it is far slower to decode than a photograph and would skew every number.
 - `DIR/web/`: a mix of web-size images (JPEG at 85 in several sizes and aspect ratios, one with EXIF orientation 6,
   one PNG, one WebP), made the same way.
+- `DIR/jpeg_1024x768/img_NNN.jpg`: uniform web-size JPEGs, quality 88 (`make_sized`; used by `benchmarks.e2e`).
 - `DIR/huge/huge_30000.jpg`: 30000×30000 (900 MP). It is a lazy libvips pipeline (a small photo-like tile enlarged
   10× plus position-seeded noise) written by `jpegsave`, which pulls it strip by strip, so generating it stays
   within a few hundred MB.
@@ -180,6 +181,21 @@ def make_web(root: Path, log=print) -> list[Path]:
             _save(img, path, fmt, 85, orientation)
             log(f"  {path.name}: {path.stat().st_size / 1e3:.0f} kB")
         paths.append(path)
+    return paths
+
+
+def make_sized(root: Path, count: int, width: int = 1024, height: int = 768, log=print) -> list[Path]:
+    """`count` distinct photo-like JPEGs of one size (quality 88, 4:2:0) in DIR/jpeg_WxH/: a corpus of uniform
+    web-size uploads (the peer harness's 'small' set is 60 × 1024×768)."""
+    out = root / f"jpeg_{width}x{height}"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = out / f"img_{i:03d}.jpg"
+        if not path.exists():
+            _save(photo(7000 + i, width, height), path, "jpeg", 88)
+        paths.append(path)
+    log(f"  {out.name}: {count} files, {sum(p.stat().st_size for p in paths) / 1e6:.1f} MB")
     return paths
 
 

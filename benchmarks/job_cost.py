@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
-import resource
 import shutil
 import subprocess
 import time
@@ -28,50 +26,13 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import ThumbifyServer, process_tree, table, write_json
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (not its children)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def roles(server: ThumbifyServer) -> dict[int, str]:
-    """Every process of the server by what it is."""
-    out = {}
-    for pid in process_tree(server.proc.pid):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if pid == server.proc.pid:
-            out[pid] = "api (serve process)"
-        elif "redis-server" in cmd:
-            out[pid] = "redis"
-        elif "gpu_worker" in cmd:
-            out[pid] = "worker"
-        elif "spawn_main" in cmd:
-            out[pid] = "render processes"
-        elif "resource_tracker" in cmd:
-            out[pid] = "other"
-    return out
+from benchmarks.common import ThumbifyServer, cpu_s, own_cpu_s, table, write_json
 
 
 def images(count: int, width: int, height: int) -> list[bytes]:
     from benchmarks.corpus import photo
 
     return [photo(7000 + i, width, height).jpegsave_buffer(Q=88, subsample_mode="on") for i in range(count)]
-
-
-def client_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def drive(url: str, data: list[bytes], concurrency: int) -> float:
@@ -113,10 +74,10 @@ def bare_render_ms(data: list[bytes]) -> float:
     pyvips.concurrency_set(1)
     for body in data[:3]:
         pyvips.Image.thumbnail_buffer(body, 256, height=256).jpegsave_buffer(Q=80)
-    before = client_cpu_s()
+    before = own_cpu_s()
     for body in data:
         pyvips.Image.thumbnail_buffer(body, 256, height=256).jpegsave_buffer(Q=80)
-    return (client_cpu_s() - before) / len(data) * 1000
+    return (own_cpu_s() - before) / len(data) * 1000
 
 
 def profile(pids: dict[str, int], out: Path, seconds: float) -> list[subprocess.Popen]:
@@ -173,7 +134,7 @@ def main() -> None:
 
     with ThumbifyServer(env=env, workers=args.workers) as server:
         asyncio.run(drive(server.url, data, args.concurrency))  # warm-up: every process started and warm
-        who = roles(server)
+        who = server.roles()
         spies = []
         if args.profile:
             first = {}
@@ -184,13 +145,13 @@ def main() -> None:
             estimate = args.rounds * len(data) / 40 + 5
             spies = profile(first, args.profile, estimate)
         before = {pid: cpu_s(pid) for pid in who}
-        client_before = client_cpu_s()
+        client_before = own_cpu_s()
         wall = sum(asyncio.run(drive(server.url, data, args.concurrency)) for _ in range(args.rounds))
         jobs = args.rounds * len(data)
         per_role: collections.Counter[str] = collections.Counter()
         for pid, role in who.items():
             per_role[role] += (cpu_s(pid) - before[pid]) / jobs * 1000
-        client_ms = (client_cpu_s() - client_before) / jobs * 1000
+        client_ms = (own_cpu_s() - client_before) / jobs * 1000
         for spy in spies:
             spy.wait()
     bare = bare_render_ms(data)
