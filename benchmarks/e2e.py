@@ -532,6 +532,7 @@ def start_thumbor(args, root: Path, running: list, skipped: dict[str, str]) -> T
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load_before = os.getloadavg()  # the figures are only as quiet as the machine
     corpora = load_corpora(args)
     env = dict(item.split("=", 1) for item in args.env)
     skipped: dict[str, str] = {}
@@ -567,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "workers": args.workers,
             "env": env,
-            "loadavg_at_end": os.getloadavg(),
+            "loadavg": {"before": load_before, "after": os.getloadavg()},
             "results": results,
             "targets": targets,
             "skipped": skipped,
@@ -575,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         args.out,
     )
+    print(f"load average (1, 5, 15 min): {load_before} before, {os.getloadavg()} after, on {CORES_DEFAULT} cores")
     print(f"wrote {path}" + (f" and {png}" if png else "; no chart: matplotlib is missing (pip install -e '.[bench]')"))
     return 0
 
