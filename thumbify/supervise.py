@@ -206,14 +206,15 @@ def serve(settings: Settings, api) -> int:
         api.should_exit = True
 
     supervisor = Supervisor(give_up)
-    env = {**os.environ, "THUMBIFY_DATA_DIR": str(data), "MALLOC_ARENA_MAX": "2"}
+    # THUMBIFY_* variables go to this process's environment: the API reads its settings from it when it starts.
+    os.environ["THUMBIFY_DATA_DIR"] = str(data)
     try:
         if not settings.redis_url:
             embedded = EmbeddedRedis(data / "redis")
             supervisor.add(Child("redis-server", lambda: embedded.start().process, grace=10.0))
-            env["THUMBIFY_REDIS_URL"] = embedded.url
+            os.environ["THUMBIFY_REDIS_URL"] = embedded.url
             console.print(f"[green]embedded redis[/] {embedded.url} (AOF under {embedded.directory})")
-        os.environ.update(env)  # for the API, which reads its settings when it starts, in this process
+        env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
 
         def spawn_worker() -> subprocess.Popen:
             argv = [sys.executable, "-m", "gpu_worker"]
