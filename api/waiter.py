@@ -1,8 +1,8 @@
 """Long-poll support: one Redis pub/sub subscription per API process wakes every request waiting on a job.
 
 A waiting request holds no Redis connection: it sleeps on its event until the job ends or its deadline passes, and
-reads the job once more then. Only the end of a job (done or failed) wakes its waiters; a lost subscription wakes
-every waiter once it is back, as anything may have ended meanwhile.
+reads the job once more then. Only the end of a job (done, failed, or deleted) wakes its waiters; a lost
+subscription wakes every waiter once it is back, as anything may have ended meanwhile.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections import defaultdict
 
 from redis.asyncio import Redis
 
-from thumbify.jobs import TERMINAL
+from thumbify.jobs import DELETED, TERMINAL
 
 log = logging.getLogger("thumbify.api")
 
@@ -58,7 +58,7 @@ class JobWaiter:
                     self._wake_all()  # anything that finished while we were not listening
                     async for message in pubsub.listen():
                         job_id, _, status = str(message.get("data", "")).partition(" ")
-                        if status in TERMINAL:
+                        if status in TERMINAL or status == DELETED:
                             for event in self._waiting.get(job_id, ()):
                                 event.set()
             except asyncio.CancelledError:

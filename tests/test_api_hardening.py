@@ -228,6 +228,29 @@ def test_500_long_polls_on_one_job_all_get_it_done(service: Service) -> None:
     assert {r.json()["status"] for r in answers} == {"done"}
 
 
+def test_a_job_deleted_while_waited_on_answers_404_at_once(service: Service) -> None:
+    worker = service.procs["worker"]
+    worker.send_signal(signal.SIGSTOP)  # the job stays queued while it is waited on
+    try:
+        job_id = service.submit_ok(make_jpeg(64, 48))["id"]
+
+        async def wait_and_delete() -> tuple[httpx.Response, float]:
+            async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as client:
+                waiting = asyncio.create_task(client.get(f"/v1/jobs/{job_id}", params={"wait": 30}))
+                await asyncio.sleep(1.0)
+                assert not waiting.done()
+                assert (await client.delete(f"/v1/jobs/{job_id}")).status_code == 204
+                deleted = time.monotonic()
+                answer = await waiting
+                return answer, time.monotonic() - deleted
+
+        answer, after = asyncio.run(wait_and_delete())
+    finally:
+        worker.send_signal(signal.SIGCONT)
+    assert_problem(answer, 404, "not-found")
+    assert after < 10, f"the waiter answered {after:.1f}s after the deletion, not at once"
+
+
 # -- 4. malformed multipart Content-Type ----------------------------------------------------------------------------
 
 BAD_CONTENT_TYPES = [

@@ -36,6 +36,8 @@ class Status(StrEnum):
 
 
 TERMINAL = {Status.done, Status.failed}
+# What the events channel says besides a new status: the job was deleted (its waiters answer 404 at once).
+DELETED = "deleted"
 
 
 class Thumbnail(BaseModel):
@@ -224,6 +226,7 @@ class JobStore:
             pipe.zrem(self.owner_index(owner), job_id)
             for status in Status:
                 pipe.zrem(f"{self.index}:{status.value}", job_id)
+            pipe.publish(self.events, f"{job_id} {DELETED}")
             results = await pipe.execute()
         return bool(results[0])
 
