@@ -20,10 +20,11 @@ A GPU row where CUDA, CuPy or DALI is missing is written as unavailable, with th
 pixel cap is not applicable (tiles takes those images).
 
 Measured per row: images/s and source megapixels/s (after one warm-up image or batch, not counted); per-stage time
-per image — decode, resize, copy (device to host), finish (host crop/colour/pad), encode — from timing the backends'
-own steps: DALI's decode alone comes from a decode-only pipeline over the same batches and its resize is the rest
-of the pipeline run; vips fuses decode and resize in one streamed pipeline, so its split comes from a staged pass
-over a few images; tiles' resize is its strip driver (with the uploads) and its decode the rest of its render.
+per image — decode, resize, copy (device to host), finish (host crop/colour/pad), encode — from the backends' own
+stage timings (the `timings` dict they fill as they render): DALI's decode alone comes from a decode-only pipeline
+over the same batches and its resize is the rest of the pipeline run; vips fuses decode and resize in one streamed
+pipeline, so its split comes from a staged pass over a few images; tiles' resize is its strip driver and its decode
+the rest of its render.
 Also the peak of GPU memory in use on the device during the row (above what it was before) and of the resident
 memory of the row's process tree. Output: a table, JSON (`--out`) and a PNG plot beside it.
 """
@@ -37,7 +38,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import (
@@ -51,13 +51,14 @@ from benchmarks.common import (
     table,
     write_json,
 )
+from thumbify.settings import Settings
 
 GROUPS = ("photos", "web", "huge")
 BACKENDS = ("vips", "dali", "tiles", "dali-cpu", "tiles-cpu", "router", "router-cpu")
 DEFAULT_BACKENDS = "vips,dali,tiles,dali-cpu,tiles-cpu"
 STAGES = ("decode", "resize", "copy", "finish", "encode")
 HUGE_SIDE = 20000  # 400 MP
-ONE_SHOT_MAX_PIXELS = 64_000_000  # the settings' default
+ONE_SHOT_MAX_PIXELS = Settings.model_fields["one_shot_max_pixels"].default
 
 
 # -- what each row needs ---------------------------------------------------------------------------------------------
@@ -89,54 +90,9 @@ def not_applicable(backend: str, group: str, pixels: int) -> str | None:
     return None
 
 
-# -- stage timing (in the row's process) ---------------------------------------------------------------------------
+# -- stage timing (in the row's process): the backends fill this dict per stage ----------------------------------------
 
 TIMES: dict[str, float] = defaultdict(float)
-
-
-def _timed(stage: str, fn: Callable) -> Callable:
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            TIMES[stage] += time.perf_counter() - started
-
-    return wrapper
-
-
-def instrument_finish() -> None:
-    """Time the shared host steps: `finish` per size (crop, colour, pad, encode) and, inside it, the encode."""
-    from gpu_worker.backends import finish
-
-    finish._encode = _timed("encode", finish._encode)
-    finish.render_one = _timed("finish+encode", finish.render_one)  # `render_sizes` calls it by this name
-
-
-class _TimedOutput:
-    """A DALI pipeline output whose copy to the host is timed."""
-
-    def __init__(self, out) -> None:
-        self._out = out
-
-    def as_cpu(self):
-        return _timed("copy", self._out.as_cpu)()
-
-    def __getitem__(self, index):
-        return self._out[index]
-
-
-class _TimedPipe:
-    """A built DALI pipeline whose runs (decode + resize on the device) are timed."""
-
-    def __init__(self, pipe) -> None:
-        self._pipe = pipe
-
-    def feed_input(self, *args, **kwargs):
-        return self._pipe.feed_input(*args, **kwargs)
-
-    def run(self):
-        return tuple(_TimedOutput(o) for o in _timed("dali-run", self._pipe.run)())
 
 
 def timed_dali(device: str, batch: int):
@@ -150,12 +106,13 @@ def timed_dali(device: str, batch: int):
             CountingVips.handed += 1
             return super().render(*args)
 
-    class TimedDali(DaliBackend):
-        def _build(self):
-            return _TimedPipe(super()._build())
-
-    backend = TimedDali(
-        device, device_id=0 if device == "gpu" else None, max_batch=batch, num_threads=4, fallback=CountingVips()
+    backend = DaliBackend(
+        device,
+        device_id=0 if device == "gpu" else None,
+        max_batch=batch,
+        num_threads=4,
+        fallback=CountingVips(),
+        timings=TIMES,
     )
     backend.start()
     return backend, CountingVips
@@ -187,43 +144,26 @@ def dali_decode_seconds(device: str, batches: list[list]) -> float:
     return total
 
 
-def instrument_tiles() -> None:
-    """Tiles: resize = the strip driver (with the uploads to the device); the decode is what remains of the render
-    after resize, finish and encode (libvips' strips, or the whole small decode when nothing is left to
-    resample)."""
-    import gpu_worker.backends.tiles as tiles
-
-    class TimedDriver(tiles.StripResampler):
-        push = _timed("resize", tiles.StripResampler.push)
-        result = _timed("resize", tiles.StripResampler.result)
-
-    tiles.StripResampler = TimedDriver
-
-
 def vips_stage_pass(items: list) -> dict[str, float]:
     """vips fuses decode and resize in one streamed pipeline: time them apart on a few images — the backend's
     shrink-on-load decode into memory, then one Lanczos-3 resize to the largest size, then the encode."""
-    from gpu_worker.backends import finish
+    from gpu_worker.backends.context import prepare
+    from gpu_worker.backends.decode import load_source
+    from gpu_worker.backends.finishing import encode, resize
     from gpu_worker.backends.vips import VipsBackend
-    from thumbify.probe import open_image
 
     backend = VipsBackend()
     totals: dict[str, float] = defaultdict(float)
-    for path, fmt, spec, _ in items:
-        header = open_image(path, fmt, access="sequential")
-        placements = finish.plan(header.width, header.height, spec)
-        target = max(placements, key=lambda p: p.resize_w * p.resize_h)
-        size = (path, fmt, header.width, header.height, target.resize_w, target.resize_h)
+    for item in items:
+        ctx = prepare(item)
+        target_w, target_h = ctx.largest
         t0 = time.perf_counter()
-        if hasattr(finish, "load_shrunk"):  # the shrink-on-load rule every backend shares
-            image, _ = finish.load_shrunk(*size, backend.headroom)
-        else:
-            image, _ = backend._load(*size)
-        image = image.copy_memory()
+        source, _ = load_source(ctx, backend.headroom)
+        image = source.image.copy_memory()
         t1 = time.perf_counter()
-        small = finish.resize(image, target.resize_w / image.width, target.resize_h / image.height).copy_memory()
+        small = resize(image, target_w / source.extent_w, target_h / source.extent_h).copy_memory()
         t2 = time.perf_counter()
-        finish._encode(small.colourspace("srgb") if small.bands < 3 else small, spec.format, spec.quality)
+        encode(small.colourspace("srgb") if small.bands < 3 else small, ctx.spec.format, ctx.spec.quality)
         t3 = time.perf_counter()
         totals["decode"] += t1 - t0
         totals["resize"] += t2 - t1
@@ -265,7 +205,6 @@ def run_row(args: dict) -> dict:
     warm, timed = items[:1], items
     errors: list[str] = []
     extra: dict = {}
-    instrument_finish()
 
     def check(results) -> None:
         errors.extend(f"{type(r).__name__}: {r}" for r in results if isinstance(r, Exception))
@@ -307,8 +246,8 @@ def run_row(args: dict) -> dict:
     elif backend.startswith("tiles"):
         from gpu_worker.backends.tiles import TilesBackend
 
-        instrument_tiles()
-        tiles = TilesBackend("cpu" if backend.endswith("-cpu") else "gpu", strip_rows=args["strip_rows"])
+        device = "cpu" if backend.endswith("-cpu") else "gpu"
+        tiles = TilesBackend(device, strip_rows=args["strip_rows"], timings=TIMES)
         tiles.render(*warm[0])
         TIMES.clear()
         started = time.perf_counter()
@@ -329,7 +268,7 @@ def run_row(args: dict) -> dict:
         from gpu_worker.backends.route import RoutedBackend
 
         device = "cpu" if backend.endswith("-cpu") else "gpu"
-        router = RoutedBackend(device, max_batch=batch, strip_rows=args["strip_rows"])
+        router = RoutedBackend(device, max_batch=batch, strip_rows=args["strip_rows"], timings=TIMES)
         router.start()
         router.render_batch(warm)
         TIMES.clear()

@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from gpu_worker.backends.base import Backend, Rendition
-from gpu_worker.backends.route import Deferred, Hint, Item, Result
+from gpu_worker.backends.base import Backend, BatchBackend, Item, OnResult, Refused, Rendition, Result, Route
 from gpu_worker.metrics import RENDER_BATCH, RENDER_REPLACED
 from thumbify.errors import ImageTimeout, RenderFailed, ThumbifyError, WorkerCrashed
 from thumbify.settings import Settings
@@ -144,16 +143,14 @@ class RenderPool:
         raise payload
 
     async def render_batch(
-        self,
-        items: Sequence[Item],
-        hints: Sequence[Hint | None] | None = None,
-        on_result: Callable[[int, Result], None] | None = None,
+        self, items: Sequence[Item], routes: Sequence[Route] | None = None, on_result: OnResult | None = None
     ) -> list[Result]:
-        """Several images as one task of the next free child (its backend's `render_batch`), within
-        `image_timeout_s` × their number of handing it over. One result per item, in order (`Deferred` for one its
-        backend leaves to vips); `on_result(index, result)` as each arrives. Past the deadline, or if the child
-        dies, the child is replaced and each item not yet answered gets `ImageTimeout` or `WorkerCrashed`."""
-        task = ("batch", [(str(p), f, s, st) for p, f, s, st in items], list(hints) if hints else None)
+        """Several images as one task of the next free child (its backend's `render_batch`, given where each image
+        was routed), within `image_timeout_s` × their number of handing it over. One result per item, in order
+        (`Refused` for one its backend leaves to vips); `on_result(index, result)` as each arrives. Past the
+        deadline, or if the child dies, the child is replaced and each item not yet answered gets `ImageTimeout` or
+        `WorkerCrashed`."""
+        task = ("batch", [(str(p), f, s, st) for p, f, s, st in items], list(routes) if routes else None)
         child = await self._acquire(task)
         results: list[Result | None] = [None] * len(items)
         seconds = self.timeout * max(1, len(items))
@@ -165,8 +162,8 @@ class RenderPool:
                 message = child.conn.recv()
                 if message[0] == "done":
                     break
-                _, index, kind, payload = message
-                results[index] = Deferred(payload) if kind == "deferred" else payload
+                _, index, _, payload = message
+                results[index] = payload
                 if on_result is not None:
                     on_result(index, results[index])
         except TimeoutError:
@@ -317,7 +314,7 @@ class RenderPool:
 @dataclass
 class _Request:
     item: Item
-    hint: Hint | None
+    route: Route
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
 
@@ -363,12 +360,12 @@ class BatchRenderer:
         return self.pool.pids()
 
     async def render(
-        self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str, hint: Hint | None = None
-    ) -> list[Rendition]:
-        """The image's renditions from the next batch; raises what rendering it raised (`Deferred`: render it on
-        vips elsewhere)."""
+        self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str, route: Route = "dali"
+    ) -> list[Rendition] | Refused:
+        """The image's renditions from the next batch, on the backend it was routed to, or its refusal (render it on
+        vips elsewhere); raises what rendering it raised."""
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Request((path, fmt, spec, stem), hint, future))
+        self._pending.append(_Request((path, fmt, spec, stem), route, future))
         self._arrived.set()
         return await future
 
@@ -405,7 +402,7 @@ class BatchRenderer:
     async def _render(self, batch: list[_Request]) -> None:
         results = await self.pool.render_batch(
             [r.item for r in batch],
-            [r.hint for r in batch],
+            [r.route for r in batch],
             lambda index, result: _settle(batch[index].future, result),
         )
         lost = [(r, result) for r, result in zip(batch, results, strict=True) if not r.future.done()]
@@ -418,7 +415,7 @@ class BatchRenderer:
         log.warning("%s; trying its %d unanswered image(s) one at a time", lost[0][1], len(lost))
         for request, _ in lost:
             if not request.future.done():
-                (result,) = await self.pool.render_batch([request.item], [request.hint])
+                (result,) = await self.pool.render_batch([request.item], [request.route])
                 _settle(request.future, result)
 
 
@@ -461,7 +458,7 @@ async def _readable(conn: Connection, timeout: float) -> None:
 def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None) -> None:
     """A render process: answer ("ok", renditions) or ("error", ThumbifyError) for each task until told to stop
     (None) or the parent goes away. A batch task is answered ("item", index, kind, payload) per image, as each is
-    done, then ("done", None)."""
+    done (kind "refused": payload is the `Refused`), then ("done", None)."""
     from gpu_worker.memory import limit_malloc_arenas
     from thumbify.process import die_with_parent
 
@@ -475,9 +472,8 @@ def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None)
 
         configure_vips(settings.vips_concurrency)
         backend = pickle.loads(backend_blob)
-        start = getattr(backend, "start", None)
-        if start is not None:  # the GPU backend builds its DALI pipeline before the child says it is ready
-            start()
+        if isinstance(backend, BatchBackend):  # the GPU backend builds its DALI pipeline before saying it is ready
+            backend.start()
     else:
         from gpu_worker.select import select_backend
 
@@ -499,9 +495,9 @@ def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None)
             return
 
 
-def _render_batch(conn: Connection, backend: Backend, items: list, hints: list | None) -> bool:
-    """Render a batch task with the backend's `render_batch(items, hints=, on_result=)` (the routed GPU backend),
-    or one image after another; answer each image as soon as it is done. False once the parent is gone."""
+def _render_batch(conn: Connection, backend: Backend, items: list, routes: list | None) -> bool:
+    """Render a batch task with the backend's `render_batch` (a `BatchBackend`: the routed GPU backend), or one
+    image after another; answer each image as soon as it is done. False once the parent is gone."""
     items = [(Path(path), fmt, spec, stem) for path, fmt, spec, stem in items]
     answered: set[int] = set()
     alive = True
@@ -512,14 +508,13 @@ def _render_batch(conn: Connection, backend: Backend, items: list, hints: list |
             answered.add(index)
             alive = _send(conn, ("item", index, *_reply(result)))
 
-    batch = getattr(backend, "render_batch", None)
     try:
-        if batch is None:
+        if isinstance(backend, BatchBackend):
+            for index, result in enumerate(backend.render_batch(items, on_result=report, routes=routes)):
+                report(index, result)
+        else:
             for index, item in enumerate(items):
                 report(index, _attempt(backend.render, *item))
-        else:
-            for index, result in enumerate(batch(items, hints=hints, on_result=report)):
-                report(index, result)
     except Exception as exc:  # the batch itself failed: every image not answered gets the error
         for index in range(len(items)):
             report(index, exc)
@@ -536,8 +531,8 @@ def _attempt(render: Callable[..., list[Rendition]], *args) -> Result:
 def _reply(result: Result) -> tuple[str, object]:
     if isinstance(result, list):
         return "ok", result
-    if isinstance(result, Deferred):
-        return "deferred", result.reason
+    if isinstance(result, Refused):
+        return "refused", result
     if isinstance(result, ThumbifyError):
         return "error", result
     # A bug or an exhausted resource: worth a retry, and a traceback in the log.

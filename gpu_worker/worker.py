@@ -35,8 +35,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gpu_worker.backends.base import Backend, Rendition
-from gpu_worker.backends.route import Deferred, RoutedBackend, hint_from_source, route
+from gpu_worker.backends.base import Backend, Refused, Rendition
+from gpu_worker.backends.route import RoutedBackend, decide, source_size
 from gpu_worker.metrics import BATCH_SIZE, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
@@ -507,15 +507,17 @@ class Worker:
         return thumbnails
 
     async def _render(self, path: Path, job: Job) -> list[Rendition]:
-        """On the GPU where `route` sends the image and the GPU render process takes it; else on vips."""
+        """On the GPU backend the image is routed to (`route.decide`, once per image), unless it refuses it; else,
+        and on CPU nodes, on vips."""
         fmt = job.source["format"]
         if self.gpu is not None:
-            hint = hint_from_source(job.source)
-            if hint is None or route(fmt, hint, self.settings.one_shot_max_pixels)[0] != "vips":
-                try:
-                    return await self.gpu.render(path, fmt, job.spec, job.stem, hint)
-                except Deferred:
-                    pass  # refused by DALI, or failed in it: vips renders it
+            cap, size = self.settings.one_shot_max_pixels, source_size(job.source)
+            # Without the probed size (an old job) the header says it: read off the event loop.
+            where = decide(path, fmt, size, cap) if size else await asyncio.to_thread(decide, path, fmt, None, cap)
+            if where != "vips":
+                result = await self.gpu.render(path, fmt, job.spec, job.stem, where)
+                if not isinstance(result, Refused):
+                    return result
         return await self.pool.render(path, fmt, job.spec, job.stem)
 
 

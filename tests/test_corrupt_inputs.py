@@ -4,7 +4,7 @@ job ends `failed` with `corrupt-image`, never `done`).
 
 - JPEGs whose scan is too short for the size their header claims (a 64x48 photo patched to say 65500x10, 20000x10
   or 6400x48), which shrink-on-load once decoded into a grey thumbnail: libvips' `fail_on` misses damage met in
-  the last strip it decodes (`finish.decoded`), which with shrink-on-load is often the whole image;
+  the last strip it decodes (`decode.decoded`), which with shrink-on-load is often the whole image;
 - a JPEG cut a few bytes before the end of its scan with an end-of-image marker put back: the damage is met in the
   last strip at every size;
 - the PngSuite's corruptions of a valid PNG (`corpus.CORRUPTIONS`): bad signature, bad CRC in IHDR, IDAT, an

@@ -25,7 +25,7 @@ import test_vips_backend as vt
 
 from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.dali import DaliBackend, dali_unavailable, file_damage, jpeg_damage
-from gpu_worker.backends.finish import plan
+from gpu_worker.backends.plan import plan
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 from thumbify.errors import CorruptImage
 from thumbify.probe import open_image, sniff
@@ -53,9 +53,9 @@ class CountingDali(DaliBackend):
         super().__init__(*args, **kwargs)
         self.runs: list[int] = []
 
-    def _run(self, jobs):
-        self.runs.append(len(jobs))
-        return super()._run(jobs)
+    def _run(self, samples):
+        self.runs.append(len(samples))
+        return super()._run(samples)
 
 
 def cpu_dali(**kwargs) -> CountingDali:

@@ -27,8 +27,8 @@ import test_vips_backend as vt
 from conftest import PYTHON, ROOT, clean_env
 
 from gpu_worker import select
-from gpu_worker.backends.base import Rendition
-from gpu_worker.backends.route import Deferred, RoutedBackend, hint_from_source, route
+from gpu_worker.backends.base import Refused, Rendition
+from gpu_worker.backends.route import RoutedBackend, route, source_size
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify.errors import CorruptImage, ImageTimeout
@@ -180,12 +180,12 @@ def test_the_worker_imports_without_numpy_or_dali() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_hint_from_the_probed_source(tmp_path: Path) -> None:
+def test_size_from_the_probed_source(tmp_path: Path) -> None:
     path = images.write(tmp_path / "a.jpg", images.oriented_jpeg(6, 320, 160))
     source = probe(path, 10**9).public("a.jpg")
-    assert hint_from_source(source) == (320, 160, 1)
-    assert hint_from_source({"format": "jpeg", "bytes": 1}) is None
-    assert hint_from_source({"width": "x", "height": 2}) is None
+    assert source_size(source) == (320, 160, 1)
+    assert source_size({"format": "jpeg", "bytes": 1}) is None
+    assert source_size({"width": "x", "height": 2}) is None
 
 
 # -- the router, on the cpu devices ------------------------------------------------------------------------------------
@@ -207,10 +207,10 @@ def poison(router: RoutedBackend, monkeypatch: pytest.MonkeyPatch, name: str) ->
     dali = router.dali
     real = type(dali)._run
 
-    def run(self, jobs):
-        if any(job.path.name == name for job in jobs):
+    def run(self, samples):
+        if any(sample.ctx.path.name == name for sample in samples):
             raise RuntimeError(f"[injected] DALI cannot decode {name}")
-        return real(self, jobs)
+        return real(self, samples)
 
     monkeypatch.setattr(dali, "_run", run.__get__(dali))
 
@@ -248,11 +248,10 @@ def test_one_batch_goes_where_each_image_belongs_and_bad_ones_fail_alone(
 
 
 @needs_dali
-def test_hints_route_without_reading_headers(router: RoutedBackend, tmp_path: Path) -> None:
+def test_routes_decided_by_the_caller_are_not_decided_again(router: RoutedBackend, tmp_path: Path) -> None:
     jpeg = item(tmp_path, "a.jpg", images.photo_like(200, 150, seed=5), sizes="64", format="png")
-    hints = [(200, 150, 1), (200, 150, 2)]
-    router.render_batch([jpeg, jpeg], hints=hints)
-    assert router.last_routes == ["dali", "vips"]  # the second "has two pages"
+    router.render_batch([jpeg, jpeg], routes=["dali", "vips"])
+    assert router.last_routes == ["dali", "vips"]  # the worker sent the second to vips (say, it has two pages)
     seen: list[int] = []
     router.render_batch([jpeg], on_result=lambda index, result: seen.append(index))
     assert seen == [0]
@@ -262,7 +261,7 @@ def test_hints_route_without_reading_headers(router: RoutedBackend, tmp_path: Pa
 def test_a_dali_batch_that_fails_whole_goes_to_vips(
     router: RoutedBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(items):
+    def broken(items, on_result=None, routes=None):
         raise RuntimeError("[injected] the pipeline cannot be built")
 
     monkeypatch.setattr(router.dali, "render_batch", broken)
@@ -279,14 +278,14 @@ def test_tiles_failing_is_retried_on_vips_but_a_corrupt_file_is_not(
 ) -> None:
     big = item(tmp_path, "big.jpg", images.photo_like(960, 720, seed=6), sizes="100", format="png")
     truncated = item(tmp_path, "t.jpg", images.truncated_jpeg(960, 720), sizes="100")
-    real = type(router.tiles).render
+    real = type(router.tiles)._render_or_refuse
 
-    def flaky(self, path, fmt, spec, stem):
-        if path.name == "big.jpg":
+    def flaky(self, item):
+        if item[0].name == "big.jpg":
             raise MemoryError("[injected] out of memory on the device")
-        return real(self, path, fmt, spec, stem)
+        return real(self, item)
 
-    monkeypatch.setattr(router.tiles, "render", flaky.__get__(router.tiles))
+    monkeypatch.setattr(router.tiles, "_render_or_refuse", flaky.__get__(router.tiles))
     good, bad = router.render_batch([big, truncated])
     assert names(good) == ["thumb_big_100x75.png"] and router.last_routes == ["vips", "tiles"]
     assert isinstance(bad, CorruptImage)
@@ -302,7 +301,7 @@ def test_defer_vips_leaves_those_images_to_the_caller(tmp_path: Path) -> None:
     ]
     good, cmyk, gif = backend.render_batch(items)
     assert names(good) == ["thumb_a_64x48.jpg"]
-    assert isinstance(cmyk, Deferred) and isinstance(gif, Deferred)
+    assert isinstance(cmyk, Refused) and isinstance(gif, Refused)
     assert backend.last_routes == ["dali", "vips", "vips"]
     backend.close()
 
@@ -324,17 +323,18 @@ def test_batches_in_a_render_process_and_a_slow_image_fails_alone(tmp_path: Path
         await batches.start()
         try:
 
-            async def one(it) -> list[str] | Exception:
+            async def one(it) -> list[str] | Refused | Exception:
                 try:
-                    return names(await batches.render(*it))
+                    result = await batches.render(*it)
+                    return result if isinstance(result, Refused) else names(result)
                 except Exception as exc:  # noqa: BLE001 - the outcome is what is checked
                     return exc
 
             # Six requests at once: one batch of six (the oldest waits at most wait_s for company).
             got = await asyncio.gather(*(one(it) for it in [*small, cmyk, truncated]))
             assert got[:4] == [[f"thumb_s{i}_64x48.jpg"] for i in range(4)]
-            assert isinstance(got[4], Deferred)  # DALI refuses CMYK: the worker renders it on vips
-            assert isinstance(got[5], Deferred)  # DALI finds the damage: vips gives the readable error
+            assert isinstance(got[4], Refused)  # DALI refuses CMYK: the worker renders it on vips
+            assert isinstance(got[5], Refused)  # DALI finds the damage: vips gives the readable error
             assert batches.sizes == {6: 1}
             [before] = batches.pids()
 

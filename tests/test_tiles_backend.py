@@ -35,7 +35,8 @@ from test_vips_backend import (
 )
 
 import gpu_worker.backends.tiles as tiles_module
-from gpu_worker.backends import finish
+from gpu_worker.backends import context
+from gpu_worker.backends import decode as decoding
 from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.tiles import DEFAULT_STRIP_ROWS, TilesBackend, tiles_unavailable
 from gpu_worker.backends.vips import VipsBackend, configure_vips
@@ -397,13 +398,14 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndar
 
 def test_several_sizes_from_one_decode(backend, photo, recording, monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[dict] = []
-    real_open = finish.open_image
+    real_open = decoding.open_image
 
     def counting_open(path, fmt, **options):
         opened.append(options)
         return real_open(path, fmt, **options)
 
-    monkeypatch.setattr(finish, "open_image", counting_open)  # the header and the pixels
+    for module in (context, decoding):  # the header, and the pixels
+        monkeypatch.setattr(module, "open_image", counting_open)
     jpeg, _, full = photo
     out = backend.render(jpeg, "jpeg", ThumbnailSpec(sizes="96,64,48x32,40x40,80x50", format="png"), STEM)
     assert sorted(r.name for r in out) == sorted(

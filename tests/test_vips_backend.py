@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import pyvips
 
-from gpu_worker.backends import finish
+from gpu_worker.backends import context, finishing, plan
+from gpu_worker.backends import decode as decoding
 from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 from thumbify.errors import CorruptImage, TooManyPixels
@@ -462,17 +463,17 @@ def test_cover_overflow_is_cut_before_resampling(orientation: int) -> None:
     stored = pyvips.Image.black(*((upright_h, upright_w) if orientation == 6 else (upright_w, upright_h)))
     placement = place(upright_w, upright_h, Size(width=4096, height=4096), Fit.cover)
     assert placement.resize_h == 4096 * 30000
-    source = finish.Source(stored, orientation, upright_w, upright_h, upright_w, upright_h)
-    img, bounded, _ = finish.cut_overflow(source, placement)
+    source = decoding.Source(stored, orientation, upright_w, upright_h, upright_w, upright_h)
+    img, bounded, _ = finishing.cut_overflow(source, placement)
     assert (bounded.out_w, bounded.out_h) == (4096, 4096)
     assert bounded.resize_w >= 4096 and bounded.resize_h >= 4096
-    assert bounded.resize_w * bounded.resize_h <= max(finish.OVERFLOW_BUDGET, 2 * 4096 * 4096)
+    assert bounded.resize_w * bounded.resize_h <= max(plan.OVERFLOW_BUDGET, 2 * 4096 * 4096)
     cut_w, cut_h = (img.height, img.width) if orientation == 6 else (img.width, img.height)
     assert cut_w == 1 and 1 <= cut_h <= 4
     # An ordinary cover is left alone.
     ordinary = place(4000, 3000, Size(width=256, height=256), Fit.cover)
-    source = finish.Source(pyvips.Image.black(4000, 3000), 1, 4000, 3000, 4000, 3000)
-    assert finish.cut_overflow(source, ordinary)[1] == ordinary
+    source = decoding.Source(pyvips.Image.black(4000, 3000), 1, 4000, 3000, 4000, 3000)
+    assert finishing.cut_overflow(source, ordinary)[1] == ordinary
 
 
 def test_fill_stretches_to_the_exact_box(render) -> None:
@@ -531,13 +532,14 @@ def test_contain_of_a_transparent_source_keeps_its_transparency(render) -> None:
 
 def test_several_sizes_from_one_decode(render, monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[dict] = []
-    real_open = finish.open_image
+    real_open = decoding.open_image
 
     def counting_open(path, fmt, **options):
         opened.append(options)
         return real_open(path, fmt, **options)
 
-    monkeypatch.setattr(finish, "open_image", counting_open)  # the header and the pixels
+    for module in (context, decoding):  # the header, and the pixels
+        monkeypatch.setattr(module, "open_image", counting_open)
     source = images.photo_like(1600, 1200, seed=11)
     out = render(source, sizes="256,128,64x32,100x50,320x200", format="png")
     assert sorted(r.name for r in out) == sorted(

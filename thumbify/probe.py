@@ -8,11 +8,13 @@ never the generic sniffing one), then pixels, the longest side and the memory th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
 import struct
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,10 +96,10 @@ class SourceInfo:
         return {"filename": filename, **data}
 
 
-@functools.cache
-def _vips():
-    """pyvips, configured once per process for untrusted input: untrusted loaders blocked, no operation cache (a
-    cached load keeps the file open and its memory held after the upload is gone)."""
+def configure_vips(concurrency: int = 0) -> None:
+    """Process-wide libvips settings for a long-running server handling untrusted input: untrusted loaders blocked,
+    no operation cache (a cached load keeps the file open and its memory held after the upload is gone; memory that
+    never returns is the peers' most common complaint), and, where given, a bounded thread pool per image."""
     import pyvips
 
     if hasattr(pyvips, "block_untrusted_set"):
@@ -105,6 +107,16 @@ def _vips():
     pyvips.cache_set_max(0)
     pyvips.cache_set_max_mem(0)
     pyvips.cache_set_max_files(0)
+    if concurrency:
+        pyvips.vips_lib.vips_concurrency_set(concurrency)
+
+
+@functools.cache
+def _vips():
+    """pyvips, configured once per process (`configure_vips`)."""
+    import pyvips
+
+    configure_vips()
     return pyvips
 
 
@@ -353,31 +365,65 @@ def _layout(buf, fmt: str) -> _Layout:
 
 
 def _jpeg_layout(buf) -> _Layout:
-    pos, n, comps, progressive = 2, len(buf), (), False
-    for _ in range(4096):
-        if pos >= n or buf[pos] != 0xFF:
-            break
-        while pos < n and buf[pos] == 0xFF:
+    comps, progressive = (), False
+    with contextlib.suppress(JpegDamage):  # damage before the first scan: libvips' header read judges it
+        for count, (marker, at, _) in enumerate(jpeg_segments(buf)):
+            if count > 4096:
+                break
+            if marker in JPEG_SOF:
+                nf = buf[at + 5]
+                comps = tuple((buf[at + 7 + 3 * i] >> 4, buf[at + 7 + 3 * i] & 15) for i in range(nf))
+                progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+            elif marker == 0xDA:
+                # libjpeg holds every coefficient when the scans are progressive or the first one is not interleaved.
+                multi = progressive or (bool(comps) and buf[at] < len(comps))
+                return _Layout(buffered=multi, components=comps)
+    return _Layout()
+
+
+# -- a JPEG's markers ------------------------------------------------------------------------------------------------
+
+JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+JPEG_STANDALONE = frozenset(range(0xD0, 0xD9)) | {0x00, 0x01}  # RSTn, SOI, TEM (and a stuffed zero): no length
+
+
+class JpegDamage(ValueError):
+    """The structure of a JPEG cannot be walked further: the message says where and why."""
+
+
+def jpeg_segments(buf, scan_end: Callable[[int], int] | None = None) -> Iterator[tuple[int, int, int]]:
+    """(marker, start, end) of each marker segment's body after the start-of-image marker, in order, up to the
+    end-of-image marker; a standalone marker (RSTn, TEM) yields an empty body. After a start-of-scan segment the walk
+    goes on at `scan_end(end)`, where its image data ends (stops there without one). Raises `JpegDamage` where the
+    structure breaks: the file ends first, bytes where a marker should be, a segment that runs past the end."""
+    n, pos = len(buf), 2
+    while True:
+        if pos >= n:
+            raise JpegDamage("the file ends before its end-of-image marker")
+        if buf[pos] != 0xFF:
+            raise JpegDamage(f"bytes where a marker should be, at offset {pos}")
+        while pos < n and buf[pos] == 0xFF:  # fill bytes may precede a marker
             pos += 1
         if pos >= n:
-            break
+            raise JpegDamage("the file ends before its end-of-image marker")
         marker = buf[pos]
         pos += 1
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+        if marker == 0xD9:  # EOI
+            return
+        if marker in JPEG_STANDALONE:
+            yield marker, pos - 2, pos - 2
             continue
-        if marker == 0xD9 or pos + 2 > n:
-            break
-        length = struct.unpack_from(">H", buf, pos)[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            nf = buf[pos + 7]
-            comps = tuple((buf[pos + 9 + 3 * i] >> 4, buf[pos + 9 + 3 * i] & 15) for i in range(nf))
-            progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
-        elif marker == 0xDA:
-            # libjpeg holds every coefficient when the scans are progressive or the first one is not interleaved.
-            multi = progressive or (bool(comps) and buf[pos + 2] < len(comps))
-            return _Layout(buffered=multi, components=comps)
+        if pos + 2 > n:
+            raise JpegDamage("the file ends inside a segment")
+        length = int.from_bytes(buf[pos : pos + 2], "big")
+        if length < 2 or pos + length > n:
+            raise JpegDamage(f"segment 0xFF{marker:02X} runs past the end of the file")
+        yield marker, pos + 2, pos + length
         pos += length
-    return _Layout()
+        if marker == 0xDA:  # SOS: entropy-coded image data follows
+            if scan_end is None:
+                return
+            pos = scan_end(pos)
 
 
 def _png_layout(buf) -> _Layout:

@@ -1,11 +1,19 @@
-"""The one small interface every backend implements (thumbor's engine shape)."""
+"""What every backend shares (thumbor's engine shape): the two small interfaces, the types that cross between the
+router, the render processes and the worker, and refusal, the one way an image leaves a GPU backend for vips.
+
+A GPU backend that cannot or should not render an image (DALI's decoders do not take it, it failed alone inside the
+pipeline, the tiles backend cannot load) answers `Refused` for it; whoever holds a vips backend renders it there
+(`refer`), or hands the refusal on (the GPU render process: the worker renders it in its vips processes).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, runtime_checkable
 
+from thumbify.settings import Settings
 from thumbify.spec import Format, ThumbnailSpec
 
 
@@ -18,6 +26,25 @@ class Rendition:
     data: bytes
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A GPU backend's answer for an image it leaves to vips (not an error: vips renders it, or says what is wrong)."""
+
+    reason: str
+
+
+Item = tuple[Path, str, ThumbnailSpec, str]  # (source path, sniffed format, spec, stem): as `Backend.render` takes
+SourceSize = tuple[int, int, int]  # (width, height, pages) as the API's probe stored it
+Result = list[Rendition] | Refused | Exception
+OnResult = Callable[[int, Result], None]  # (index in the batch, its result), called as each result is known
+Route = Literal["dali", "tiles", "vips"]
+
+# What DALI's decoders take here. TIFF (endless variants), GIF and HEIF go to libvips.
+DALI_FORMATS = frozenset({"jpeg", "png", "webp"})
+# Past this many pixels an image is not decoded whole in one shot (DALI): the tiles backend streams it in strips.
+ONE_SHOT_MAX_PIXELS: int = Settings.model_fields["one_shot_max_pixels"].default
+
+
 class Backend(Protocol):
     name: str
 
@@ -25,3 +52,48 @@ class Backend(Protocol):
         """Every size of `spec` from one decode of the source at `path` (whose format was sniffed as `fmt`).
         Raises `CorruptImage` for an image that cannot be decoded."""
         ...
+
+
+@runtime_checkable
+class BatchBackend(Protocol):
+    """A backend that renders several images per call (DALI, tiles, and the router that holds both)."""
+
+    name: str
+
+    def start(self) -> None:
+        """Build what the first batch would otherwise pay for (DALI's pipeline, the GPU context)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def render_batch(
+        self,
+        items: Sequence[Item],
+        on_result: OnResult | None = None,
+        routes: Sequence[Route] | None = None,
+    ) -> list[Result]:
+        """One result per item, in order: its renditions, `Refused`, or the exception rendering it raised
+        (`CorruptImage` for a broken file); `on_result(index, result)` as each is known. One item's failure never
+        fails the others. `routes`: where the router sent each item, for a backend that holds several (a backend
+        of one kind renders what it is given)."""
+        ...
+
+
+def refer(item: Item, result: Result, fallback: Backend | None) -> Result:
+    """`result`, or where it is a refusal and there is a `fallback`, what the fallback makes of the item."""
+    if not isinstance(result, Refused) or fallback is None:
+        return result
+    try:
+        return fallback.render(*item)
+    except Exception as exc:
+        return exc
+
+
+def render_alone(backend: BatchBackend, item: Item) -> list[Rendition]:
+    """`Backend.render` for a batch backend: the renditions of a batch of one, or what rendering it raised."""
+    (result,) = backend.render_batch([item])
+    if isinstance(result, Refused):
+        raise RuntimeError(f"{backend.name} refused {item[0].name} and has no fallback: {result.reason}")
+    if isinstance(result, BaseException):
+        raise result
+    return result

@@ -6,7 +6,7 @@ One pipeline per backend (one per worker process), built once and fed one batch 
     decoder where the GPU has one; cpu: libjpeg-turbo, libpng, libwebp) ──▶ resize (antialiased Lanczos-3) to a
     per-sample size fed through external_source "size" ──▶ copied to the host
 
-and then, on the host, the same finishing steps as the vips backend (`finish`): upright → sRGB → crop or pad →
+and then, on the host, the same finishing steps as the vips backend (`finishing`): upright → sRGB → crop or pad →
 flatten → encode (libvips). The same graph builds with `cpu` operators and `device_id=None`, which is how the tests
 run it without a GPU.
 
@@ -19,16 +19,17 @@ Choices, and why:
   `headroom`× the largest size (the vips backend's shared intermediate) when it has several; every size is then
   cut from that small image on the host. A fixed graph with one resize per possible size would resample every
   sample MAX_SIZES times.
-- What DALI does not take (`refusal`), decided up front from the header and a walk over the file's structure, goes
-  to the vips backend: formats other than JPEG, PNG and WebP; animations; alpha (libvips resamples it
-  premultiplied); 16-bit samples; CMYK and other colourspaces; grey with an ICC profile; more pixels than
-  `max_pixels`; a `cover` whose overflow `finish.cut_overflow` would cut; and broken files: DALI's decoders fill
-  missing or damaged JPEG data with grey where libvips fails (seen with the cpu decoders: data cut short before an
-  end-of-image marker, a header that overstates the size), and vips then gives the readable `CorruptImage`.
+- What DALI does not take (`refusal`), decided up front from the prepared context (`context.prepare`: the header,
+  the plan) and a walk over the file's structure, is refused (`base.Refused`: the vips backend renders it):
+  formats other than JPEG, PNG and WebP; animations; alpha (libvips resamples it premultiplied); 16-bit samples;
+  CMYK and other colourspaces; grey with an ICC profile; more pixels than `max_pixels`; a `cover` whose overflow
+  `finishing.cut_overflow` would cut; and broken files: DALI's decoders fill missing or damaged JPEG data with grey
+  where libvips fails (seen with the cpu decoders: data cut short before an end-of-image marker, a header that
+  overstates the size), and vips then gives the readable `CorruptImage`.
 - ICC profiles: DALI ignores them. The host attaches the source's profile to the resampled pixels and converts to
   sRGB as the vips backend does (it too resamples before converting).
 - A failing batch: after an error the DALI pipeline is no longer valid, so it is rebuilt and the batch bisected;
-  an image that fails alone is rendered by vips. One image never fails its batch.
+  an image that fails alone is refused, so vips renders it. One image never fails its batch.
 - Execution: `prefetch_queue_depth=1`, so `run()` consumes exactly the batch just fed with `feed_input` and returns
   its outputs (a deeper queue wants that many batches fed ahead before the first run: DALI issue #2551). Batches
   vary in size up to `max_batch`. One lock serialises feed and run; the host steps run outside it.
@@ -39,29 +40,37 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyvips
 
-from gpu_worker.backends.base import Rendition
-from gpu_worker.backends.finish import SWAPS_AXES, Source, intermediate_scale, overflow_budget, plan, render_sizes
+from gpu_worker.backends.base import (
+    DALI_FORMATS,
+    ONE_SHOT_MAX_PIXELS,
+    Backend,
+    Item,
+    OnResult,
+    Refused,
+    Rendition,
+    Result,
+    Route,
+    refer,
+)
+from gpu_worker.backends.context import RenderContext, Timings, prepare, stage
+from gpu_worker.backends.decode import Source
+from gpu_worker.backends.finishing import render_sizes
+from gpu_worker.backends.plan import intermediate_scale, overflows
 from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
 from thumbify.geometry import Placement
-from thumbify.probe import open_image
+from thumbify.probe import JPEG_SOF, JPEG_STANDALONE, JpegDamage, jpeg_segments
 from thumbify.spec import ThumbnailSpec
 
 log = logging.getLogger(__name__)
 
-# What `decoders.image` decodes that we send it. TIFF (endless variants), GIF and HEIF go to libvips.
-DALI_FORMATS = frozenset({"jpeg", "png", "webp"})
-# One-shot decode cap: past it an image is not decoded whole into GPU memory (150 MB at 8-bit RGB); vips takes it.
-DEFAULT_MAX_PIXELS = 50_000_000
 _ENCODED, _SIZE = "encoded", "size"
-
-Item = tuple[Path, str, ThumbnailSpec, str]  # (source path, sniffed format, spec, stem): as `Backend.render` takes
 
 
 def dali_unavailable(device: str = "gpu") -> str | None:
@@ -81,22 +90,15 @@ def dali_unavailable(device: str = "gpu") -> str | None:
 
 
 @dataclass(frozen=True)
-class _Job:
-    """One image planned for the DALI pipeline."""
+class DaliSample:
+    """One image of a batch, prepared for the DALI pipeline: its bytes and the size DALI resamples it to."""
 
     index: int  # in the batch
-    path: Path
+    ctx: RenderContext
     encoded: np.ndarray  # the file's bytes
     size_hw: np.ndarray  # float32 [height, width] DALI resamples the stored (not yet upright) pixels to
-    orientation: int
-    upright_w: int
-    upright_h: int
     target_w: int  # the same size, upright
     target_h: int
-    icc: bytes | None
-    placements: list[Placement]
-    spec: ThumbnailSpec
-    stem: str
 
 
 class DaliBackend:
@@ -114,10 +116,13 @@ class DaliBackend:
         preallocate_height_hint: int = 0,
         device_memory_padding: int = 16 << 20,
         host_memory_padding: int = 8 << 20,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int = ONE_SHOT_MAX_PIXELS,
         headroom: float = DEFAULT_HEADROOM,
-        fallback: VipsBackend | None = None,
+        fallback: Backend | None = None,
+        timings: Timings | None = None,
     ) -> None:
+        """`fallback` renders what DALI refuses or fails on (`render`: a vips backend where none is given); without
+        one `render_batch` answers `Refused` for it."""
         if device not in ("gpu", "cpu"):
             raise ValueError(f"device must be 'gpu' or 'cpu', not {device!r}")
         if max_batch < 1:
@@ -138,46 +143,47 @@ class DaliBackend:
         }
         self.max_pixels = max_pixels
         self.headroom = headroom
-        self.fallback = fallback or VipsBackend(headroom)
+        self.fallback = fallback
+        self.timings = timings  # seconds per stage, added up here when given (the benchmarks' hook)
         self._lock = threading.Lock()
         self._pipe = None
 
     # -- the Backend protocol, and batches ------------------------------------------------------------------------
 
     def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        (result,) = self.render_batch([(path, fmt, spec, stem)])
+        item = (path, fmt, spec, stem)
+        (result,) = self.render_batch([item])
+        result = refer(item, result, self.fallback or VipsBackend(self.headroom, self.timings))
         if isinstance(result, BaseException):
             raise result
-        return result
+        return result  # type: ignore[return-value]  # a refusal was referred just above
 
-    def render_batch(self, items: Sequence[Item]) -> list[list[Rendition] | Exception]:
-        """One result per item, in order: its renditions, or the exception rendering it raised (`CorruptImage` for
-        a broken file). Items DALI cannot take, or that fail in it, are rendered by the vips fallback; one item's
-        failure never fails the others."""
-        results: list[list[Rendition] | Exception | None] = [None] * len(items)
-        to_vips: list[int] = []
-        jobs: list[_Job] = []
-        for index, (path, fmt, spec, stem) in enumerate(items):
+    def render_batch(
+        self, items: Sequence[Item], on_result: OnResult | None = None, routes: Sequence[Route] | None = None
+    ) -> list[Result]:
+        """One result per item, in order (the `BatchBackend` contract). What DALI does not take (`refusal`), or
+        fails on alone, is refused: rendered by the fallback where there is one."""
+        results: list[Result | None] = [None] * len(items)
+
+        def done(index: int, result: Result) -> None:
+            results[index] = result = refer(items[index], result, self.fallback)
+            if on_result is not None:
+                on_result(index, result)
+
+        samples: list[DaliSample] = []
+        for index, item in enumerate(items):
             try:
-                job = self._plan(index, path, fmt, spec, stem)
+                sample = self._prepare(index, item)
             except Exception as exc:  # an unreadable header or file: vips says what is wrong with it
-                job = f"the header cannot be read ({type(exc).__name__})"
-            if isinstance(job, str):
-                log.debug("%s goes to vips: %s", path.name, job)
-                to_vips.append(index)
+                sample = Refused(f"the header cannot be read ({type(exc).__name__})")
+            if isinstance(sample, Refused):
+                log.debug("%s goes to vips: %s", item[0].name, sample.reason)
+                done(index, sample)
             else:
-                jobs.append(job)
-        for start in range(0, len(jobs), self.max_batch):
-            for job, pixels in self._resample(jobs[start : start + self.max_batch]):
-                if pixels is not None:
-                    try:
-                        results[job.index] = self._finish(job, pixels)
-                        continue
-                    except Exception as exc:
-                        log.warning("finishing %s after DALI failed (%s); vips takes it", job.path.name, exc)
-                to_vips.append(job.index)
-        for index in sorted(to_vips):
-            results[index] = _outcome(self.fallback.render, *items[index])
+                samples.append(sample)
+        for start in range(0, len(samples), self.max_batch):
+            for sample, pixels in self._resample(samples[start : start + self.max_batch]):
+                done(sample.index, self._finish(sample, pixels))
         return results  # type: ignore[return-value]  # every slot is filled above
 
     def start(self) -> None:
@@ -212,49 +218,28 @@ class DaliBackend:
             return "a grey ICC profile (DALI decodes to RGB)"
         if header.width * header.height > self.max_pixels:
             return f"{header.width}x{header.height} is over the one-shot cap of {self.max_pixels:,} pixels"
-        if any(p.crops and p.resize_w * p.resize_h > overflow_budget(p) for p in placements):
+        if any(overflows(p) for p in placements):
             return "a cover of an extreme aspect ratio"
         return file_damage(fmt, data)
 
-    def _plan(self, index: int, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> _Job | str:
-        header = open_image(path, fmt, access="sequential")
-        orientation = header.get("orientation") if header.get_typeof("orientation") else 1
-        if orientation not in range(1, 9):
-            orientation = 1
-        swap = orientation in SWAPS_AXES
-        up_w, up_h = (header.height, header.width) if swap else (header.width, header.height)
-        placements = plan(up_w, up_h, spec)
-        data = path.read_bytes()
-        reason = self.refusal(fmt, header, data, placements)
+    def _prepare(self, index: int, item: Item) -> DaliSample | Refused:
+        ctx = prepare(item, self.timings)
+        data = ctx.path.read_bytes()
+        reason = self.refusal(ctx.fmt, ctx.header, data, ctx.placements)
         if reason:
-            return reason
-        target_w, target_h = self._target(up_w, up_h, placements)
-        stored_w, stored_h = (target_h, target_w) if swap else (target_w, target_h)
-        icc = header.get("icc-profile-data") if header.get_typeof("icc-profile-data") else None
-        return _Job(
-            index=index,
-            path=path,
-            encoded=np.frombuffer(data, np.uint8),
-            size_hw=np.array([stored_h, stored_w], np.float32),
-            orientation=orientation,
-            upright_w=up_w,
-            upright_h=up_h,
-            target_w=target_w,
-            target_h=target_h,
-            icc=icc,
-            placements=placements,
-            spec=spec,
-            stem=stem,
+            return Refused(reason)
+        target_w, target_h = self._target(ctx)
+        stored_w, stored_h = (target_h, target_w) if ctx.swaps_axes else (target_w, target_h)
+        return DaliSample(
+            index, ctx, np.frombuffer(data, np.uint8), np.array([stored_h, stored_w], np.float32), target_w, target_h
         )
 
-    def _target(self, up_w: int, up_h: int, placements: list[Placement]) -> tuple[int, int]:
+    def _target(self, ctx: RenderContext) -> tuple[int, int]:
         """What DALI resamples to (upright): the one size itself, or the shared intermediate of several."""
-        if len(placements) == 1:
-            return placements[0].resize_w, placements[0].resize_h
-        largest_w = max(p.resize_w for p in placements)
-        largest_h = max(p.resize_h for p in placements)
-        scale = intermediate_scale(up_w, up_h, largest_w, largest_h, self.headroom)
-        return max(1, round(up_w * scale)), max(1, round(up_h * scale))
+        if len(ctx.placements) == 1:
+            return ctx.placements[0].resize_w, ctx.placements[0].resize_h
+        scale = intermediate_scale(ctx.up_w, ctx.up_h, *ctx.largest, self.headroom)
+        return max(1, round(ctx.up_w * scale)), max(1, round(ctx.up_h * scale))
 
     # -- the pipeline ---------------------------------------------------------------------------------------------
 
@@ -289,47 +274,57 @@ class DaliBackend:
 
         return graph()
 
-    def _run(self, jobs: list[_Job]) -> list[np.ndarray]:
+    def _run(self, samples: list[DaliSample]) -> list[np.ndarray]:
         with self._lock:
             if self._pipe is None:
                 self._pipe = self._build()
             try:
-                self._pipe.feed_input(_ENCODED, [job.encoded for job in jobs])
-                self._pipe.feed_input(_SIZE, [job.size_hw for job in jobs])
-                (out,) = self._pipe.run()
-                if self.device == "gpu":
-                    out = out.as_cpu()
-                # Copies: the pipeline reuses its output buffers on the next run.
-                return [np.array(out[i]) for i in range(len(jobs))]
+                self._pipe.feed_input(_ENCODED, [sample.encoded for sample in samples])
+                self._pipe.feed_input(_SIZE, [sample.size_hw for sample in samples])
+                with stage(self.timings, "dali-run"):
+                    (out,) = self._pipe.run()
+                with stage(self.timings, "copy"):
+                    if self.device == "gpu":
+                        out = out.as_cpu()
+                    # Copies: the pipeline reuses its output buffers on the next run.
+                    return [np.array(out[i]) for i in range(len(samples))]
             except Exception:
                 self._pipe = None  # "Current pipeline object is no longer valid": build a new one next time
                 raise
 
-    def _resample(self, jobs: list[_Job]) -> list[tuple[_Job, np.ndarray | None]]:
-        """Each job with its resampled pixels, or with None where DALI failed on it: a failing batch is split in
+    def _resample(self, samples: list[DaliSample]) -> list[tuple[DaliSample, np.ndarray | Refused]]:
+        """Each sample with its resampled pixels, or refused where DALI failed on it: a failing batch is split in
         halves until the image that fails alone is found."""
         try:
-            return list(zip(jobs, self._run(jobs), strict=True))
+            return list(zip(samples, self._run(samples), strict=True))
         except Exception as exc:
-            if len(jobs) == 1:
-                log.warning("DALI cannot decode %s (%s); vips takes it", jobs[0].path.name, _dali_message(exc))
-                return [(jobs[0], None)]
-        half = len(jobs) // 2
-        return self._resample(jobs[:half]) + self._resample(jobs[half:])
+            if len(samples) == 1:
+                message = _dali_message(exc)
+                log.warning("DALI cannot decode %s (%s); vips takes it", samples[0].ctx.path.name, message)
+                return [(samples[0], Refused(f"DALI failed on it: {message}"))]
+        half = len(samples) // 2
+        return self._resample(samples[:half]) + self._resample(samples[half:])
 
     # -- on the host ----------------------------------------------------------------------------------------------
 
-    def _finish(self, job: _Job, pixels: np.ndarray) -> list[Rendition]:
-        stored_h, stored_w = (int(v) for v in job.size_hw)
-        if pixels.shape != (stored_h, stored_w, 3):
-            raise RuntimeError(f"DALI gave {pixels.shape}, not {(stored_h, stored_w, 3)}")
-        image = pyvips.Image.new_from_array(pixels).copy(interpretation="srgb")
-        image.set_type(pyvips.GValue.gint_type, "orientation", job.orientation)
-        if job.icc:
-            image.set_type(pyvips.GValue.blob_type, "icc-profile-data", job.icc)
-        # DALI maps the whole source onto the whole target: the target's size is the source's exact extent.
-        source = Source(image, job.orientation, job.upright_w, job.upright_h, job.target_w, job.target_h)
-        return render_sizes(source, job.placements, job.spec, job.stem)
+    def _finish(self, sample: DaliSample, pixels: np.ndarray | Refused) -> Result:
+        if isinstance(pixels, Refused):
+            return pixels
+        ctx = sample.ctx
+        try:
+            stored_h, stored_w = (int(v) for v in sample.size_hw)
+            if pixels.shape != (stored_h, stored_w, 3):
+                raise RuntimeError(f"DALI gave {pixels.shape}, not {(stored_h, stored_w, 3)}")
+            image = pyvips.Image.new_from_array(pixels).copy(interpretation="srgb")
+            image.set_type(pyvips.GValue.gint_type, "orientation", ctx.orientation)
+            if ctx.header.get_typeof("icc-profile-data"):
+                image.set_type(pyvips.GValue.blob_type, "icc-profile-data", ctx.header.get("icc-profile-data"))
+            # DALI maps the whole source onto the whole target: the target's size is the source's exact extent.
+            source = Source(image, ctx.orientation, ctx.up_w, ctx.up_h, sample.target_w, sample.target_h)
+            return render_sizes(ctx, source)
+        except Exception as exc:
+            log.warning("finishing %s after DALI failed (%s); vips takes it", ctx.path.name, exc)
+            return Refused(f"finishing after DALI failed ({type(exc).__name__})")
 
 
 # -- file structure ---------------------------------------------------------------------------------------------------
@@ -346,7 +341,6 @@ def file_damage(fmt: str, data: bytes) -> str | None:
     return None
 
 
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
 _HUFFMAN_SEQUENTIAL = frozenset({0xC0, 0xC1})
 
 
@@ -361,43 +355,32 @@ def jpeg_damage(data: bytes) -> str | None:
     if data[:2] != b"\xff\xd8":
         return "it does not start with a JPEG start-of-image marker"
     markers = _Markers(data)
-    n = len(data)
-    pos, restart = 2, 0
+    restart = 0
     frame: tuple[int, int, int, int, tuple[int, int]] | None = None  # marker, width, height, components, units
     scans: list[tuple[int, int, int]] = []  # (components, bytes of image data, restart markers)
-    while True:
-        if pos >= n:
-            return "the file ends before its end-of-image marker"
-        if data[pos] != 0xFF:
-            return f"bytes where a marker should be, at offset {pos}"
-        while pos < n and data[pos] == 0xFF:  # fill bytes may precede a marker
-            pos += 1
-        if pos >= n:
-            return "the file ends before its end-of-image marker"
-        marker = data[pos]
-        pos += 1
-        if marker == 0xD9:  # EOI
-            break
-        if 0xD0 <= marker <= 0xD8 or marker in (0x00, 0x01):
-            return f"a stray marker 0xFF{marker:02X} at offset {pos - 2}"
-        if pos + 2 > n:
-            return "the file ends inside a segment"
-        length = int.from_bytes(data[pos : pos + 2], "big")
-        if length < 2 or pos + length > n:
-            return f"segment 0xFF{marker:02X} runs past the end of the file"
-        body = data[pos + 2 : pos + length]
-        pos += length
-        if marker == 0xDD and len(body) >= 2:  # DRI
-            restart = int.from_bytes(body[:2], "big")
-        elif marker in _SOF and len(body) >= 6:
-            width, height = int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big")
-            frame = (marker, width, height, body[5], _coding_units(body))
-        elif marker == 0xDA:  # SOS: entropy-coded image data follows, up to the next marker that is not RSTn
-            end, restarts, damage = markers.scan_end(pos, restart)
-            if damage:
-                return damage
-            scans.append((body[0] if body else 0, end - pos, restarts))
-            pos = end
+    components = 0  # of the scan being walked
+
+    def scan_end(start: int) -> int:
+        end, restarts, damage = markers.scan_end(start, restart)
+        if damage:
+            raise JpegDamage(damage)
+        scans.append((components, end - start, restarts))
+        return end
+
+    try:
+        for marker, at, end in jpeg_segments(data, scan_end):
+            body = data[at:end]
+            if marker in JPEG_STANDALONE:
+                return f"a stray marker 0xFF{marker:02X} at offset {at}"
+            if marker == 0xDD and len(body) >= 2:  # DRI
+                restart = int.from_bytes(body[:2], "big")
+            elif marker in JPEG_SOF and len(body) >= 6:
+                width, height = int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big")
+                frame = (marker, width, height, body[5], _coding_units(body))
+            elif marker == 0xDA:  # SOS: the walk reads its image data with `scan_end`
+                components = body[0] if body else 0
+    except JpegDamage as exc:
+        return str(exc)
     if frame and frame[0] in _HUFFMAN_SEQUENTIAL and len(scans) == 1 and scans[0][0] == frame[3]:
         (mcus, blocks), (_, size, restarts) = frame[4], scans[0]
         if size * 4 < blocks:
@@ -452,13 +435,6 @@ class _Markers:
         return int(self.offsets[stop]), len(restarts), None
 
 
-def _outcome(render: Callable[..., list[Rendition]], *args) -> list[Rendition] | Exception:
-    try:
-        return render(*args)
-    except Exception as exc:
-        return exc
-
-
 def _dali_message(exc: BaseException) -> str:
     """DALI's errors carry the pipeline definition's traceback: the lines that say what went wrong."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -466,4 +442,4 @@ def _dali_message(exc: BaseException) -> str:
     return " | ".join(keep or lines)[:300]
 
 
-__all__ = ["DALI_FORMATS", "DEFAULT_MAX_PIXELS", "DaliBackend", "dali_unavailable", "file_damage", "jpeg_damage"]
+__all__ = ["DALI_FORMATS", "DaliBackend", "DaliSample", "dali_unavailable", "file_damage", "jpeg_damage"]

@@ -1,4 +1,4 @@
-"""Per-image routing on GPU nodes: which backend renders each image of a batch.
+"""Per-image routing on GPU nodes: which backend renders each image, decided once per image, here (`decide`).
 
     route(format, (width, height, pages), one_shot_max_pixels):
         more than one page or frame      → vips   (the first frame, streamed, as the vips backend does it)
@@ -6,53 +6,47 @@
         not JPEG, PNG or WebP            → vips   (DALI's decoders do not take it here)
         anything else                    → dali   (one pipeline run per batch)
 
-That first cut needs only what the API's probe stored in the job (`job.source`: format, width, height, pages), so
-the worker makes it before the image is fetched. DALI makes the second cut itself after reading the header and the
-file's structure (`DaliBackend.refusal`: CMYK, alpha, 16-bit, a grey ICC profile, damage) and hands those images to
-its fallback, as it does an image that fails inside its pipeline: only that image, never its batch. `RoutedBackend`
-gives DALI a fallback that renders on vips in this process or, with `defer_vips` (the worker's GPU render process),
-answers `Deferred`, so the worker renders the image in its CPU render processes and the GPU process goes on with
-the next batch. A tiles render that fails for any reason but a corrupt file (CUDA out of memory, a driver error)
-is retried on vips the same way; a DALI batch that fails as a whole (the pipeline cannot be built) sends every
-image in it to vips.
+The decision needs only what the API's probe stored in the job (`job.source`: format, width, height, pages), so the
+worker makes it before the image reaches any render process: what goes to vips never reaches the GPU process, and
+the GPU process renders each image where the worker sent it. After that a GPU backend can only refuse an image
+(`base.Refused`): DALI after reading the header and the file's structure (`DaliBackend.refusal`: CMYK, alpha,
+16-bit, a grey ICC profile, damage) or after failing on it alone; tiles when it cannot load or fails for any reason
+but a corrupt file (CUDA out of memory, a driver error); and both for every image of a batch that fails as a whole.
+`RoutedBackend` renders a refused image on vips in this process or, with `defer_vips` (the worker's GPU render
+process), answers the refusal, so the worker renders it in its vips render processes and the GPU process goes on
+with the next batch.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from gpu_worker.backends.base import Rendition
+from gpu_worker.backends.base import (
+    DALI_FORMATS,
+    ONE_SHOT_MAX_PIXELS,
+    BatchBackend,
+    Item,
+    OnResult,
+    Refused,
+    Rendition,
+    Result,
+    Route,
+    SourceSize,
+    refer,
+)
 from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
-from thumbify.errors import ThumbifyError
 from thumbify.probe import open_image
-from thumbify.spec import ThumbnailSpec
 
 log = logging.getLogger(__name__)
 
-Route = Literal["dali", "tiles", "vips"]
-Item = tuple[Path, str, ThumbnailSpec, str]  # (source path, sniffed format, spec, stem): as `Backend.render` takes
-Hint = tuple[int, int, int]  # (width, height, pages) from the probe
-Result = list[Rendition] | Exception
-# What DALI's decoders take: `dali.DALI_FORMATS` (a test keeps them equal). Not imported from there: this module is
-# on every worker's import path, and the DALI backend needs NumPy, which CPU-only installs do not have.
-DALI_FORMATS = frozenset({"jpeg", "png", "webp"})
-DEFAULT_ONE_SHOT_MAX_PIXELS = 64_000_000
 DEFAULT_STRIP_ROWS = 256
 
 
-class Deferred(Exception):
-    """An item's result when the router leaves it to vips in another process (`defer_vips`): not an error."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def hint_from_source(source: dict[str, Any]) -> Hint | None:
+def source_size(source: dict[str, Any]) -> SourceSize | None:
     """(width, height, pages) from a job's `source` as the API stored it; None if it lacks them."""
     try:
         width, height = int(source["width"]), int(source["height"])
@@ -62,9 +56,19 @@ def hint_from_source(source: dict[str, Any]) -> Hint | None:
     return (width, height, pages) if width > 0 and height > 0 else None
 
 
-def route(fmt: str, hint: Hint, one_shot_max_pixels: int) -> tuple[Route, str]:
-    """Which backend takes an image of format `fmt` and size `hint`, and why."""
-    width, height, pages = hint
+def read_source_size(path: Path, fmt: str) -> SourceSize | None:
+    """(width, height, pages) from the file's header; None if it cannot be read (vips says what is wrong)."""
+    try:
+        header = open_image(path, fmt, access="sequential")
+        pages = header.get("n-pages") if header.get_typeof("n-pages") else 1
+        return header.width, header.height, pages
+    except Exception:
+        return None
+
+
+def route(fmt: str, size: SourceSize, one_shot_max_pixels: int) -> tuple[Route, str]:
+    """Which backend takes an image of format `fmt` and size `size`, and why."""
+    width, height, pages = size
     if pages > 1:
         return "vips", f"{pages} pages or frames"
     if width * height > one_shot_max_pixels:
@@ -74,24 +78,20 @@ def route(fmt: str, hint: Hint, one_shot_max_pixels: int) -> tuple[Route, str]:
     return "dali", "a still JPEG, PNG or WebP under the one-shot cap"
 
 
-class _VipsFallback:
-    """DALI's fallback: notes each image it is handed, then renders it on vips or defers it."""
-
-    def __init__(self, vips: VipsBackend, defer: bool) -> None:
-        self.vips = vips
-        self.defer = defer
-        self.paths: list[Path] = []
-
-    def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        self.paths.append(path)
-        if self.defer:
-            raise Deferred("DALI refused the image or failed on it")
-        return self.vips.render(path, fmt, spec, stem)
+def decide(path: Path, fmt: str, size: SourceSize | None, one_shot_max_pixels: int) -> Route:
+    """The one routing decision for an image: by its probed `size`, read from its header where missing."""
+    size = size or read_source_size(path, fmt)
+    if size is None:
+        return "vips"
+    where, reason = route(fmt, size, one_shot_max_pixels)
+    log.debug("%s → %s: %s", path.name, where, reason)
+    return where
 
 
 class RoutedBackend:
-    """dali + tiles + vips behind one backend: `render_batch` sends each image where `route` says, and to vips where
-    DALI or tiles cannot render it. Picklable until `start` (it then holds a DALI pipeline)."""
+    """dali + tiles + vips behind one batch backend: `render_batch` sends each image where it was routed (`decide`,
+    unless the caller decided already) and a refused one to vips. Picklable until `start` (it then holds a DALI
+    pipeline)."""
 
     def __init__(
         self,
@@ -99,10 +99,11 @@ class RoutedBackend:
         *,
         name: str | None = None,
         device_id: int = 0,
-        one_shot_max_pixels: int = DEFAULT_ONE_SHOT_MAX_PIXELS,
+        one_shot_max_pixels: int = ONE_SHOT_MAX_PIXELS,
         strip_rows: int = DEFAULT_STRIP_ROWS,
         headroom: float = DEFAULT_HEADROOM,
         defer_vips: bool = False,
+        timings: dict[str, float] | None = None,
         **dali_options: Any,
     ) -> None:
         """`dali_options` go to `DaliBackend` as they are (max_batch, num_threads, hw_decoder_load, ...)."""
@@ -112,14 +113,14 @@ class RoutedBackend:
         self.device = device
         self.device_id = device_id
         self.headroom = headroom
+        self.timings = timings  # seconds per stage, added up here when given (the benchmarks' hook)
         self.dali_options = {**dali_options, "max_pixels": one_shot_max_pixels, "headroom": headroom}
         self.one_shot_max_pixels = one_shot_max_pixels
         self.strip_rows = strip_rows
         self.defer_vips = defer_vips
-        self.vips = VipsBackend(headroom)
+        self.vips = VipsBackend(headroom, timings)
         self.routes: Counter[str] = Counter()  # which backend rendered each image, over this backend's life
         self.last_routes: list[str] = []  # the same for the last batch, in its order
-        self._fallback = _VipsFallback(self.vips, defer_vips)
         self._dali: Any = None
         self._tiles: Any = None
         self.tiles_missing: str | None = None
@@ -148,18 +149,22 @@ class RoutedBackend:
             from gpu_worker.backends.dali import DaliBackend
 
             device_id = self.device_id if self.device == "gpu" else None
-            self._dali = DaliBackend(self.device, device_id=device_id, fallback=self._fallback, **self.dali_options)
+            self._dali = DaliBackend(self.device, device_id=device_id, timings=self.timings, **self.dali_options)
         return self._dali
 
     @property
     def tiles(self):
-        """The tiles backend, or None where it cannot load (then vips takes the huge images: it streams too)."""
+        """The tiles backend, or None where it cannot load (then it refuses the huge images: vips streams them)."""
         if self._tiles is None and self.tiles_missing is None:
             try:
                 from gpu_worker.backends.tiles import TilesBackend
 
                 self._tiles = TilesBackend(
-                    self.device, strip_rows=self.strip_rows, headroom=self.headroom, device_id=self.device_id
+                    self.device,
+                    strip_rows=self.strip_rows,
+                    headroom=self.headroom,
+                    device_id=self.device_id,
+                    timings=self.timings,
                 )
             except Exception as exc:
                 self.tiles_missing = f"{type(exc).__name__}: {exc}"
@@ -183,96 +188,62 @@ class RoutedBackend:
 
     # -- rendering --------------------------------------------------------------------------------------------------
 
-    def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        (result,) = self.render_batch([(path, fmt, spec, stem)])
+    def render(self, path: Path, fmt: str, spec, stem: str) -> list[Rendition]:
+        item = (path, fmt, spec, stem)
+        (result,) = self.render_batch([item])
+        result = refer(item, result, self.vips)
         if isinstance(result, BaseException):
             raise result
-        return result
+        return result  # type: ignore[return-value]  # a refusal was referred just above
+
+    def decide(self, item: Item, size: SourceSize | None = None) -> Route:
+        return decide(item[0], item[1], size, self.one_shot_max_pixels)
 
     def render_batch(
-        self,
-        items: Sequence[Item],
-        hints: Sequence[Hint | None] | None = None,
-        on_result: Callable[[int, Result], None] | None = None,
+        self, items: Sequence[Item], on_result: OnResult | None = None, routes: Sequence[Route] | None = None
     ) -> list[Result]:
-        """One result per item, in order: its renditions, or the exception rendering it raised (`Deferred` for
-        one left to vips elsewhere). `hints` are the items' probed sizes (read from the header where missing);
-        `on_result(index, result)` is called as each result is known."""
+        """One result per item, in order (the `BatchBackend` contract); `Refused` only with `defer_vips`."""
+        routes = list(routes) if routes is not None else [self.decide(item) for item in items]
         results: list[Result | None] = [None] * len(items)
-        routes = [""] * len(items)
+        rendered_on = list(routes)
 
-        def done(index: int, result: Result, where: str) -> None:
-            results[index], routes[index] = result, where
+        def done(index: int, result: Result) -> None:
+            if isinstance(result, Refused):
+                rendered_on[index] = "vips"
+                result = refer(items[index], result, None if self.defer_vips else self.vips)
+            results[index] = result
             if on_result is not None:
                 on_result(index, result)
 
-        groups: dict[str, list[int]] = {"dali": [], "tiles": [], "vips": []}
-        for index, item in enumerate(items):
-            groups[self.choose(item, hints[index] if hints else None)].append(index)
-        if groups["dali"]:
-            self._run_dali(items, groups["dali"], done)
-        for index in groups["tiles"]:
-            self._run_tiles(items[index], index, done)
-        for index in groups["vips"]:
-            done(index, self._on_vips(items[index]), "vips")
-        self.last_routes = routes
-        self.routes.update(routes)
+        for where, backend in (("dali", lambda: self.dali), ("tiles", lambda: self.tiles)):
+            indices = [i for i, r in enumerate(routes) if r == where]
+            if indices:
+                self._run(backend(), where, items, indices, done)
+        for index, where in enumerate(routes):
+            if where == "vips":
+                done(index, Refused("routed to vips"))
+        self.last_routes = rendered_on
+        self.routes.update(rendered_on)
         return results  # type: ignore[return-value]  # every slot is filled above
 
-    def choose(self, item: Item, hint: Hint | None = None) -> Route:
-        path, fmt, _, _ = item
-        if hint is None:
-            try:
-                header = open_image(path, fmt, access="sequential")
-                pages = header.get("n-pages") if header.get_typeof("n-pages") else 1
-                hint = (header.width, header.height, pages)
-            except Exception:  # unreadable: vips says what is wrong with it
-                return "vips"
-        where, reason = route(fmt, hint, self.one_shot_max_pixels)
-        if where == "tiles" and self.tiles is None:
-            where, reason = "vips", f"{reason}, and the tiles backend cannot load"
-        log.debug("%s → %s: %s", path.name, where, reason)
-        return where
-
-    def _run_dali(self, items: Sequence[Item], indices: list[int], done: Callable[[int, Result, str], None]) -> None:
-        self._fallback.paths.clear()
-        try:
-            out = self.dali.render_batch([items[i] for i in indices])
-        except Exception as exc:  # the pipeline could not be built or run at all (device lost, out of memory)
-            log.warning("DALI failed on a whole batch of %d (%s); vips takes each image", len(indices), exc)
+    def _run(self, backend: BatchBackend | None, where: str, items: Sequence[Item], indices: list[int], done) -> None:
+        if backend is None:
             for index in indices:
-                done(index, self._on_vips(items[index]), "vips")
+                done(index, Refused(f"the {where} backend cannot load"))
             return
-        handed = set(self._fallback.paths)
-        for index, result in zip(indices, out, strict=True):
-            done(index, result, "vips" if items[index][0] in handed else "dali")
+        answered: set[int] = set()
 
-    def _run_tiles(self, item: Item, index: int, done: Callable[[int, Result, str], None]) -> None:
-        result: Result
+        def answer(k: int, result: Result) -> None:
+            answered.add(indices[k])
+            done(indices[k], result)
+
         try:
-            result = self.tiles.render(*item)  # `choose` sent it here: the backend is loaded
-        except ThumbifyError as exc:  # a corrupt file: vips would say the same
-            result = exc
-        except Exception as exc:  # out of GPU memory, a driver error: not the image's fault
-            log.warning("tiles failed on %s (%s: %s); vips takes it", item[0].name, type(exc).__name__, exc)
-            done(index, self._on_vips(item), "vips")
-            return
-        done(index, result, "tiles")
-
-    def _on_vips(self, item: Item) -> Result:
-        if self.defer_vips:
-            return Deferred("routed to vips")
-        try:
-            return self.vips.render(*item)
-        except Exception as exc:
-            return exc
+            backend.render_batch([items[i] for i in indices], on_result=answer)
+        except Exception as exc:  # the pipeline could not be built or run at all (device lost, out of memory)
+            log.warning("%s failed on a whole batch of %d (%s); vips takes each image", where, len(indices), exc)
+            for index in indices:
+                if index not in answered:
+                    done(index, Refused(f"{where} failed on its whole batch ({type(exc).__name__})"))
 
 
-__all__ = [
-    "DALI_FORMATS",
-    "Deferred",
-    "Hint",
-    "RoutedBackend",
-    "hint_from_source",
-    "route",
-]
+__all__ = ["DEFAULT_STRIP_ROWS", "RoutedBackend", "decide", "read_source_size", "route", "source_size"]

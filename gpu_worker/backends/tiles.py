@@ -1,28 +1,28 @@
 """The huge-image backend: libvips decodes sequential row strips, `kernels` resamples them as they come.
 
-For images over the one-shot pixel cap, or that DALI cannot decode. One job is one short list of steps:
+For images over the one-shot pixel cap. One job is one short list of steps:
 
-    header → plan the sizes (`finish.plan`) → open for sequential access, shrunk on load where the format allows
-    (JPEG's DCT scaling, WebP's scaled decode; the rule and the headroom of the vips backend) → read row strips in
+    the prepared context (`context.prepare`: header, plan) → open for sequential access, shrunk on load where the
+    format allows (JPEG's DCT scaling, WebP's scaled decode; the rule and headroom of the vips backend) → read strips in
     order into a small ring of host buffers (page-locked on the GPU) on a reader thread, so libvips decodes strip
     k+1 while strip k is resampled → each strip (premultiplied if it has alpha) to `kernels.StripResampler`, on
     CuPy (device="gpu") or its NumPy twin (device="cpu"), to one small image → the shared finishing steps
-    (`finish.render_sizes`: per size resize → upright → sRGB → crop or pad → flatten → encode) from that image.
+    (`finishing.render_sizes`: per size resize → upright → sRGB → crop or pad → flatten → encode) from that image.
 
 What the strip driver resamples to: with one size and an exact decode (no DCT shrink), that size itself, so the
 finishing resize is the identity and every output pixel is one Lanczos-3 pass over the source; otherwise the vips
-backend's shared intermediate, `headroom`× the largest size (`finish.intermediate_scale`), from which every size is
+backend's shared intermediate, `headroom`× the largest size (`plan.intermediate_scale`), from which every size is
 cut. The source's exact extent rides along as the vips backend's does: a JPEG decoded at 1/s has floor(n / s)
 pixels but covers n / s of them, and the driver maps decoded pixels onto output pixels by their ratio, so the
 extent scales by exactly that ratio and the finishing resize uses it.
 
 Colour: pixels are resampled as decoded (as the vips backend and DALI do: resample first, convert the small
 image), so a CMYK or ICC-tagged source costs one colour transform on the intermediate, not on a gigapixel image; the
-intermediate carries the source's interpretation and profile, and `finish` converts it to sRGB. Only samples the
+intermediate carries the source's interpretation and profile, and `finishing` converts it to sRGB. Only samples the
 kernels cannot take (float, 32-bit, signed) are turned into 8-bit sRGB before the strips are read. 16-bit samples
-stay 16-bit through the kernels; `finish` makes them 8-bit at the end.
+stay 16-bit through the kernels; `finishing` makes them 8-bit at the end.
 
-Alpha: resampled premultiplied (as `finish.resize` does), so transparent pixels do not bleed their hidden colour
+Alpha: resampled premultiplied (as `finishing.resize` does), so transparent pixels do not bleed their hidden colour
 into visible edges. 8-bit RGBA is premultiplied into 16 bits per strip (value·alpha·257/255, alpha·257), so
 premultiplying loses nothing; 16-bit is premultiplied in 16 bits. The intermediate is unpremultiplied back to the
 source's depth. On the GPU this runs on the device, on the uploaded strip.
@@ -34,8 +34,8 @@ ring of two strip buffers (2 × strip_rows × width × bands × bytes per sample
 libvips' own sequential read-behind, and the small intermediate (bounded by the spec's sizes, not the source).
 (libvips maps a JPEG source file into memory to decode it, as it does for the vips backend: the pages read count
 in RSS as clean, reclaimable file pages, up to the file's size; anonymous memory stays as above.) A
-`cover` of an extreme aspect ratio, which `finish.cut_overflow` cuts to a centre band first, goes to the vips
-backend (it streams too): the band's pixel density would make the intermediate as large as the cut avoids.
+`cover` of an extreme aspect ratio, which `finishing.cut_overflow` cuts to a centre band first, is refused (the vips
+backend renders it: it streams too): the band's pixel density would make the intermediate as large as the cut avoids.
 """
 
 from __future__ import annotations
@@ -43,30 +43,23 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyvips
 
-from gpu_worker.backends.base import Rendition
-from gpu_worker.backends.finish import (
-    SWAPS_AXES,
-    Source,
-    decode_errors,
-    decoded,
-    decoded_upright,
-    exact_extent,
-    intermediate_scale,
-    load_shrunk,
-    overflow_budget,
-    read_header,
-    render_sizes,
-    to_srgb,  # the shared "to 8-bit sRGB" step; only for samples the kernels cannot take
-)
+from gpu_worker.backends.base import Backend, Item, OnResult, Refused, Rendition, Result, Route, refer
+from gpu_worker.backends.context import RenderContext, Timings, prepare, stage
+from gpu_worker.backends.decode import Source, decode_errors, decoded, decoded_upright, load_source
+
+# `to_srgb`: the shared "to 8-bit sRGB" step, here only for samples the kernels cannot take
+from gpu_worker.backends.finishing import render_sizes, to_srgb
+from gpu_worker.backends.plan import intermediate_scale
 from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
 from kernels import StripResampler, get_backend
-from thumbify.geometry import Placement
+from thumbify.errors import ThumbifyError
 from thumbify.spec import ThumbnailSpec
 
 log = logging.getLogger(__name__)
@@ -103,8 +96,11 @@ class TilesBackend:
         strip_rows: int = DEFAULT_STRIP_ROWS,
         headroom: float = DEFAULT_HEADROOM,
         device_id: int = 0,
-        fallback: VipsBackend | None = None,
+        fallback: Backend | None = None,
+        timings: Timings | None = None,
     ) -> None:
+        """`fallback` renders what this backend refuses (`render`: a vips backend where none is given); without one
+        `render_batch` answers `Refused` for it."""
         if device not in ("gpu", "cpu"):
             raise ValueError(f"device must be 'gpu' or 'cpu', not {device!r}")
         if strip_rows < 1:
@@ -113,52 +109,78 @@ class TilesBackend:
         self.strip_rows = strip_rows
         self.headroom = headroom
         self.device_id = device_id
-        self.fallback = fallback or VipsBackend(headroom)
+        self.fallback = fallback
+        self.timings = timings  # seconds per stage, added up here when given (the benchmarks' hook)
         # The last render's strip driver, for checking the memory bound (`peak_bytes`) in tests and benchmarks.
         self.last_driver: StripResampler | None = None
 
-    # -- the Backend protocol ---------------------------------------------------------------------------------------
+    # -- the Backend and BatchBackend protocols ---------------------------------------------------------------------
 
     def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        with decode_errors(fmt):
-            return self._render(path, fmt, spec, stem)
+        result = self._render_or_refuse((path, fmt, spec, stem))
+        if isinstance(result, Refused):
+            log.debug("%s goes to vips: %s", path.name, result.reason)
+            return (self.fallback or VipsBackend(self.headroom, self.timings)).render(path, fmt, spec, stem)
+        return result
 
-    def _render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        header = read_header(path, fmt, spec)
-        orientation, up_w, up_h, placements = header.orientation, header.up_w, header.up_h, header.placements
-        swap = orientation in SWAPS_AXES
-        if any(_overflows(p) for p in placements):
-            log.debug("%s goes to vips: a cover of an extreme aspect ratio", path.name)
-            return self.fallback.render(path, fmt, spec, stem)
-        largest_w = max(p.resize_w for p in placements)
-        largest_h = max(p.resize_h for p in placements)
+    def render_batch(
+        self, items: Sequence[Item], on_result: OnResult | None = None, routes: Sequence[Route] | None = None
+    ) -> list[Result]:
+        """One image after another; what fails for any reason but a corrupt file (CUDA out of memory, a driver
+        error: not the image's fault) is refused, so vips renders it."""
+        results: list[Result] = []
+        for index, item in enumerate(items):
+            result: Result
+            try:
+                result = self._render_or_refuse(item)
+            except ThumbifyError as exc:  # a corrupt file: vips would say the same
+                result = exc
+            except Exception as exc:
+                log.warning("tiles failed on %s (%s: %s); vips takes it", item[0].name, type(exc).__name__, exc)
+                result = Refused(f"the tiles backend failed on it ({type(exc).__name__})")
+            result = refer(item, result, self.fallback)
+            results.append(result)
+            if on_result is not None:
+                on_result(index, result)
+        return results
 
-        image, shrink = load_shrunk(path, fmt, up_w, up_h, largest_w, largest_h, self.headroom)
-        extent_w, extent_h = exact_extent(image, header, shrink)
+    def start(self) -> None:
+        pass  # nothing to build ahead: the kernels compile on first use and are cached
+
+    def close(self) -> None:
+        pass
+
+    def _render_or_refuse(self, item: Item) -> list[Rendition] | Refused:
+        with decode_errors(item[1]):
+            ctx = prepare(item, self.timings)
+            if ctx.overflows():
+                return Refused("a cover of an extreme aspect ratio")
+            return self._render(ctx)
+
+    def _render(self, ctx: RenderContext) -> list[Rendition]:
+        source, shrink = load_source(ctx, self.headroom)
+        image, placements = source.image, ctx.placements
         # What the strip driver makes (upright): see the module's docstring.
         if len(placements) == 1 and shrink == 1:
             target_w, target_h = placements[0].resize_w, placements[0].resize_h
         else:
-            scale = intermediate_scale(extent_w, extent_h, largest_w, largest_h, self.headroom)
-            dec_w, dec_h = decoded_upright(image, orientation)
+            scale = intermediate_scale(source.extent_w, source.extent_h, *ctx.largest, self.headroom)
+            dec_w, dec_h = decoded_upright(image, ctx.orientation)
             target_w, target_h = max(1, round(dec_w * scale)), max(1, round(dec_h * scale))
-        out_w, out_h = (target_h, target_w) if swap else (target_w, target_h)  # as stored
+        out_w, out_h = (target_h, target_w) if ctx.swaps_axes else (target_w, target_h)  # as stored
 
         image = _kernel_ready(image)
         if (out_w, out_h) == (image.width, image.height):
             # Already the size wanted (a small source): nothing to resample, and small enough to hold.
-            small = decoded(image.copy_memory)
+            source = replace(source, image=decoded(image.copy_memory))
         else:
             pixels = self._resample(image, out_w, out_h)
-            small = _to_vips(pixels, image, orientation)
             fx, fy = out_w / image.width, out_h / image.height  # the driver maps decoded pixels by this ratio
-            if swap:
+            if ctx.swaps_axes:
                 fx, fy = fy, fx
-            extent_w, extent_h = extent_w * fx, extent_h * fy
-        source = Source(small, orientation, up_w, up_h, extent_w, extent_h)
-        return render_sizes(source, placements, spec, stem)
-
-    # -- decode -------------------------------------------------------------------------------------------------
+            small = _to_vips(pixels, image, ctx.orientation)
+            source = Source(small, ctx.orientation, ctx.up_w, ctx.up_h, source.extent_w * fx, source.extent_h * fy)
+        return render_sizes(ctx, source)
 
     # -- resample ----------------------------------------------------------------------------------------------
 
@@ -170,8 +192,10 @@ class TilesBackend:
         alpha = bool(image.hasalpha())
         driver = self.last_driver = StripResampler(image.width, image.height, out_w, out_h, backend="numpy")
         for strip in _strips(image, self.strip_rows, np.empty):
-            driver.push(_premultiply(strip, np) if alpha else strip)
-        out = driver.result()
+            with stage(self.timings, "resize"):
+                driver.push(_premultiply(strip, np) if alpha else strip)
+        with stage(self.timings, "resize"):
+            out = driver.result()
         return _unpremultiply(out, _sample_type(image)) if alpha else out
 
     def _resample_gpu(self, image: pyvips.Image, out_w: int, out_h: int) -> np.ndarray:
@@ -187,10 +211,12 @@ class TilesBackend:
                     strip = cp.empty(host.shape, host.dtype)
                     strip.set(host, stream=stream)  # asynchronous: the buffer is page-locked
                     copied = stream.record()
-                    driver.push(_premultiply(strip, cp) if alpha else strip)
+                    with stage(self.timings, "resize"):
+                        driver.push(_premultiply(strip, cp) if alpha else strip)
                     # The reader refills this buffer once it is handed back: only after the copy has landed.
                     copied.synchronize()
-                out = driver.result().get(stream=stream)
+                with stage(self.timings, "resize"):
+                    out = driver.result().get(stream=stream)
                 stream.synchronize()
         return _unpremultiply(out, _sample_type(image)) if alpha else out
 
@@ -327,7 +353,7 @@ def _unpremultiply(pixels: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _to_vips(pixels: np.ndarray, like: pyvips.Image, orientation: int) -> pyvips.Image:
-    """The resampled pixels as a libvips image that `finish` treats as it treats a decode: the source's
+    """The resampled pixels as a libvips image that `finishing` treats as it treats a decode: the source's
     interpretation, its ICC profile (converted to sRGB there), and its orientation (turned upright there)."""
     h, w, bands = pixels.shape
     pixels = np.ascontiguousarray(pixels)
@@ -337,10 +363,6 @@ def _to_vips(pixels: np.ndarray, like: pyvips.Image, orientation: int) -> pyvips
     if like.get_typeof("icc-profile-data"):
         image.set_type(pyvips.GValue.blob_type, "icc-profile-data", like.get("icc-profile-data"))
     return image
-
-
-def _overflows(placement: Placement) -> bool:
-    return placement.crops and placement.resize_w * placement.resize_h > overflow_budget(placement)
 
 
 __all__ = ["DEFAULT_STRIP_ROWS", "TilesBackend", "tiles_unavailable"]

@@ -2,7 +2,8 @@
 
 One decode per job, shrunk on load where the format allows (JPEG's DCT scaling, WebP's scaled decode), read
 sequentially so memory stays flat on huge images; then, per size, the same short list of steps (imgproxy's shape):
-resize → upright → sRGB → crop or pad → flatten → encode, with metadata stripped (`finish`, shared by every backend).
+resize → upright → sRGB → crop or pad → flatten → encode, with metadata stripped (`finishing`, shared by every
+backend).
 """
 
 from __future__ import annotations
@@ -10,20 +11,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import pyvips
-
 from gpu_worker.backends.base import Rendition
-from gpu_worker.backends.finish import (
-    Source,
-    decode_errors,
-    decoded,
-    exact_extent,
-    intermediate_scale,
-    load_shrunk,
-    read_header,
-    render_sizes,
-    resize,
-)
+from gpu_worker.backends.context import Timings, prepare
+from gpu_worker.backends.decode import Source, decode_errors, decoded, load_source
+from gpu_worker.backends.finishing import render_sizes, resize
+from gpu_worker.backends.plan import intermediate_scale
+from thumbify.probe import configure_vips
 from thumbify.spec import ThumbnailSpec
 
 # Each decoded axis keeps at least this many times the target's pixels before the final Lanczos-3 step.
@@ -32,41 +25,20 @@ from thumbify.spec import ThumbnailSpec
 DEFAULT_HEADROOM = 1.9
 
 
-def configure_vips(concurrency: int) -> None:
-    """Process-wide libvips settings for a long-running server: no operation cache (memory that never returns is
-    the peers' most common complaint), a bounded thread pool per image, and untrusted loaders blocked."""
-    pyvips.cache_set_max(0)
-    pyvips.cache_set_max_mem(0)
-    pyvips.cache_set_max_files(0)
-    if concurrency:
-        pyvips.vips_lib.vips_concurrency_set(concurrency)
-    if hasattr(pyvips, "block_untrusted_set"):
-        pyvips.block_untrusted_set(True)
-
-
 class VipsBackend:
     name = "vips"
 
-    def __init__(self, headroom: float = DEFAULT_HEADROOM) -> None:
+    def __init__(self, headroom: float = DEFAULT_HEADROOM, timings: Timings | None = None) -> None:
         self.headroom = headroom
+        self.timings = timings  # seconds per stage, added up here when given (the benchmarks' hook)
 
     def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
         with decode_errors(fmt):
-            return self._render(path, fmt, spec, stem)
-
-    def _render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        header = read_header(path, fmt, spec)
-        placements = header.placements
-        largest_w = max(p.resize_w for p in placements)
-        largest_h = max(p.resize_h for p in placements)
-        image, shrink = load_shrunk(path, fmt, header.up_w, header.up_h, largest_w, largest_h, self.headroom)
-        extent_w, extent_h = exact_extent(image, header, shrink)
-        source = Source(image, header.orientation, header.up_w, header.up_h, extent_w, extent_h)
-        if len(placements) > 1:
-            source = self._shared_intermediate(source, largest_w, largest_h)
-        return render_sizes(source, placements, spec, stem)
-
-    # -- decode -------------------------------------------------------------------------------------------------
+            ctx = prepare((path, fmt, spec, stem), self.timings)
+            source, _ = load_source(ctx, self.headroom)
+            if len(ctx.placements) > 1:
+                source = self._shared_intermediate(source, *ctx.largest)
+            return render_sizes(ctx, source)
 
     def _shared_intermediate(self, source: Source, target_w: int, target_h: int) -> Source:
         """For several sizes: one streamed reduction to `headroom`× the largest size, held in memory, so each size
@@ -84,4 +56,4 @@ class VipsBackend:
         )
 
 
-__all__ = ["VipsBackend", "configure_vips"]
+__all__ = ["DEFAULT_HEADROOM", "VipsBackend", "configure_vips"]
