@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from gpu_worker.backends.base import Backend
+from gpu_worker.backends.devices import cupy_unavailable
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 from thumbify.settings import Settings
 
@@ -27,24 +28,12 @@ class BackendUnavailable(SystemExit):
 def gpu_unavailable(device_id: int = 0) -> str | None:
     """Why this node cannot run the GPU backends on CUDA device `device_id`, or None if it can."""
     try:
-        from kernels import cuda_available
+        import kernels  # noqa: F401 - the GPU backends' kernels
     except ImportError as exc:  # a CPU-only install: no NumPy
         return f"the GPU modules cannot import ({exc})"
-    if not cuda_available():
-        try:
-            import cupy
-        except ImportError as exc:
-            return f"CuPy is not installed ({exc})"
-        try:
-            count = cupy.cuda.runtime.getDeviceCount()
-        except Exception as exc:  # no driver, no device: CUDA says which in its own words
-            return f"CUDA is not usable: {exc}"
-        return "CuPy sees no CUDA device" if count < 1 else "CuPy cannot use the CUDA device"
-    import cupy
-
-    count = cupy.cuda.runtime.getDeviceCount()
-    if device_id >= count:
-        return f"THUMBIFY_GPU_DEVICE_ID={device_id}, but CUDA sees {count} device(s)"
+    reason = cupy_unavailable(device_id)
+    if reason is not None:
+        return reason
     from gpu_worker.backends.dali import dali_unavailable
 
     reason = dali_unavailable("gpu")

@@ -306,6 +306,29 @@ def test_defer_vips_leaves_those_images_to_the_caller(tmp_path: Path) -> None:
     backend.close()
 
 
+def test_the_timings_hook_is_filled_per_stage_by_every_backend(tmp_path: Path) -> None:
+    """The benchmarks read each backend's stage times from the `timings` dict it is given (no monkeypatching)."""
+    # A PNG: no shrink on load, so the tiles backend's strip driver has something to resample.
+    it = item(tmp_path, "a.png", images.marked_image(640, 480).pngsave_buffer(), sizes="128,64", format="png")
+    finishing = {"finish+encode", "encode"}
+    made: dict[str, Callable] = {"vips": lambda t: VipsBackend(timings=t)}
+    if TILES_MISSING is None:
+        from gpu_worker.backends.tiles import TilesBackend
+
+        made["tiles"] = lambda t: TilesBackend("cpu", timings=t)
+    if DALI_MISSING is None:
+        from gpu_worker.backends.dali import DaliBackend
+
+        made["dali"] = lambda t: DaliBackend("cpu", num_threads=1, timings=t)
+        made["router"] = lambda t: RoutedBackend("cpu", num_threads=1, timings=t)
+    expected = {"vips": finishing, "tiles": finishing | {"resize"}, "dali": finishing | {"dali-run", "copy"}}
+    expected["router"] = expected["dali"]
+    for name, make in made.items():
+        timings: dict[str, float] = {}
+        assert names(make(timings).render(*it)) == ["thumb_a_128x96.png", "thumb_a_64x48.png"], name
+        assert set(timings) == expected[name] and all(v > 0 for v in timings.values()), (name, timings)
+
+
 # -- the GPU render process: batches in a child --------------------------------------------------------------------
 
 

@@ -53,6 +53,7 @@ import pyvips
 from gpu_worker.backends.base import Backend, Item, OnResult, Refused, Rendition, Result, Route, refer
 from gpu_worker.backends.context import RenderContext, Timings, prepare, stage
 from gpu_worker.backends.decode import Source, decode_errors, decoded, decoded_upright, load_source
+from gpu_worker.backends.devices import cupy_unavailable
 
 # `to_srgb`: the shared "to 8-bit sRGB" step, here only for samples the kernels cannot take
 from gpu_worker.backends.finishing import render_sizes, to_srgb
@@ -73,17 +74,7 @@ _VIPS_FORMATS = {np.dtype(np.uint8): "uchar", np.dtype(np.uint16): "ushort"}
 
 def tiles_unavailable(device: str = "gpu") -> str | None:
     """Why this machine cannot run the tiles backend on `device`, or None if it can ("cpu" always can)."""
-    if device == "cpu":
-        return None
-    try:
-        import cupy
-    except ImportError as exc:
-        return f"CuPy is not installed ({exc})"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # noqa: BLE001 - no driver, no device: CuPy says which in its own words
-        return f"CUDA is not usable: {exc}"
-    return None if count > 0 else "no CUDA device"
+    return None if device == "cpu" else cupy_unavailable()
 
 
 class TilesBackend:
