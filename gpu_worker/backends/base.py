@@ -89,11 +89,11 @@ def refer(item: Item, result: Result, fallback: Backend | None) -> Result:
         return exc
 
 
-def render_alone(backend: BatchBackend, item: Item) -> list[Rendition]:
-    """`Backend.render` for a batch backend: the renditions of a batch of one, or what rendering it raised."""
+def render_alone(backend: BatchBackend, item: Item, fallback: Backend) -> list[Rendition]:
+    """`Backend.render` for a batch backend: the renditions of a batch of one (by `fallback` if it is refused), or
+    what rendering it raised."""
     (result,) = backend.render_batch([item])
-    if isinstance(result, Refused):
-        raise RuntimeError(f"{backend.name} refused {item[0].name} and has no fallback: {result.reason}")
+    result = refer(item, result, fallback)
     if isinstance(result, BaseException):
         raise result
-    return result
+    return result  # type: ignore[return-value]  # a refusal was referred just above

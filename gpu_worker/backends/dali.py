@@ -58,6 +58,7 @@ from gpu_worker.backends.base import (
     Result,
     Route,
     refer,
+    render_alone,
 )
 from gpu_worker.backends.context import RenderContext, Timings, prepare, stage
 from gpu_worker.backends.decode import Source
@@ -151,12 +152,8 @@ class DaliBackend:
     # -- the Backend protocol, and batches ------------------------------------------------------------------------
 
     def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        item = (path, fmt, spec, stem)
-        (result,) = self.render_batch([item])
-        result = refer(item, result, self.fallback or VipsBackend(self.headroom, self.timings))
-        if isinstance(result, BaseException):
-            raise result
-        return result  # type: ignore[return-value]  # a refusal was referred just above
+        fallback = self.fallback or VipsBackend(self.headroom, self.timings)
+        return render_alone(self, (path, fmt, spec, stem), fallback)
 
     def render_batch(
         self, items: Sequence[Item], on_result: OnResult | None = None, routes: Sequence[Route] | None = None

@@ -37,6 +37,7 @@ from gpu_worker.backends.base import (
     Route,
     SourceSize,
     refer,
+    render_alone,
 )
 from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
 from thumbify.probe import open_image
@@ -189,12 +190,7 @@ class RoutedBackend:
     # -- rendering --------------------------------------------------------------------------------------------------
 
     def render(self, path: Path, fmt: str, spec, stem: str) -> list[Rendition]:
-        item = (path, fmt, spec, stem)
-        (result,) = self.render_batch([item])
-        result = refer(item, result, self.vips)
-        if isinstance(result, BaseException):
-            raise result
-        return result  # type: ignore[return-value]  # a refusal was referred just above
+        return render_alone(self, (path, fmt, spec, stem), self.vips)
 
     def decide(self, item: Item, size: SourceSize | None = None) -> Route:
         return decide(item[0], item[1], size, self.one_shot_max_pixels)
