@@ -56,6 +56,20 @@ def test_thumbnail_counts_both_outcomes_lists_failures_first_and_folds(mixed_fil
     assert sum(1 for line in every.stdout.splitlines() if "good" in line) == 24
 
 
+def test_damaged_files_never_fail_the_good_ones_beside_them(tmp_path: Path):
+    """Damage libvips meets in an image's last strip is read from its process-wide error buffer: images decoded side
+    by side in one process would read each other's. Half the files here are cut short, interleaved with good ones."""
+    files = []
+    for i in range(12):
+        good, bad = tmp_path / f"g{i:02}.jpg", tmp_path / f"t{i:02}.jpg"
+        good.write_bytes(make_jpeg(640, 480))
+        bad.write_bytes(truncated_jpeg(640, 480, 0.9))
+        files += [bad, good]
+    for _ in range(3):
+        done = cli("thumbnail", *map(str, files), "-o", str(tmp_path / "out"), image_processes=2)
+        assert "12 succeeded, 12 failed" in done.stderr, done.stdout + done.stderr
+
+
 def test_all_good_files_exit_0_with_the_count(mixed_files: list[Path], tmp_path: Path):
     done = cli("thumbnail", *map(str, mixed_files[3:6]), "-o", str(tmp_path), image_processes=1)
     assert done.returncode == 0 and "3 succeeded, 0 failed" in done.stderr, done.stderr

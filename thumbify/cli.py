@@ -3,9 +3,11 @@ importing them only inside the commands, so the core never depends on either."""
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Annotated
 
@@ -142,10 +144,8 @@ def thumbnail(
     """Thumbnail local files with the service's own pipeline, no server needed."""
     from pydantic import ValidationError
 
-    from gpu_worker.backends.vips import VipsBackend, configure_vips
-    from thumbify.errors import ThumbifyError, message_of
-    from thumbify.probe import probe_for
-    from thumbify.spec import ThumbnailSpec, safe_stem
+    from thumbify.errors import message_of
+    from thumbify.spec import ThumbnailSpec
 
     try:
         spec = ThumbnailSpec(
@@ -156,35 +156,72 @@ def thumbnail(
             console.print(f"{'.'.join(map(str, err['loc']))}: {message_of(err)}", style="red", markup=False)
         raise typer.Exit(2) from None
     settings = _settings()
-    configure_vips(settings.vips_concurrency)
-    backend = VipsBackend()
     out.mkdir(parents=True, exist_ok=True)
-
-    def one(path: Path):
-        info = probe_for(path, settings)
-        renditions = backend.render(path, info.format, spec, safe_stem(path.name))
-        for r in renditions:
-            (out / r.name).write_bytes(r.data)
-        return info, renditions
-
+    # Each image renders in a process of its own at a time, as in the worker: libvips reports the damage it meets in
+    # an image's last strip only in its process-wide error buffer, which threads decoding side by side would share.
+    # A handful of files render here, in this process, rather than pay for starting render processes.
+    processes = min(settings.image_process_count(), len(files))
+    pool = (
+        ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_renderer,
+            initargs=(settings.vips_concurrency,),
+        )
+        if processes > 1 and len(files) > IN_PROCESS_FILES
+        else None
+    )
+    if pool is None:
+        _start_renderer(settings.vips_concurrency)
+    spec_json = spec.model_dump_json()
     rows: list[tuple[str, str, str, str | None]] = []  # file, source, thumbnails, error (None: it worked)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     started = time.perf_counter()
-    with Progress(*columns, console=console) as progress, ThreadPoolExecutor(settings.image_process_count()) as pool:
+    with Progress(*columns, console=console) as progress, pool or contextlib.nullcontext():
         task = progress.add_task("thumbnailing", total=len(files))
-        futures = {pool.submit(one, f): f for f in files}
-        for future in as_completed(futures):
-            path = futures[future]
-            try:
-                info, renditions = future.result()
-                names = ", ".join(r.name for r in renditions)
-                rows.append((str(path), f"{info.width}x{info.height} {info.format}", names, None))
-            except ThumbifyError as exc:
-                rows.append((str(path), "", "", exc.detail))
+        if pool is None:
+            outcomes = ((f, _render_file(str(f), spec_json, str(out))) for f in files)
+        else:
+            futures = {pool.submit(_render_file, str(f), spec_json, str(out)): f for f in files}
+            outcomes = ((futures[f], f.result()) for f in as_completed(futures))
+        for path, (source, names, error) in outcomes:
+            rows.append((str(path), source, names, error))
             progress.advance(task)
     failed = _report(rows, time.perf_counter() - started, out, all_rows)
     if failed:
         raise typer.Exit(1)
+
+
+# Up to this many files render in the CLI's own process (starting render processes costs more than it saves).
+IN_PROCESS_FILES = 2
+_renderer = None
+
+
+def _start_renderer(vips_concurrency: int) -> None:
+    """A render process's (or the CLI's own) one-time set-up: libvips configured as in the worker, one backend."""
+    global _renderer
+    from gpu_worker.backends.vips import VipsBackend, configure_vips
+
+    configure_vips(vips_concurrency)
+    _renderer = VipsBackend()
+
+
+def _render_file(path: str, spec_json: str, out: str) -> tuple[str, str, str | None]:
+    """Thumbnail one file into `out`: (source, thumbnail names, None) or ("", "", the error's detail)."""
+    from thumbify.errors import ThumbifyError
+    from thumbify.probe import probe_for
+    from thumbify.spec import ThumbnailSpec, safe_stem
+
+    try:
+        info = probe_for(Path(path), _settings())
+        renditions = _renderer.render(
+            Path(path), info.format, ThumbnailSpec.model_validate_json(spec_json), safe_stem(Path(path).name)
+        )
+        for r in renditions:
+            (Path(out) / r.name).write_bytes(r.data)
+    except ThumbifyError as exc:
+        return "", "", exc.detail
+    return f"{info.width}x{info.height} {info.format}", ", ".join(r.name for r in renditions), None
 
 
 def _report(rows: list[tuple[str, str, str, str | None]], elapsed: float, out: Path, all_rows: bool) -> int:
