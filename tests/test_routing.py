@@ -28,7 +28,7 @@ from conftest import PYTHON, ROOT, clean_env
 
 from gpu_worker import select
 from gpu_worker.backends.base import Refused, Rendition
-from gpu_worker.backends.route import RoutedBackend, route, source_size
+from gpu_worker.backends.route import RoutedBackend, decide, route, source_size
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify.errors import CorruptImage, ImageTimeout
@@ -186,6 +186,15 @@ def test_size_from_the_probed_source(tmp_path: Path) -> None:
     assert source_size(source) == (320, 160, 1)
     assert source_size({"format": "jpeg", "bytes": 1}) is None
     assert source_size({"width": "x", "height": 2}) is None
+
+
+def test_decide_reads_the_header_only_where_the_job_has_no_size(tmp_path: Path) -> None:
+    path = images.write(tmp_path / "a.jpg", images.photo_like(320, 240, seed=9))
+    assert decide(path, "jpeg", None, 64_000_000) == "dali"
+    assert decide(path, "jpeg", None, 320 * 240 - 1) == "tiles"
+    assert decide(path, "jpeg", (320, 240, 2), 64_000_000) == "vips"  # the probed size is taken as it is
+    broken = images.write(tmp_path / "b.jpg", b"\xff\xd8\xff\xe0 not a header")
+    assert decide(broken, "jpeg", None, 64_000_000) == "vips"  # vips says what is wrong with it
 
 
 # -- the router, on the cpu devices ------------------------------------------------------------------------------------
