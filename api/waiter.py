@@ -15,6 +15,7 @@ from collections import defaultdict
 from redis.asyncio import Redis
 
 from thumbify.jobs import DELETED, TERMINAL
+from thumbify.redis_conn import cancel_and_wait, raise_if_cancelled
 
 log = logging.getLogger("thumbify.api")
 
@@ -32,9 +33,7 @@ class JobWaiter:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
 
     @contextlib.contextmanager
     def watch(self, job_id: str):
@@ -54,6 +53,7 @@ class JobWaiter:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
+                    raise_if_cancelled()
                     backoff = 0.2
                     self._wake_all()  # anything that finished while we were not listening
                     async for message in pubsub.listen():
@@ -64,6 +64,7 @@ class JobWaiter:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis gone: waiters fall back to their timeout; retry with backoff
+                raise_if_cancelled()
                 log.warning("job event subscription lost (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

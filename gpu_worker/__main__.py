@@ -8,8 +8,11 @@ import signal
 
 from gpu_worker.memory import limit_malloc_arenas
 
+_received: list[int] = []
+
 
 def _exit_now(signum: int, frame: object) -> None:
+    _received.append(signum)  # an exception raised while a finalizer runs is dropped: `run` looks here too
     raise SystemExit(128 + signum)
 
 
@@ -39,6 +42,8 @@ def main() -> None:
         # a second one ends the grace at once.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
+        if _received:  # a signal came before, and its exit was dropped
+            worker.stop()
         await worker.run()
 
     asyncio.run(run())

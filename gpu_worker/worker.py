@@ -42,7 +42,7 @@ from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
 from thumbify.jobs import GONE, OK, TERMINAL, Job, JobStore, Thumbnail
 from thumbify.queue import JobQueue, Message, backoff_delay
-from thumbify.redis_conn import connect
+from thumbify.redis_conn import cancel_and_wait, connect, raise_if_cancelled
 from thumbify.retention import Retention
 from thumbify.settings import Settings
 from thumbify.storage import Storage, open_storage
@@ -134,8 +134,8 @@ class Worker:
             await self._consume()
             await self._drain()
         finally:
-            await _cancel(background)
-            await _cancel(list(self.inflight.values()))
+            await cancel_and_wait(background)
+            await cancel_and_wait(list(self.inflight.values()))
             await self._close()
 
     async def _close(self) -> None:
@@ -163,7 +163,7 @@ class Worker:
         if task.done():
             task.result()
             return True
-        await _cancel([task])
+        await cancel_and_wait([task])
         return False
 
     async def _start_gpu(self) -> None:
@@ -318,6 +318,7 @@ class Worker:
                     await self.queue.beat(self.name, HEARTBEAT_TTL_S)
                 except REDIS_DOWN as exc:
                     log.debug("could not renew the heartbeat (%s)", exc)
+                raise_if_cancelled()
                 await asyncio.sleep(HEARTBEAT_EVERY_S)
         finally:
             with contextlib.suppress(Exception):
@@ -326,6 +327,7 @@ class Worker:
     async def _keep_claims(self) -> None:
         """Renew the claims on what we hold, so a long image is not taken over while we still work on it."""
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(self.extend_every_s)
             ids = list(self.inflight)
             if not ids:
@@ -357,6 +359,7 @@ class Worker:
                 log.debug("housekeeping: redis unavailable (%s)", exc)
             except Exception:
                 log.exception("housekeeping failed; trying again")
+            raise_if_cancelled()
             await asyncio.sleep(PROMOTE_EVERY_S)
 
     # -- shutdown -----------------------------------------------------------------------------------------------
@@ -519,19 +522,6 @@ class Worker:
                 if not isinstance(result, Refused):
                     return result
         return await self.pool.render(path, fmt, job.spec, job.stem)
-
-
-async def _cancel(tasks: list[asyncio.Task], timeout: float = 5.0) -> None:
-    """Cancel `tasks` and wait for them, cancelling again while any is left: a library that turns one cancel into
-    another exception (redis-py does, while it connects) must not leave a loop running that we wait for forever."""
-    pending = {t for t in tasks if not t.done()}
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.2)
-    if pending:
-        log.warning("%d task(s) did not stop when cancelled: %s", len(pending), [t.get_name() for t in pending])
 
 
 def _ids(messages: list[Message]) -> str:

@@ -5,6 +5,7 @@ repeated fast failures; a second `serve` on the same data folder refuses and tou
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ from conftest import PYTHON, clean_env, log_tail, make_jpeg
 from faults import TAG_VAR, tagged_processes, wait_for
 from test_api_serve import Serve, _stat, descendants
 
-from thumbify.redis_conn import free_port
+from thumbify.redis_conn import cancel_and_wait, connect, free_port, raise_if_cancelled
 
 pytestmark = [
     pytest.mark.timeout(240),
@@ -191,3 +192,30 @@ def test_a_second_serve_on_the_same_folder_refuses_and_touches_nothing(tmp_path:
         with Tagged(tmp_path, data_dir, run=9) as third:
             third.ready()
             assert (data_dir / "serve.lock").read_text().strip() == str(third.proc.pid)
+
+
+# -- stopping what talks to Redis ------------------------------------------------------------------------------------
+
+
+def test_redis_loops_stop_when_cancelled_whatever_moment_the_cancel_lands(redis_server: str):
+    """redis-py can swallow a cancel that lands while a command runs (the task goes on); the loops of the worker and
+    the API call `raise_if_cancelled` after their commands, so one cancel always stops them."""
+
+    async def main():
+        client = connect(redis_server)
+
+        async def ping_forever():
+            while True:
+                await client.ping()
+                raise_if_cancelled()
+
+        try:
+            for i in range(60):
+                task = asyncio.create_task(ping_forever())
+                await asyncio.sleep(i * 0.0001)  # the cancel lands at a different point of the command each time
+                await cancel_and_wait([task], timeout=5)
+                assert task.cancelled(), f"try {i}: the loop still runs after a cancel"
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())

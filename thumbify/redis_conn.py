@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
 import socket
 import subprocess
@@ -11,6 +13,8 @@ from pathlib import Path
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from thumbify.process import die_with_parent
+
+log = logging.getLogger("thumbify")
 
 # The longest BLOCK any client here sends (the worker's XREADGROUP waits at most 1 s); the socket timeout stays a few
 # seconds above it, so a blocking read is never cut short and a hung server is noticed instead of waited on forever.
@@ -34,6 +38,26 @@ def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT_S, max_connectio
         socket_timeout=socket_timeout,
     )
     return Redis.from_pool(pool)
+
+
+def raise_if_cancelled() -> None:
+    """Raise the cancel that redis-py lost. A cancel that lands while a command runs can be swallowed there (the
+    command completes, the task goes on: redis/redis-py#2028); the task still counts it (`cancelling()`), so a loop
+    that talks to Redis calls this after its commands and stops when it should."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task], timeout: float = 5.0) -> None:
+    """Cancel `tasks` and wait (at most `timeout`) until they have ended; one that has not is named in the log."""
+    pending = {t for t in tasks if not t.done()}
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=timeout)
+    if pending:
+        log.warning("%d task(s) did not stop when cancelled: %s", len(pending), [t.get_name() for t in pending])
 
 
 def find_redis_server() -> str:

@@ -179,10 +179,6 @@ def _how(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def serve(settings: Settings, api) -> int:
     """Run everything until a signal, or until a child fails too often; the exit code. `api` is the uvicorn
     `Server` to run in this thread (it reads the environment this sets up when it starts)."""
@@ -197,10 +193,22 @@ def serve(settings: Settings, api) -> int:
         console.print(f"[red]{settings.host}:{settings.port} is in use; choose another --port[/]")
         lock.release()
         return 2
-    # From here on a signal is an exception in this thread, so the `finally` below stops whatever has started.
-    # (uvicorn replaces these while it runs, and raises the signal again once it has shut down.)
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        # An exception where it lands, so a blocking start-up step ends at once and the `finally` below stops what
+        # has started; recorded too, because one raised while a finalizer (`__del__`) runs is printed and dropped.
+        # (uvicorn replaces this handler while it runs, and raises the signal again once it has shut down.)
+        received.append(signum)
+        api.should_exit = True
+        raise SystemExit(128 + signum)
+
+    def exit_if_signalled() -> None:
+        if received:
+            raise SystemExit(128 + received[0])
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_on_signal)
+        signal.signal(sig, on_signal)
 
     def give_up(reason: str) -> None:
         api.should_exit = True
@@ -214,6 +222,7 @@ def serve(settings: Settings, api) -> int:
             supervisor.add(Child("redis-server", lambda: embedded.start().process, grace=10.0))
             os.environ["THUMBIFY_REDIS_URL"] = embedded.url
             console.print(f"[green]embedded redis[/] {embedded.url} (AOF under {embedded.directory})")
+            exit_if_signalled()
         env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
 
         def spawn_worker() -> subprocess.Popen:
@@ -223,12 +232,14 @@ def serve(settings: Settings, api) -> int:
         for i in range(settings.workers):
             # Workers get their own shutdown grace (they hand back what they cannot finish), and a little more.
             supervisor.add(Child(f"worker {i + 1}", spawn_worker, grace=settings.shutdown_grace_s + 10, tier=1))
+            exit_if_signalled()
         supervisor.watch()
         console.print(
             f"[green]{settings.workers} worker(s)[/]; API on http://{settings.host}:{settings.port} "
             f"(docs at /docs); data in {data}"
         )
         api.run()
+        exit_if_signalled()
     finally:
         supervisor.stop()
         lock.release()
