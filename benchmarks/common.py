@@ -280,7 +280,7 @@ class ThumbifyServer:
         self.log = self.data.parent / f"{self.data.name}.log"
 
     def start(self, timeout: float = 60.0) -> ThumbifyServer:
-        argv = [PYTHON, "-m", "thumbify.cli", "serve", "--port", str(self.port), "--data-dir", str(self.data)]
+        argv = [PYTHON, "-m", "thumbify_cli", "serve", "--port", str(self.port), "--data-dir", str(self.data)]
         self._log = open(self.log, "wb")
         self.proc = subprocess.Popen(
             argv,

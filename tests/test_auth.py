@@ -25,7 +25,7 @@ PROBLEM = "application/problem+json"
 
 
 def create_key(keys_file: Path, name: str, *scopes: str) -> str:
-    argv = [PYTHON, "-m", "thumbify.cli", "keys", "create", name, "--file", str(keys_file)]
+    argv = [PYTHON, "-m", "thumbify_cli", "keys", "create", name, "--file", str(keys_file)]
     for scope in scopes:
         argv += ["--scope", scope]
     done = subprocess.run(argv, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
@@ -75,7 +75,7 @@ def test_the_keys_file_holds_hashes_only(tmp_path: Path) -> None:
     # A second key of the same name is refused; so is an unknown scope.
     for argv in (["carol"], ["dave", "--scope", "superuser"]):
         done = subprocess.run(
-            [PYTHON, "-m", "thumbify.cli", "keys", "create", *argv, "--file", str(keys_file)],
+            [PYTHON, "-m", "thumbify_cli", "keys", "create", *argv, "--file", str(keys_file)],
             cwd=ROOT,
             env=clean_env(),
             capture_output=True,
@@ -240,8 +240,8 @@ def test_concurrent_uploads_per_key_are_capped(limited) -> None:
 
 def test_without_keys_the_server_refuses_a_non_loopback_bind(tmp_path: Path) -> None:
     for argv in (
-        [PYTHON, "-m", "thumbify.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
-        [PYTHON, "-m", "thumbify.cli", "api", "--host", "0.0.0.0", "--port", str(free_port())],
+        [PYTHON, "-m", "thumbify_cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        [PYTHON, "-m", "thumbify_cli", "api", "--host", "0.0.0.0", "--port", str(free_port())],
     ):
         env = clean_env(data_dir=tmp_path / "data", redis_url="redis://127.0.0.1:1/0")
         if argv[3] == "serve":
@@ -258,7 +258,7 @@ def test_with_keys_a_non_loopback_bind_starts(tmp_path: Path, redis_server: str)
     port = free_port()
     env = clean_env(data_dir=tmp_path / "data", redis_url=redis_server, api_keys_file=keys_file)
     proc = subprocess.Popen(
-        [PYTHON, "-m", "thumbify.cli", "api", "--host", "0.0.0.0", "--port", str(port)],
+        [PYTHON, "-m", "thumbify_cli", "api", "--host", "0.0.0.0", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

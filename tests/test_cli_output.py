@@ -17,7 +17,7 @@ from thumbify.redis_conn import free_port
 
 def cli(*argv: str, **env: object) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [PYTHON, "-m", "thumbify.cli", *argv],
+        [PYTHON, "-m", "thumbify_cli", *argv],
         cwd=ROOT,
         env=clean_env(**env),
         capture_output=True,

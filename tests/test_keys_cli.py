@@ -22,7 +22,7 @@ from thumbify.redis_conn import free_port
 
 def cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [PYTHON, "-m", "thumbify.cli", *argv], cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60
+        [PYTHON, "-m", "thumbify_cli", *argv], cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60
     )
 
 
@@ -30,7 +30,7 @@ def serve(tmp: Path, data_dir: Path) -> tuple[subprocess.Popen, str, Path]:
     port, log = free_port(), tmp / f"serve-{time.monotonic_ns()}.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [PYTHON, "-m", "thumbify.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+            [PYTHON, "-m", "thumbify_cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
             cwd=ROOT,
             env=clean_env(image_processes=1),  # nothing about keys set: the data folder's keys.json is the default
             stdin=subprocess.DEVNULL,

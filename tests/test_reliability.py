@@ -90,7 +90,7 @@ def photo(width: int, height: int, seed: int) -> bytes:
 def run_cli(svc: Service, *args: str) -> subprocess.CompletedProcess:
     env = {**svc.env, "COLUMNS": "220"}
     return subprocess.run(
-        [PYTHON, "-m", "thumbify.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [PYTHON, "-m", "thumbify_cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
 
 

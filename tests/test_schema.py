@@ -61,7 +61,7 @@ WRITES = ("POST", "DELETE")
 
 def create_key(keys_file: Path, name: str, scope: str) -> str:
     """A key made by the real command (`thumbify keys create`), stored (as a hash) in `keys_file`."""
-    argv = [PYTHON, "-m", "thumbify.cli", "keys", "create", name, "--file", str(keys_file), "--scope", scope]
+    argv = [PYTHON, "-m", "thumbify_cli", "keys", "create", name, "--file", str(keys_file), "--scope", scope]
     done = subprocess.run(argv, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()

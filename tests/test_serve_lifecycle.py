@@ -1,4 +1,4 @@
-"""`thumbify serve` as the parent of its processes, run for real (`python -m thumbify.cli serve` on a temporary data
+"""`thumbify serve` as the parent of its processes, run for real (`python -m thumbify_cli serve` on a temporary data
 folder and a free port) and hit with real signals: a signal at any moment of start-up ends it within seconds and
 leaves nothing; its embedded Redis, killed, is reaped and started again on the same data; it gives up after
 repeated fast failures; a second `serve` on the same data folder refuses and touches nothing."""
@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; children follow a killed parent on Linux only"),
 ]
 
-CLI = [PYTHON, "-m", "thumbify.cli"]
+CLI = [PYTHON, "-m", "thumbify_cli"]
 
 
 class Tagged(Serve):

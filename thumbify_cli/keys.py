@@ -1,0 +1,105 @@
+"""`thumbify keys`: the API keys in the keys file the servers of a data folder read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from thumbify_cli.common import DataOpt, apply_options, console, load_settings, output
+
+app = typer.Typer(help="API keys: each job belongs to the key that created it.", no_args_is_help=True)
+
+
+KeysFileOpt = Annotated[
+    Path | None,
+    typer.Option("--file", metavar="FILE", help="Keys file \\[env THUMBIFY_API_KEYS_FILE; default DATA_DIR/keys.json]"),
+]
+
+
+def _keys_path(file: Path | None, data_dir: Path | None) -> Path:
+    """The file the servers of this data folder read (the same rule as theirs: thumbify.keys.keys_file)."""
+    apply_options(data_dir=data_dir)
+    settings = load_settings()
+    return file or settings.api_keys_file or settings.data_dir / "keys.json"
+
+
+@app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name: the owner of the jobs it creates")],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(metavar="SCOPE", help="submit, read or admin; repeat for several \\[default: submit and read]"),
+    ] = None,
+    file: KeysFileOpt = None,
+    data_dir: DataOpt = None,
+) -> None:
+    """Make a key, store its hash in the keys file, print the key once (it is not stored anywhere)."""
+    from thumbify.keys import add_to_file, new_key
+
+    path = _keys_path(file, data_dir)
+    try:
+        token, key = new_key(name, scope or ["submit", "read"])
+        add_to_file(path, key)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"key [bold]{name}[/] ({', '.join(sorted(key.scopes))}) added to {path}; it is shown only now. "
+        "Servers on this data folder read that file (running ones within seconds): every request now needs a key."
+    )
+    print(token)
+
+
+@app.command("list")
+def keys_list(
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="", help="One JSON object per line instead of a table")
+    ] = False,
+    file: KeysFileOpt = None,
+    data_dir: DataOpt = None,
+) -> None:
+    """The keys in the keys file: name, id, scopes, created (never a secret: only hashes are stored)."""
+    import json
+
+    from thumbify.keys import read_file
+
+    path = _keys_path(file, data_dir)
+    try:
+        entries = read_file(path)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    if as_json:
+        for k in entries:
+            print(json.dumps({"name": k.name, "id": k.id, "scopes": sorted(k.scopes), "created": k.created or None}))
+        return
+    if not path.exists():
+        console.print(f"no keys file at {path}: authentication is off (create a key with `thumbify keys create`)")
+        return
+    table = Table(title=f"{len(entries)} key(s) in {path}")
+    for column in ("name", "id", "scopes", "created (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for k in entries:
+        table.add_row(k.name, k.id, ", ".join(sorted(k.scopes)), k.created or "-")
+    output().print(table)
+
+
+@app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(metavar="NAME_OR_ID", help="The key's name or its 8-hex id")],
+    file: KeysFileOpt = None,
+    data_dir: DataOpt = None,
+) -> None:
+    """Remove a key from the keys file; running servers refuse it within seconds, no restart needed."""
+    from thumbify.keys import remove_from_file
+
+    path = _keys_path(file, data_dir)
+    try:
+        gone = remove_from_file(path, key)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"key [bold]{gone.name}[/] ({gone.id}) revoked: removed from {path}")
