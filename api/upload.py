@@ -34,9 +34,7 @@ DRAIN_LIMIT = 16 * 1024 * 1024
 class Upload:
     path: Path
     filename: str
-    bytes: int
     sha256: str
-    format: str
     fields: dict[str, list[str]] = field(default_factory=dict)
 
     def discard(self) -> None:
@@ -44,8 +42,8 @@ class Upload:
 
 
 class _Receiver:
-    def __init__(self, spool: Path, max_bytes: int, flush_bytes: int) -> None:
-        self.spool, self.max_bytes, self.flush_bytes = spool, max_bytes, flush_bytes
+    def __init__(self, spool: Path, max_bytes: int) -> None:
+        self.spool, self.max_bytes = spool, max_bytes
         self.headers: dict[str, bytes] = {}
         self._hname = bytearray()
         self._hvalue = bytearray()
@@ -149,7 +147,7 @@ async def receive(request: Request, spool: Path, max_bytes: int, chunk_bytes: in
     if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
         raise TooLarge(f"the upload is larger than the limit of {max_bytes:,} bytes")
 
-    rx = _Receiver(spool, max_bytes, chunk_bytes)
+    rx = _Receiver(spool, max_bytes)
     callbacks = {n: getattr(rx, n) for n in dir(rx) if n.startswith("on_")}
     consumed, more = 0, True
     try:
@@ -183,7 +181,7 @@ async def receive(request: Request, spool: Path, max_bytes: int, chunk_bytes: in
             await drain(request, idle_timeout_s, consumed)
         raise
     assert rx.format is not None
-    return Upload(rx.path, rx.filename, rx.size, rx.digest.hexdigest(), rx.format, rx.fields)
+    return Upload(rx.path, rx.filename, rx.digest.hexdigest(), rx.fields)
 
 
 async def _next(request: Request, idle_timeout_s: float) -> Message:

@@ -167,7 +167,7 @@ for name in ["pytest_timeout", "matplotlib"]:
 if missing:
     sys.exit(f"missing modules: {', '.join(missing)} (add their wheels to WHEELS_DIR)")
 import kernels
-from gpu_worker.select import gpu_unavailable
+from gpu_worker.backend_choice import gpu_unavailable
 print("kernels.cuda_available():", kernels.cuda_available())
 reason = gpu_unavailable(0)
 print("GPU backends:", "usable" if reason is None else f"NOT usable: {reason}")

@@ -24,7 +24,7 @@ def main() -> None:
     limit_malloc_arenas()
     from prometheus_client import start_http_server
 
-    from gpu_worker.select import select_backend
+    from gpu_worker.backend_choice import select_backend
     from gpu_worker.worker import Worker
     from thumbify.settings import Settings
 

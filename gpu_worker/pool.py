@@ -475,7 +475,7 @@ def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None)
         if isinstance(backend, BatchBackend):  # the GPU backend builds its DALI pipeline before saying it is ready
             backend.start()
     else:
-        from gpu_worker.select import select_backend
+        from gpu_worker.backend_choice import select_backend
 
         backend = select_backend(settings)
     conn.send("ready")

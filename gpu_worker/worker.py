@@ -9,9 +9,9 @@ What keeps it reliable (README "Reliability"):
   exponential backoff with full jitter; a permanent one (corrupt image, image-timeout) fails at once; past
   `max_attempts` the job is failed and its message moved to the dead-letter stream;
 - images render in child processes (`gpu_worker.pool`), so one that hangs is stopped at `image_timeout_s`;
-- on GPU nodes (`gpu_worker.select`) the images `route` sends to the GPU are gathered into batches for one GPU render
-  process (up to `dali_max_batch`, waiting at most `batch_wait_ms`); what it leaves to vips (formats DALI does not
-  take, what it refuses or fails on) renders in the vips render processes, as everything does on CPU nodes;
+- on GPU nodes (`gpu_worker.backend_choice`) the images `route` sends to the GPU are gathered into batches for one
+  GPU render process (up to `dali_max_batch`, waiting at most `batch_wait_ms`); what it leaves to vips (formats DALI
+  does not take, what it refuses or fails on) renders in the vips render processes, as everything does on CPU nodes;
 - SIGTERM: stop reading, let in-flight jobs finish within `shutdown_grace_s`, hand the rest back to the queue;
 - Redis going away is waited out with backoff, by every loop and every job's next step; the worker never exits
   for it, and on reconnecting it takes back its own deliveries whose replies were lost;

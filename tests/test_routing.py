@@ -1,6 +1,6 @@
 """Backend choice per node, routing per image, and one spec every backend obeys.
 
-- Selection (`gpu_worker.select`): THUMBIFY_BACKEND=cpu runs vips; auto without CUDA runs vips and logs why; gpu
+- Selection (`gpu_worker.backend_choice`): THUMBIFY_BACKEND=cpu runs vips; auto without CUDA runs vips and logs why; gpu
   without CUDA stops the worker at start with the reason.
 - Routing (`gpu_worker.backends.route`): the router on the `cpu` devices of DALI and tiles (what CI has) sends each
   image of one batch by pixels, format and pages, and an image DALI refuses or fails on to vips, never failing the
@@ -26,7 +26,7 @@ import pytest
 import test_vips_backend as vt
 from conftest import PYTHON, ROOT, clean_env
 
-from gpu_worker import select
+from gpu_worker import backend_choice
 from gpu_worker.backends.base import Refused, Rendition
 from gpu_worker.backends.route import RoutedBackend, decide, route, source_size
 from gpu_worker.backends.vips import VipsBackend, configure_vips
@@ -49,7 +49,7 @@ def _missing(module: str) -> str | None:
 
 DALI_MISSING = _missing("nvidia.dali")
 TILES_MISSING = _missing("gpu_worker.backends.tiles")
-GPU_MISSING = select.gpu_unavailable(0)
+GPU_MISSING = backend_choice.gpu_unavailable(0)
 needs_dali = pytest.mark.skipif(DALI_MISSING is not None, reason=str(DALI_MISSING))
 needs_tiles = pytest.mark.skipif(TILES_MISSING is not None, reason=f"tiles is not ready: {TILES_MISSING}")
 needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=f"no GPU backends here: {GPU_MISSING}")
@@ -96,7 +96,7 @@ def test_settings_name_the_backend_and_the_dali_knobs(monkeypatch: pytest.Monkey
 
 def test_cpu_runs_vips_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, "thumbify.worker"):
-        backend = select.select_backend(Settings(backend="cpu"))
+        backend = backend_choice.select_backend(Settings(backend="cpu"))
     assert isinstance(backend, VipsBackend)
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backend:")]
     assert "vips" in line and "THUMBIFY_BACKEND=cpu" in line
@@ -105,7 +105,7 @@ def test_cpu_runs_vips_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
 @no_gpu
 def test_auto_without_cuda_runs_vips_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, "thumbify.worker"):
-        backend = select.select_backend(Settings(backend="auto"))
+        backend = backend_choice.select_backend(Settings(backend="auto"))
     assert isinstance(backend, VipsBackend)
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backend:")]
     assert "vips" in line and GPU_MISSING in line, line
@@ -113,8 +113,8 @@ def test_auto_without_cuda_runs_vips_and_says_why(caplog: pytest.LogCaptureFixtu
 
 @no_gpu
 def test_gpu_without_cuda_stops_the_worker_at_start(tmp_path: Path) -> None:
-    with pytest.raises(select.BackendUnavailable, match="THUMBIFY_BACKEND=gpu, but"):
-        select.select_backend(Settings(backend="gpu"))
+    with pytest.raises(backend_choice.BackendUnavailable, match="THUMBIFY_BACKEND=gpu, but"):
+        backend_choice.select_backend(Settings(backend="gpu"))
     # The worker itself: it exits with the reason, before it ever talks to Redis.
     env = clean_env(backend="gpu", redis_url="redis://127.0.0.1:9", data_dir=tmp_path)
     done = subprocess.run([PYTHON, "-m", "gpu_worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
@@ -125,14 +125,14 @@ def test_gpu_without_cuda_stops_the_worker_at_start(tmp_path: Path) -> None:
 
 @needs_gpu
 def test_auto_with_a_gpu_runs_the_router() -> None:
-    backend = select.select_backend(Settings(backend="auto"))
+    backend = backend_choice.select_backend(Settings(backend="auto"))
     assert isinstance(backend, RoutedBackend) and backend.name == "auto" and backend.defer_vips
 
 
 def test_gpu_unavailable_names_the_missing_piece() -> None:
-    reason = select.gpu_unavailable(0)
+    reason = backend_choice.gpu_unavailable(0)
     if reason is None:
-        assert select.gpu_unavailable(10_000) is not None  # no node has that many devices
+        assert backend_choice.gpu_unavailable(10_000) is not None  # no node has that many devices
     else:
         assert any(word in reason for word in ("CuPy", "CUDA", "DALI")), reason
 

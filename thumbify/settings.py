@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     image_processes: int = Field(0, ge=0)
     # libvips threads per image; 1 keeps many small images from fighting over the cores.
     vips_concurrency: int = Field(1, ge=0)
-    # Which backends this node runs (gpu_worker/select.py): "cpu" = vips in `image_processes` render processes;
+    # Which backends this node runs (gpu_worker/backend_choice.py): "cpu" = vips in `image_processes` render processes;
     # "gpu" = also one GPU render process fed whole batches (DALI; tiles past `one_shot_max_pixels`; what DALI
     # refuses or fails on goes to vips), and refuse to start where CUDA, CuPy or DALI is missing; "auto" = "gpu"
     # where all three work, else "cpu", saying why in one log line at start.

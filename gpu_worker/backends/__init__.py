@@ -5,8 +5,8 @@ render is a short list of steps over one prepared context: `context.prepare` (he
 backend's own decode and resample (`decode` holds the libvips decoding vips and tiles share) → `finishing` (per size:
 resize → upright → sRGB → crop or pad → flatten → encode). `base` holds the interfaces and the shared types, and
 refusal (`base.Refused`), the one way an image leaves a GPU backend for vips; `route.decide` routes each image once,
-`route.RoutedBackend` puts the three behind one batch backend on GPU nodes, and `gpu_worker.select` decides per node
-which the worker runs.
+`route.RoutedBackend` puts the three behind one batch backend on GPU nodes, and `gpu_worker.backend_choice`
+decides per node which the worker runs.
 """
 
 from gpu_worker.backends.base import Backend, Rendition

@@ -1,6 +1,6 @@
 """What this machine offers the GPU backends, asked in one place: whether CuPy can use a CUDA device (the tiles
-backend's kernels, the node's choice in `gpu_worker.select`). DALI counts its devices itself (`dali_unavailable`).
-Imports nothing heavy until asked: a CPU-only install has neither NumPy nor CuPy."""
+backend's kernels, the node's choice in `gpu_worker.backend_choice`). DALI counts its devices itself
+(`dali_unavailable`). Imports nothing heavy until asked: a CPU-only install has neither NumPy nor CuPy."""
 
 from __future__ import annotations
 
