@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-
-from thumbify.errors import InvalidOptions, message_of
-from thumbify.spec import COLOUR_RE, MAX_SIZES, Crop, Fit, Format, ThumbnailSpec, negotiate_format
+from thumbify.errors import InvalidOptions
+from thumbify.spec import COLOUR_RE, MAX_SIZES, Crop, Fit, Format, ThumbnailSpec
 
 OPTION_NAMES = ("sizes", "fit", "crop", "format", "quality", "background")
 
@@ -44,33 +42,10 @@ def collect(query: dict[str, list[str]], form: dict[str, list[str]]) -> dict[str
     return {**query, **form}
 
 
-def build_spec(raw: dict[str, list[str]], accept: str | None, has_alpha: bool) -> tuple[ThumbnailSpec, bool]:
-    """The validated spec, and whether it depended on the Accept header (`format=auto`)."""
-    values: dict[str, object] = {}
-    for name, items in raw.items():
-        if name == "sizes":
-            values[name] = [part for item in items for part in item.split(",") if part.strip()]
-        else:
-            if len(items) > 1:
-                raise InvalidOptions(f"{name}: give it once", errors=[{"field": name, "message": "repeated"}])
-            values[name] = items[0].strip()
-    negotiated = str(values.get("format", "")).lower() == "auto"
-    if negotiated:
-        values["format"] = negotiate_format(accept, has_alpha).value
-    try:
-        return ThumbnailSpec.model_validate(values), negotiated
-    except ValidationError as exc:
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "options", "message": message_of(e)} for e in exc.errors()
-        ]
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        raise InvalidOptions(detail, errors=errors) from exc
-
-
 def validate_early(query: dict[str, list[str]]) -> None:
     """Options given in the query are checked before the body is read, so a bad request costs no upload."""
     if query:
-        build_spec(collect(query, {}), None, False)
+        ThumbnailSpec.from_options(collect(query, {}))
 
 
 # The documented grammar of `sizes` (the parser also takes spaces, `X` and `×`).

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from thumbify.errors import NotAcceptable
+from thumbify.errors import InvalidOptions, NotAcceptable, message_of
 
 MIN_SIDE = 8
 MAX_SIDE = 4096
@@ -122,6 +123,35 @@ class ThumbnailSpec(BaseModel):
     @property
     def background_rgba(self) -> tuple[int, int, int, int]:
         return parse_colour(self.background)
+
+    @classmethod
+    def from_options(
+        cls, options: Mapping[str, Sequence[str]], accept: str | None = None, has_alpha: bool = False
+    ) -> tuple[ThumbnailSpec, bool]:
+        """The one parser of the job options, wherever they come from (form fields, query parameters, the CLI):
+        each option's values as given (`sizes` may be repeated and each comma-separated; the others once), the
+        Accept header for `format=auto`. Returns the spec and whether it was negotiated; InvalidOptions names each
+        bad field."""
+        values: dict[str, object] = {}
+        for name, items in options.items():
+            if name == "sizes":
+                values[name] = [part for item in items for part in item.split(",") if part.strip()]
+            elif len(items) > 1:
+                raise InvalidOptions(f"{name}: give it once", errors=[{"field": name, "message": "repeated"}])
+            elif items:
+                values[name] = items[0].strip()
+        negotiated = str(values.get("format", "")).lower() == "auto"
+        if negotiated:
+            values["format"] = negotiate_format(accept, has_alpha).value
+        try:
+            return cls.model_validate(values), negotiated
+        except ValidationError as exc:
+            errors = [
+                {"field": ".".join(str(p) for p in e["loc"]) or "options", "message": message_of(e)}
+                for e in exc.errors()
+            ]
+            detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+            raise InvalidOptions(detail, errors=errors) from exc
 
 
 def parse_accept(accept: str) -> dict[str, float]:

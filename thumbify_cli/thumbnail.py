@@ -43,18 +43,16 @@ def thumbnail(
     ] = False,
 ) -> None:
     """Thumbnail local files with the service's own pipeline, no server needed."""
-    from pydantic import ValidationError
-
-    from thumbify.errors import message_of
+    from thumbify.errors import InvalidOptions
     from thumbify.spec import ThumbnailSpec
 
+    options = {"sizes": size or ["256"], "format": [format], "fit": [fit], "crop": [crop]}
+    options |= {"quality": [str(quality)], "background": [background]}
     try:
-        spec = ThumbnailSpec(
-            sizes=size or ["256"], format=format, fit=fit, crop=crop, quality=quality, background=background
-        )
-    except ValidationError as exc:
-        for err in exc.errors():
-            console.print(f"{'.'.join(map(str, err['loc']))}: {message_of(err)}", style="red", markup=False)
+        spec, _ = ThumbnailSpec.from_options(options)  # the API's own parser: the same rules and messages
+    except InvalidOptions as exc:
+        for err in exc.extra.get("errors") or [{"field": "options", "message": exc.detail}]:
+            console.print(f"{err['field']}: {err['message']}", style="red", markup=False)
         raise typer.Exit(2) from None
     settings = load_settings()
     out.mkdir(parents=True, exist_ok=True)

@@ -12,14 +12,14 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from api import idempotency, upload
 from api.auth import Caller, Reader, Submitter
 from api.metrics import UPLOAD_BYTES, UPLOADS
-from api.options import build_spec, collect, openapi_request_body, validate_early
+from api.options import collect, openapi_request_body, validate_early
 from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KINDS, problem_responses
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
 from thumbify.errors import IdempotencyKeyReused, InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
 from thumbify.jobs import TERMINAL, Job, Status, decode_cursor, new_job_id
 from thumbify.probe import probe_for
-from thumbify.spec import safe_stem
+from thumbify.spec import ThumbnailSpec, safe_stem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 Svc = Annotated[Services, Depends(services)]
@@ -195,7 +195,7 @@ async def _accept(
     try:
         options = collect(query, received.fields)
         info = await anyio.to_thread.run_sync(probe_for, received.path, settings)
-        spec, negotiated = build_spec(options, request.headers.get("accept"), info.has_alpha)
+        spec, negotiated = ThumbnailSpec.from_options(options, request.headers.get("accept"), info.has_alpha)
         job_id = new_job_id()
         stem = safe_stem(received.filename)
         source = info.public(received.filename or "upload") | {"sha256": received.sha256}
