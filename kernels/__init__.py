@@ -12,7 +12,7 @@ NumPy path) works on a machine without a GPU.
     thumb = driver.result()
 """
 
-from kernels.backends import Backend, cuda_available, get_backend, resample
+from kernels.backends import ArrayBackend, cuda_available, get_backend, resample
 from kernels.filters import DEFAULT_FILTER, FILTERS, Filter, get_filter
 from kernels.strips import StripResampler, resample_strips
 from kernels.weights import WeightTable, weight_table
@@ -20,7 +20,7 @@ from kernels.weights import WeightTable, weight_table
 __all__ = [
     "DEFAULT_FILTER",
     "FILTERS",
-    "Backend",
+    "ArrayBackend",
     "Filter",
     "StripResampler",
     "WeightTable",

@@ -19,7 +19,9 @@ from kernels.weights import WeightTable, check_size, weight_table
 PIXEL_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 
-class Backend(Protocol):
+class ArrayBackend(Protocol):
+    """The array library the kernels run on: NumPy on the CPU, CuPy on a GPU (not an image backend of the worker)."""
+
     name: str
     xp: Any
 
@@ -56,7 +58,7 @@ def _cupy_backend():
     return CupyBackend()
 
 
-def get_backend(name: str | Backend | None = None, image: Any = None) -> Backend:
+def get_backend(name: str | ArrayBackend | None = None, image: Any = None) -> ArrayBackend:
     """The backend called `name`; with None, CuPy for a CuPy array and NumPy for anything else."""
     if name is None:
         name = "cupy" if type(image).__module__.split(".")[0] == "cupy" else "numpy"
@@ -87,7 +89,9 @@ def check_image(image) -> tuple[int, int, int, np.dtype, bool]:
     return h, w, ch, dtype, len(shape) == 2
 
 
-def resample(image, out_w: int, out_h: int, filter: str = DEFAULT_FILTER, backend: str | Backend | None = None) -> Any:
+def resample(
+    image, out_w: int, out_h: int, filter: str = DEFAULT_FILTER, backend: str | ArrayBackend | None = None
+) -> Any:
     """`image` (uint8/uint16, H×W or H×W×C with any C) resampled to out_w × out_h, same dtype and layout.
 
     The backend defaults to the array's own kind (CuPy array → CuPy kernels). A CuPy backend given a NumPy image

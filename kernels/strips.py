@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.backends import Backend, check_image, get_backend
+from kernels.backends import ArrayBackend, check_image, get_backend
 from kernels.filters import DEFAULT_FILTER, get_filter
 from kernels.weights import check_size, weight_table
 
@@ -38,7 +38,7 @@ class StripResampler:
         out_w: int,
         out_h: int,
         filter: str = DEFAULT_FILTER,
-        backend: str | Backend | None = "numpy",
+        backend: str | ArrayBackend | None = "numpy",
     ) -> None:
         self.in_w = check_size("input width", in_w)
         self.in_h = check_size("input height", in_h)
@@ -152,7 +152,7 @@ def resample_strips(
     out_w: int,
     out_h: int,
     filter: str = DEFAULT_FILTER,
-    backend: str | Backend | None = "numpy",
+    backend: str | ArrayBackend | None = "numpy",
 ) -> Any:
     """Resample an image given as an iterable of row strips (top to bottom); the same result as `resample`."""
     driver = StripResampler(in_w, in_h, out_w, out_h, filter=filter, backend=backend)
