@@ -1,8 +1,9 @@
 """GPU against CPU: the same corpus through `vips` (every host core), `dali` and `tiles`, on the GPU and on the CPU.
 
-    python -m benchmarks.gpu_vs_cpu [--quick] [--out FILE.json] [--corpus DIR] [--photos N] [--huge-side PX]
-                                    [--backends vips,dali,tiles,dali-cpu,tiles-cpu,router] [--sizes 256]
-                                    [--format jpeg] [--batch 16] [--processes N] [--row-timeout S]
+    python -m benchmarks.gpu_vs_cpu [--quick] [--out FILE.json] [--jsonl FILE] [--corpus DIR] [--photos N]
+                                    [--huge-side PX] [--backends dali,tiles,router,vips] [--cpu-twins]
+                                    [--groups photos,web,huge] [--sizes 256] [--format jpeg] [--batch 16]
+                                    [--processes N] [--row-timeout S]
 
 Corpus (benchmarks/corpus.py, made where missing): 12 MP JPEGs (`photos`), the web-size mix (`web`: JPEG, one with
 EXIF orientation 6, PNG with alpha, WebP) and one huge JPEG of `--huge-side`² pixels (`huge`, 20000² = 400 MP).
@@ -16,15 +17,23 @@ Rows, one per (backend, group), each in a fresh process so that memory peaks are
   dali-cpu, tiles-cpu   the same graphs on CPU operators / the NumPy twin (what a machine without a GPU can run)
   router      the routed backend on the GPU (dali, tiles past the one-shot cap, vips for what DALI refuses), as
               the worker's GPU render process runs it; `router-cpu` the same on the CPU devices
-A GPU row where CUDA, CuPy or DALI is missing is written as unavailable, with the reason; `dali` over the one-shot
-pixel cap is not applicable (tiles takes those images).
+GPU rows run first, then vips; the CPU twins only with `--cpu-twins` (one per GPU backend asked for). Each row is
+written as it finishes, as one JSON line (to `--jsonl` and stdout), so a run stopped part-way keeps every row it
+finished. A GPU row where CUDA, CuPy or DALI is missing is written as unavailable, with the reason; `dali` over the
+one-shot pixel cap is not applicable (tiles takes those images).
+
+No CPU number is reported as a GPU one: DALI's `mixed` decoder falls back to the CPU where libnvjpeg does not load,
+so each dali/router GPU row records whether `libnvjpeg.so` is mapped in its process (/proc/self/maps) and fails
+where it is not; where `nvidia-smi` is, the peak load of the hardware JPEG decoder during the row (`nvidia-smi dmon
+-s u`, its `jpg` column) says whether the hardware decoder carried it.
 
 Measured per row: images/s and source megapixels/s (after one warm-up image or batch, not counted); per-stage time
 per image — decode, resize, copy (device to host), finish (host crop/colour/pad), encode — from the backends' own
 stage timings (the `timings` dict they fill as they render): DALI's decode alone comes from a decode-only pipeline
 over the same batches and its resize is the rest of the pipeline run; vips fuses decode and resize in one streamed
-pipeline, so its split comes from a staged pass over a few images; tiles' resize is its strip driver and its decode
-the rest of its render.
+pipeline, so its split comes from a staged pass over a few images; tiles' resize is its strip driver and its copy the
+host↔device copies, both timed on the GPU with CUDA events (a host timer around a launch only times the queueing),
+and its decode the rest of its render's wall time.
 Also the peak of GPU memory in use on the device during the row (above what it was before) and of the resident
 memory of the row's process tree. Output: a table, JSON (`--out`) and a PNG plot beside it.
 """
@@ -34,10 +43,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 from benchmarks.common import (
@@ -55,7 +66,8 @@ from thumbify.settings import Settings
 
 GROUPS = ("photos", "web", "huge")
 BACKENDS = ("vips", "dali", "tiles", "dali-cpu", "tiles-cpu", "router", "router-cpu")
-DEFAULT_BACKENDS = "vips,dali,tiles,dali-cpu,tiles-cpu"
+DEFAULT_BACKENDS = "dali,tiles,router,vips"
+GPU_BACKENDS = ("dali", "tiles", "router")
 STAGES = ("decode", "resize", "copy", "finish", "encode")
 HUGE_SIDE = 20000  # 400 MP
 ONE_SHOT_MAX_PIXELS = Settings.model_fields["one_shot_max_pixels"].default
@@ -243,6 +255,8 @@ def run_row(args: dict) -> dict:
         stages = {k: v / len(timed) for k, v in stages.items()}
         extra["via_vips"] = counter.handed
         extra["batch"] = batch
+        if device == "gpu":
+            extra["libnvjpeg"] = mapped("libnvjpeg.so")
     elif backend.startswith("tiles"):
         from gpu_worker.backends.tiles import TilesBackend
 
@@ -258,11 +272,14 @@ def run_row(args: dict) -> dict:
                 errors.append(f"{type(exc).__name__}: {exc}")
         seconds = time.perf_counter() - started
         stages = {
-            "decode": seconds - TIMES["resize"] - TIMES["finish+encode"],
+            "decode": seconds - TIMES["resize"] - TIMES["copy"] - TIMES["finish+encode"],
             "resize": TIMES["resize"],
+            "copy": TIMES["copy"],
             "finish": TIMES["finish+encode"] - TIMES["encode"],
             "encode": TIMES["encode"],
         }
+        if device == "cpu":
+            del stages["copy"]
         stages = {k: v / len(timed) for k, v in stages.items()}
     else:  # router, router-cpu
         from gpu_worker.backends.route import RoutedBackend
@@ -280,7 +297,17 @@ def run_row(args: dict) -> dict:
         stages = {"finish": TIMES["finish+encode"] - TIMES["encode"], "encode": TIMES["encode"]}
         stages = {k: v / len(timed) for k, v in stages.items()}
         extra["routes"] = dict(router.routes)
+        if device == "gpu":
+            extra["libnvjpeg"] = mapped("libnvjpeg.so")
     return {"seconds": seconds, "images": len(timed), "stages_s": stages, "errors": errors[:5], **extra}
+
+
+def mapped(library: str) -> str | None:
+    """The path of `library` where this process has it mapped (/proc/self/maps), else None."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if library in line:
+            return line.split(maxsplit=5)[-1]
+    return None
 
 
 # -- the parent: corpus, rows in subprocesses, sampling ---------------------------------------------------------------
@@ -356,11 +383,40 @@ def gpu_info() -> dict:
     }
 
 
+class JpegEngineSampler:
+    """The peak load (%) of the GPU's hardware JPEG decoders while a row runs: `nvidia-smi dmon -s u`, its `jpg`
+    column, once a second. `peak` stays None where nvidia-smi is missing or has no such column."""
+
+    def __init__(self) -> None:
+        self.peak: int | None = None
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> JpegEngineSampler:
+        if shutil.which("nvidia-smi"):
+            argv = ["nvidia-smi", "dmon", "-s", "u", "-i", "0", "-d", "1"]
+            self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        out, _ = self._proc.communicate()
+        column = None
+        for line in out.splitlines():
+            fields = line.lstrip("#").split()
+            if line.startswith("#") and "jpg" in fields:
+                column = fields.index("jpg")
+            elif column is not None and len(fields) > column and fields[column].isdigit():
+                self.peak = max(self.peak or 0, int(fields[column]))
+
+
 def run_in_child(args: dict, timeout: float) -> dict:
     """`run_row(args)` in a fresh interpreter, sampled from here."""
     argv = [PYTHON, "-m", "benchmarks.gpu_vs_cpu", "--row", json.dumps(args)]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with TreeSampler(proc.pid) as sampler:
+    hardware_jpeg = args["backend"] in ("dali", "router")
+    with TreeSampler(proc.pid) as sampler, JpegEngineSampler() if hardware_jpeg else nullcontext() as engine:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -377,6 +433,12 @@ def run_in_child(args: dict, timeout: float) -> dict:
         return {"status": f"failed (exit {proc.returncode}): {tail[:400]}"}
     result = json.loads(lines[-1])
     result.update(status="ok", rss_peak=sampler.rss_peak, gpu_peak=sampler.gpu_peak)
+    if hardware_jpeg:
+        result["jpeg_engine_peak_pct"] = engine.peak
+        if result.get("libnvjpeg") is None:  # the mixed decoder ran on the CPU: not a GPU number
+            result["status"] = (
+                "failed: libnvjpeg.so is not mapped in the row's process (the decoder fell back to the CPU)"
+            )
     return result
 
 
@@ -395,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=32, help="12 MP JPEGs (default 32; --quick: 4)")
     parser.add_argument("--huge-side", type=int, default=HUGE_SIDE, help="side of the huge JPEG (20000 = 400 MP)")
     parser.add_argument("--backends", default=DEFAULT_BACKENDS, help=f"comma-separated, of {', '.join(BACKENDS)}")
+    parser.add_argument("--cpu-twins", action="store_true", help="also each GPU backend's CPU twin (dali-cpu, ...)")
+    parser.add_argument("--jsonl", type=Path, help="append each row here as one JSON line as soon as it finishes")
     parser.add_argument("--groups", default=",".join(GROUPS))
     parser.add_argument("--sizes", default="256")
     parser.add_argument("--format", default="jpeg")
@@ -413,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in backends:
         if name not in BACKENDS:
             parser.error(f"unknown backend {name!r}")
+    if args.cpu_twins:
+        backends += [f"{b}-cpu" for b in backends if b in GPU_BACKENDS and f"{b}-cpu" not in backends]
+    backends.sort(key=lambda b: b not in GPU_BACKENDS)  # GPU rows first: what a short GPU lease is for
     photos = 4 if args.quick and args.photos == 32 else args.photos
     started = time.perf_counter()
     print(f"corpus in {args.corpus}: {photos} photos, the web mix, a {args.huge_side}² JPEG", flush=True)
@@ -420,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus ready in {time.perf_counter() - started:.0f}s", flush=True)
     pixels = {g: [_pixels(p) for p in files[g]] for g in GROUPS}
     gpu = gpu_info()
+    emit({"gpu": gpu, "sizes": args.sizes, "format": args.format}, args.jsonl)
     rows = []
     for backend in backends:
         reason = unavailable(backend)
@@ -444,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                     row["images_per_s"] = row["images"] / row["seconds"]
                     row["megapixels_per_s"] = sum(pixels[group]) / 1e6 / row["seconds"]
             rows.append(row)
+            emit(row, args.jsonl)
     report(rows, gpu, args)
     data = {
         "gpu": gpu,
@@ -456,6 +525,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {path}" + (f" and {plot}" if plot else "") + f" in {time.perf_counter() - started:.0f}s")
     broken = [r for r in rows if r["status"].startswith(("failed", "timed"))]
     return 1 if broken else 0
+
+
+def emit(record: dict, jsonl: Path | None) -> None:
+    """One JSON line, on stdout and appended to `jsonl`, flushed: it survives whatever stops the run next."""
+    line = json.dumps(record, default=str)
+    print(line, flush=True)
+    if jsonl is not None:
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        with open(jsonl, "a") as fh:
+            fh.write(line + "\n")
 
 
 def _pixels(path: Path) -> int:

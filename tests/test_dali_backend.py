@@ -493,6 +493,7 @@ def test_the_gpu_graph_is_defined_with_every_decoder_option() -> None:
 GPU_REASON = dali_unavailable("gpu")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(GPU_REASON is not None, reason=f"no GPU for the mixed decoder: {GPU_REASON}")
 def test_gpu_pipeline_agrees_with_the_cpu_pipeline(tmp_path: Path) -> None:
     gpu = DaliBackend("gpu", device_id=0, max_batch=8, num_threads=2, fallback=RecordingVips())

@@ -12,6 +12,7 @@ import pytest
 import kernels
 from kernels import StripResampler, resample, resample_strips, weight_table
 
+pytestmark = pytest.mark.gpu
 cp = pytest.importorskip("cupy", reason="CuPy is not installed: the CuPy kernels are tested on a CUDA machine")
 if not kernels.cuda_available():
     pytest.skip("CuPy sees no CUDA device: the CuPy kernels are tested on a CUDA machine", allow_module_level=True)

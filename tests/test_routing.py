@@ -123,6 +123,7 @@ def test_gpu_without_cuda_stops_the_worker_at_start(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.gpu
 @needs_gpu
 def test_auto_with_a_gpu_runs_the_router() -> None:
     backend = backend_choice.select_backend(Settings(backend="auto"))
@@ -541,6 +542,8 @@ def _backends() -> list:
     for name, make in made.items():
         reasons = [r for r in needs.get(name, []) if r]
         marks = [pytest.mark.skip(reason=f"{name}: {reasons[0]}")] if reasons else []
+        if name.endswith("-gpu"):
+            marks.append(pytest.mark.gpu)
         params.append(pytest.param(make, id=name, marks=marks))
     return params
 

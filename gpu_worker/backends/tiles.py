@@ -44,6 +44,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,6 +105,7 @@ class TilesBackend:
         self.timings = timings  # seconds per stage, added up here when given (the benchmarks' hook)
         # The last render's strip driver, for checking the memory bound (`peak_bytes`) in tests and benchmarks.
         self.last_driver: StripResampler | None = None
+        self._stream = None  # the CUDA stream every GPU render of this backend uses (`_gpu_stream`)
 
     # -- the Backend and BatchBackend protocols ---------------------------------------------------------------------
 
@@ -194,22 +196,62 @@ class TilesBackend:
 
         alpha = bool(image.hasalpha())
         with cp.cuda.Device(self.device_id):
-            stream = cp.cuda.Stream(non_blocking=True)
+            stream = self._gpu_stream()
+            clock = _GpuClock(self.timings, stream)
             with stream:  # the copies, the premultiply and the driver's kernels all run on this stream, in order
                 driver = StripResampler(image.width, image.height, out_w, out_h, backend=get_backend("cupy"))
                 self.last_driver = driver
                 for host in _strips(image, self.strip_rows, _pinned):
-                    strip = cp.empty(host.shape, host.dtype)
-                    strip.set(host, stream=stream)  # asynchronous: the buffer is page-locked
+                    with clock("copy"):
+                        strip = cp.empty(host.shape, host.dtype)
+                        strip.set(host, stream=stream)  # asynchronous: the buffer is page-locked
                     copied = stream.record()
-                    with stage(self.timings, "resize"):
+                    with clock("resize"):
                         driver.push(_premultiply(strip, cp) if alpha else strip)
                     # The reader refills this buffer once it is handed back: only after the copy has landed.
                     copied.synchronize()
-                with stage(self.timings, "resize"):
-                    out = driver.result().get(stream=stream)
+                with clock("resize"):
+                    out = driver.result()
+                with clock("copy"):
+                    out = out.get(stream=stream)
                 stream.synchronize()
+            clock.add_up()
         return _unpremultiply(out, _sample_type(image)) if alpha else out
+
+    def _gpu_stream(self):
+        """This backend's one CUDA stream, made on first use and kept: a stream per image would defeat CuPy's
+        memory pool, which reuses freed device blocks only on the stream that freed them."""
+        import cupy as cp
+
+        if self._stream is None:
+            self._stream = cp.cuda.Stream(non_blocking=True)
+        return self._stream
+
+
+class _GpuClock:
+    """Stage times on the GPU itself, from CUDA events recorded on the stream around each block (when the caller
+    asked for timings): a host timer around a kernel launch measures only the queueing."""
+
+    def __init__(self, timings: Timings | None, stream) -> None:
+        self.timings, self.stream = timings, stream
+        self.spans: list[tuple[str, object, object]] = []
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.timings is None:
+            yield
+            return
+        begin = self.stream.record()
+        yield
+        self.spans.append((name, begin, self.stream.record()))
+
+    def add_up(self) -> None:
+        """After the stream has finished: each span's milliseconds into `timings`, as seconds."""
+        import cupy as cp
+
+        for name, begin, end in self.spans:
+            self.timings[name] = self.timings.get(name, 0.0) + cp.cuda.get_elapsed_time(begin, end) / 1000
+        self.spans.clear()
 
 
 # -- strips --------------------------------------------------------------------------------------------------------
