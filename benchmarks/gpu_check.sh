@@ -76,14 +76,14 @@ step() {
     verdict "$name" "$result" "$((SECONDS - t0))s"
 }
 
-finish() {
+finish() {  # finish [EXIT]: the summary, the logs packed; exit EXIT (else 1 if a step failed, else 0)
     note "summary"
     cat "$out/summary.txt"
     tar -C "$out" -czf "$out/logs.tar.gz" logs && rm -rf "$logs"
     ls -l "$out"
-    if ((failed)); then
+    if ((${1:-0} || failed)); then
         echo "gpu_check $stage: FAILED (see summary.txt and logs.tar.gz)"
-        exit 1
+        exit "${1:-1}"
     fi
     echo "gpu_check $stage: every step passed in $((SECONDS - began))s"
 }
@@ -120,10 +120,12 @@ locate() {
 
 # install SET...: every set's wheels into $site with the machine's python3; PYTHONPATH points there.
 install_sets() {
-    local set paths wheels=$site/wheels
+    local set paths wheels=$site/wheels incomplete=0
+    for set in "$@"; do locate "$set" >/dev/null || incomplete=1; done
+    ((incomplete == 0)) || return 2  # every missing part named before anything is unpacked
     rm -rf "$site" && mkdir -p "$wheels"
     for set in "$@"; do
-        paths=$(locate "$set") || return 2
+        paths=$(locate "$set")
         # shellcheck disable=SC2086 # one path per line, no spaces (our own names)
         cat $paths | tar -x -C "$wheels"
         echo "$set: $(echo "$paths" | wc -l) part(s) verified"
@@ -233,7 +235,7 @@ receive)
     ;;
 core)
     step install 60 install_sets core || true
-    grep -q "^install  *ok" "$out/summary.txt" || { finish || true; exit 2; }
+    grep -q "^install  *ok" "$out/summary.txt" || finish 2
     export PYTHONPATH=$repo:$site/lib${PYTHONPATH:+:$PYTHONPATH}
     run_facts
     step imports 30 required_imports "" || true
@@ -248,7 +250,7 @@ core)
     ;;
 dali | rehearse-dali)
     step install 90 install_sets core dali || true
-    grep -q "^install  *ok" "$out/summary.txt" || { finish || true; exit 2; }
+    grep -q "^install  *ok" "$out/summary.txt" || finish 2
     export PYTHONPATH=$repo:$site/lib${PYTHONPATH:+:$PYTHONPATH}
     run_facts
     step imports 60 required_imports "import nvidia.dali; print('DALI', nvidia.dali.__version__)" || true
