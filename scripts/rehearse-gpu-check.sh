@@ -24,9 +24,17 @@ python=${PYTHON:-$([[ -x $repo/.venv/bin/python ]] && echo "$repo/.venv/bin/pyth
 
 if [[ ! -x $work/venv/bin/python ]]; then
     "$python" -m venv "$work/venv"
+    # typer as the project pins it: from 0.27 it needs pydantic, which the GPU machine lacks
     "$work/venv/bin/python" -m pip install -q --disable-pip-version-check numpy Pillow pytest pytest-timeout httpx \
-        psutil prometheus-client rich typer
+        psutil prometheus-client rich "typer<0.27"
 fi
+"$work/venv/bin/python" - <<'EOF'
+import importlib.util, sys
+packed = ["pyvips", "cffi", "pydantic", "pydantic_core", "pydantic_settings", "redis", "nvidia"]
+present = [name for name in packed if importlib.util.find_spec(name)]
+if present:
+    sys.exit(f"the imitation of the GPU machine has what is packed: {', '.join(present)}")
+EOF
 parts=${GPU_REHEARSAL_PARTS:-$work/parts}
 set=$([[ $stage == core ]] && echo core || echo all)
 if [[ -z ${GPU_REHEARSAL_PARTS:-} ]] && ! grep -q "  ${stage}\.tar" "$parts/SHA256SUMS" 2>/dev/null; then
