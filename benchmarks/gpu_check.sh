@@ -160,7 +160,8 @@ if reason:
 else:
     import cupy
     props = cupy.cuda.runtime.getDeviceProperties(0)
-    print("GPU:", props["name"].decode(), f"sm_{props['major']}{props['minor']}", f"{props['totalGlobalMem'] / 2**30:.0f} GiB")
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    print("GPU:", name, f"sm_{props['major']}{props['minor']}", f"{props['totalGlobalMem'] / 2**30:.0f} GiB")
     print("CUDA driver", cupy.cuda.runtime.driverGetVersion(), "runtime", cupy.cuda.runtime.runtimeGetVersion())
 EOF
 }
