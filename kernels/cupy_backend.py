@@ -85,7 +85,7 @@ class CupyBackend:
 
     def __init__(self, xp: Any = None) -> None:
         """`xp`: the CuPy module (imported here, lazily: the package must import without it), or a stand-in with
-        its interface, as the tests' CPU emulation of these kernels (tests/cuda_emulator.py)."""
+        its interface, as the tests' CPU emulation of these kernels (tests/support/cuda_emulator.py)."""
         if xp is None:
             import cupy as xp
 

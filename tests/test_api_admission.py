@@ -13,27 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import (
-    PROBLEM_BASE,
-    PYTHON,
-    Service,
-    make_jpeg,
-    port_is_free,
-    start_service,
-    stop_service,
-)
+from support.images import make_jpeg
+from support.problems import PROBLEM_TYPE, assert_problem
+from support.service import PYTHON, Service, port_is_free, start_service, stop_service
 
 from thumbify.redis_conn import EmbeddedRedis, free_port
-
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(r: httpx.Response, status: int, slug: str) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith(PROBLEM)
-    body = r.json()
-    assert body["type"] == PROBLEM_BASE + slug and body["status"] == status
-    return body
 
 
 @pytest.fixture
@@ -193,7 +177,7 @@ def test_while_redis_is_down_the_api_answers_503_and_recovers_by_itself(own_redi
             svc.client.get("/readyz"),
         ):
             assert r.status_code == 503, r.text
-            assert r.headers["content-type"].startswith(PROBLEM)
+            assert r.headers["content-type"].startswith(PROBLEM_TYPE)
             assert int(r.headers["retry-after"]) > 0
         assert time.monotonic() - started < 20  # answered, not hung
         assert svc.client.get("/healthz").status_code == 200  # the process itself is fine
@@ -218,7 +202,7 @@ def test_a_hung_redis_gets_503_not_a_hung_api(own_redis: EmbeddedRedis, tmp_path
         try:
             started = time.monotonic()
             r = svc.get_job(job_id)
-            assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM), r.text
+            assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM_TYPE), r.text
             assert time.monotonic() - started < 30
         finally:
             own_redis.process.send_signal(signal.SIGCONT)

@@ -11,28 +11,15 @@ import time
 import zlib
 
 import pytest
-from conftest import MAX_PIXELS, MAX_UPLOAD_BYTES, PROBLEM_BASE, Service, make_jpeg
-
-BOUNDARY = "thumbify-test-boundary-7d1f"
+from support.images import make_jpeg
+from support.problems import assert_problem, is_failed_corrupt
+from support.service import MAX_PIXELS, MAX_UPLOAD_BYTES, Service
+from support.uploads import multipart
 
 
 @pytest.fixture(scope="module")
 def jpeg() -> bytes:
     return make_jpeg(320, 240)
-
-
-def assert_problem(r, status: int, slug: str, *words: str) -> dict:
-    assert r.status_code == status, f"expected {status} {slug}, got {r.status_code}: {r.text}"
-    assert r.headers["content-type"].startswith("application/problem+json"), r.headers["content-type"]
-    body = r.json()
-    assert body["type"] == PROBLEM_BASE + slug, body
-    assert body["status"] == status, body
-    assert body["title"], body
-    detail = body["detail"]
-    assert isinstance(detail, str) and detail, body
-    for word in words:
-        assert re.search(word, detail, re.IGNORECASE), f"detail {detail!r} does not mention {word!r}"
-    return body
 
 
 def assert_nothing_left(service: Service, before: dict) -> None:
@@ -42,31 +29,6 @@ def assert_nothing_left(service: Service, before: dict) -> None:
         f"originals left behind: {after['originals'] - before['originals']}"
     )
     assert after["jobs"] == before["jobs"], f"job records left behind: {after['jobs'] - before['jobs']}"
-
-
-def multipart(parts: list[tuple[str, str | None, bytes]]) -> tuple[bytes, str]:
-    """A multipart/form-data body from (name, filename or None, data) parts, and its Content-Type."""
-    out = bytearray()
-    for name, filename, data in parts:
-        out += f"--{BOUNDARY}\r\n".encode()
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
-        out += f"Content-Disposition: {disposition}\r\n".encode()
-        if filename is not None:
-            out += b"Content-Type: image/jpeg\r\n"
-        out += b"\r\n" + data + b"\r\n"
-    out += f"--{BOUNDARY}--\r\n".encode()
-    return bytes(out), f"multipart/form-data; boundary={BOUNDARY}"
-
-
-def is_failed_corrupt(job: dict) -> None:
-    assert job["status"] == "failed", f"a broken image should end failed: {job}"
-    assert job["attempts"] == 1, f"a broken image is a permanent failure at once, not retried: {job}"
-    assert job["thumbnails"] == []
-    error = job["error"]
-    assert error and error["type"] == PROBLEM_BASE + "corrupt-image", job
-    detail = error["detail"]
-    assert re.search(r"corrupt|truncated", detail, re.IGNORECASE), f"detail does not say what is wrong: {detail!r}"
-    assert "Traceback" not in detail and "\n" not in detail and len(detail) < 400, detail
 
 
 # -- not an image --------------------------------------------------------------------------------------------------

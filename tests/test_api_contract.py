@@ -9,7 +9,9 @@ from email.utils import format_datetime, parsedate_to_datetime
 
 import httpx
 import pytest
-from conftest import PROBLEM_BASE, PYTHON, Service, make_jpeg, make_png, stop_process, wait_ready
+from support.images import make_jpeg, make_png
+from support.problems import PROBLEM_BASE
+from support.service import PYTHON, Service, stop_process, wait_ready
 
 from thumbify.redis_conn import free_port
 

@@ -19,10 +19,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import PROBLEM_BASE, Service, make_jpeg, start_service, stop_service, wait_ready
-from faults import wait_for
-from test_api_bad_input import assert_problem, multipart
-from test_auth import bearer, create_key
+from support.faults import wait_for
+from support.images import make_jpeg
+from support.keys import bearer, create_key
+from support.problems import PROBLEM_BASE, assert_problem
+from support.service import Service, start_service, stop_service, wait_ready
+from support.uploads import multipart
 
 from thumbify.ratelimit import Limits
 from thumbify.redis_conn import connect

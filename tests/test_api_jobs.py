@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 import pyvips
 import redis
-from conftest import PROBLEM_BASE, Service, make_jpeg, make_png
+from support.images import make_jpeg, make_png
+from support.problems import assert_problem
+from support.service import Service
 
 JOB_FIELDS = {"id", "status", "attempts", "created_at", "updated_at", "source", "spec", "thumbnails", "error"}
 THUMB_FIELDS = {"name", "width", "height", "format", "bytes", "url"}
@@ -25,16 +27,6 @@ NAME_RE = re.compile(r"^thumb_(?P<stem>[A-Za-z0-9._-]+)_(?P<w>\d+)x(?P<h>\d+)\.(
 @pytest.fixture(scope="module")
 def jpeg_640() -> bytes:
     return make_jpeg(640, 480)
-
-
-def assert_problem(r, status: int, slug: str) -> dict:
-    assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text}"
-    assert r.headers["content-type"].startswith("application/problem+json"), r.headers["content-type"]
-    body = r.json()
-    assert body["type"] == PROBLEM_BASE + slug, body
-    assert body["status"] == status, body
-    assert body["detail"], body
-    return body
 
 
 def parse_time(text: str) -> datetime:

@@ -15,34 +15,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PROBLEM_BASE, PYTHON, ROOT, Service, clean_env, make_jpeg, start_service, stop_service
+from support.images import make_jpeg
+from support.keys import bearer, create_key
+from support.problems import assert_problem
+from support.service import PYTHON, ROOT, Service, clean_env, start_service, stop_service
 
 from thumbify.redis_conn import free_port
 from thumbify.signing import sign
 
 SECRET = "test-signing-secret"
-PROBLEM = "application/problem+json"
-
-
-def create_key(keys_file: Path, name: str, *scopes: str) -> str:
-    argv = [PYTHON, "-m", "thumbify_cli", "keys", "create", name, "--file", str(keys_file)]
-    for scope in scopes:
-        argv += ["--scope", scope]
-    done = subprocess.run(argv, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def assert_problem(r: httpx.Response, status: int, slug: str) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith(PROBLEM)
-    body = r.json()
-    assert body["type"] == PROBLEM_BASE + slug
-    return body
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,15 @@ calling `probe` on the real files with a small `max_decode_bytes`, and end to en
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from pathlib import Path
 
-import images
 import pytest
-from conftest import MAX_PIXELS, MAX_UPLOAD_BYTES, PROBLEM_BASE, Service, start_service, stop_service
+from support import images
+from support.problems import assert_problem
+from support.processes import descendants, render_children
+from support.service import MAX_PIXELS, MAX_UPLOAD_BYTES, Service, start_service, stop_service
 
 from thumbify.errors import SideTooLong, TooManyFrames, TooManyPixels
 from thumbify.probe import count_frames, probe
@@ -60,23 +61,6 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (the worker's render processes), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    tree, frontier = [pid], [pid]
-    while frontier:
-        frontier = [child for child, parent in parents.items() if parent in frontier]
-        tree += frontier
-    return tree
-
-
 def memory(svc: Service, name: str) -> dict[int, dict[str, int]]:
     """Memory of the named process of the service and of its descendants, by pid."""
     out = {}
@@ -93,25 +77,9 @@ def growth(before: dict[int, dict[str, int]], after: dict[int, dict[str, int]]) 
     return {pid: m["VmHWM"] - before.get(pid, {"VmHWM": 0})["VmHWM"] for pid, m in after.items()}
 
 
-def render_children(svc: Service) -> list[int]:
-    worker = svc.procs["worker"].pid
-    return [pid for pid in descendants(worker) if pid != worker]
-
-
 def queue_length(svc: Service) -> int:
     with svc.redis() as r:
         return r.xlen(f"{svc.key_prefix}:jobs") if r.exists(f"{svc.key_prefix}:jobs") else 0
-
-
-def assert_problem(r, status: int, slug: str, *words: str) -> dict:
-    assert r.status_code == status, f"expected {status} {slug}, got {r.status_code}: {r.text[:500]}"
-    assert r.headers["content-type"].startswith("application/problem+json"), r.headers["content-type"]
-    body = r.json()
-    assert body["type"] == PROBLEM_BASE + slug, body
-    assert body["status"] == status and body["title"] and body["detail"], body
-    for word in words:
-        assert re.search(word, body["detail"], re.IGNORECASE), f"{body['detail']!r} does not mention {word!r}"
-    return body
 
 
 # -- bombs refused at upload ------------------------------------------------------------------------------------------

@@ -5,25 +5,13 @@ to point at it; lines are not cut at 80 columns when the output is a file."""
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, ROOT, clean_env, make_jpeg
-from images import truncated_jpeg
+from support.cli import cli
+from support.images import make_jpeg, truncated_jpeg
 
 from thumbify.redis_conn import free_port
-
-
-def cli(*argv: str, **env: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [PYTHON, "-m", "thumbify_cli", *argv],
-        cwd=ROOT,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import corpus
-import images
 import pytest
-import test_routing
-from conftest import Service
-from test_api_bad_input import assert_problem, is_failed_corrupt
-from test_routing import item
+from support import corpus, images
+from support.problems import assert_problem, is_failed_corrupt
+from support.renditions import item
+from support.service import Service
 
 from gpu_worker.backends.dali import jpeg_damage
 from gpu_worker.backends.vips import VipsBackend, configure_vips
@@ -29,7 +27,6 @@ from thumbify.errors import CorruptImage, UnsupportedMedia
 from thumbify.probe import png_damage, probe
 
 pytestmark = pytest.mark.timeout(300)
-any_backend = test_routing.any_backend  # every backend this machine has
 
 PHOTO_64x48 = images.photo_like(64, 48, seed=1, quality=90)
 # name: the file; each is refused by every backend, whatever sizes are asked for.

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pyvips
+from support import images
+from support.renditions import MAGIC, assert_marked_upright, close, lanczos3_reference, only, pixels, psnr, render_with
 
 pytest.importorskip("nvidia.dali", reason="nvidia-dali-cuda130 is not installed (pip install -e '.[test]')")
 
-import images
 import test_vips_backend as vt
 
 from gpu_worker.backends.base import Rendition
@@ -74,8 +75,10 @@ def backend() -> CountingDali:
     dali.close()
 
 
-render = vt.render  # the same fixture: it calls whatever `backend` is here
-photo_12mp = vt.photo_12mp
+@pytest.fixture
+def render(backend: CountingDali, tmp_path: Path):
+    return render_with(backend, tmp_path)
+
 
 REUSED = [
     vt.test_exif_orientation_single_size,
@@ -182,7 +185,7 @@ def item(tmp_path: Path, name: str, data: bytes, **spec) -> tuple[Path, str, Thu
 
 
 def arrays(renditions: list[Rendition]) -> dict[str, np.ndarray]:
-    return {r.name: vt.pixels(r) for r in renditions}
+    return {r.name: pixels(r) for r in renditions}
 
 
 def bad_crc_png() -> bytes:
@@ -217,7 +220,7 @@ def test_dali_and_vips_give_the_same_pixels(backend, tmp_path: Path, source: str
     assert ours.keys() == theirs.keys()
     for name, array in ours.items():
         assert array.shape == theirs[name].shape, name
-        score = vt.psnr(array, theirs[name])
+        score = psnr(array, theirs[name])
         assert score >= 35.0, f"{name}: {score:.1f} dB against the vips backend"
 
 
@@ -234,8 +237,8 @@ def test_encoded_output_matches_vips(backend, tmp_path: Path, out_format: str) -
         theirs.height,
         theirs.format,
     )
-    assert vt.MAGIC[ours.format](ours.data)
-    assert vt.psnr(vt.pixels(ours), vt.pixels(theirs)) >= 35.0
+    assert MAGIC[ours.format](ours.data)
+    assert psnr(pixels(ours), pixels(theirs)) >= 35.0
 
 
 def test_several_sizes_from_one_dali_pass(backend, tmp_path: Path) -> None:
@@ -248,7 +251,7 @@ def test_several_sizes_from_one_dali_pass(backend, tmp_path: Path) -> None:
     assert backend.runs == [1] and backend.fallback.calls == []
     full = pyvips.Image.new_from_buffer(data, "").numpy().astype(np.float64)
     for r in out:
-        assert vt.psnr(vt.pixels(r), vt.lanczos3_reference(full, r.width, r.height)) >= 40.0, r.name
+        assert psnr(pixels(r), lanczos3_reference(full, r.width, r.height)) >= 40.0, r.name
 
 
 # -- batches ----------------------------------------------------------------------------------------------------------
@@ -268,12 +271,12 @@ def test_a_batch_mixing_good_cmyk_and_truncated_images(backend, tmp_path: Path) 
     assert [r.name for r in good1] == ["thumb_good1_128x96.png"]
     assert [r.name for r in good2] == ["thumb_good2_150x100.jpg"]
     assert [r.name for r in good3] == ["thumb_good3_160x80.png"]
-    vt.assert_marked_upright(vt.pixels(good3[0]))
+    assert_marked_upright(pixels(good3[0]))
     # The CMYK JPEG goes through its profile on vips: the right sRGB colours.
-    array = vt.pixels(vt.only(cmyk))
+    array = pixels(only(cmyk))
     for i, colour in enumerate(images.CMYK_PATCHES):
         x, y = images.patch_centre(i)
-        assert vt.close(array[y - 4 : y + 5, x - 4 : x + 5].reshape(-1, 3).mean(axis=0), colour, 12), i
+        assert close(array[y - 4 : y + 5, x - 4 : x + 5].reshape(-1, 3).mean(axis=0), colour, 12), i
     assert isinstance(truncated, CorruptImage) and "jpeg" in truncated.detail
     # Both refused up front: the good three went through DALI in one run.
     assert sorted(backend.fallback.calls) == ["cmyk.jpg", "truncated.jpg"]
@@ -303,7 +306,7 @@ def test_an_image_that_fails_inside_dali_is_retried_on_vips_and_fails_only_itsel
     # The batch failed, was bisected down to the two culprits, and the pipeline was rebuilt each time.
     assert dali.runs[0] == 7 and dali.runs.count(1) >= 2
     # What DALI rendered is what it renders alone in a healthy pipeline.
-    assert np.array_equal(vt.pixels(vt.only(dali.render(*items[0]))), vt.pixels(vt.only(results[0])))
+    assert np.array_equal(pixels(only(dali.render(*items[0]))), pixels(only(results[0])))
 
 
 @pytest.mark.parametrize("count", [1, 2, MAX_BATCH - 1, MAX_BATCH, MAX_BATCH + 1, 2 * MAX_BATCH + 1])
@@ -318,23 +321,23 @@ def test_batches_of_every_size_keep_their_order(tmp_path: Path, count: int) -> N
     expected_runs = [MAX_BATCH] * (count // MAX_BATCH) + ([count % MAX_BATCH] if count % MAX_BATCH else [])
     assert dali.runs == expected_runs and dali.fallback.calls == []
     for i, ((w, h), result) in enumerate(zip(sizes, results, strict=True)):
-        r = vt.only(result)
+        r = only(result)
         assert (r.name, r.width, r.height) == (f"thumb_img{i}_64x{round(h * 64 / w)}.png", 64, round(h * 64 / w))
-        alone = vt.only(dali.render(*items[i]))
-        assert np.array_equal(vt.pixels(r), vt.pixels(alone))
+        alone = only(dali.render(*items[i]))
+        assert np.array_equal(pixels(r), pixels(alone))
 
 
 def test_concurrent_callers_share_one_pipeline(tmp_path: Path) -> None:
     dali = cpu_dali()
     items = [item(tmp_path, f"c{i}.jpg", images.photo_like(160, 120, seed=60 + i), sizes="48") for i in range(6)]
-    expected = [vt.pixels(vt.only(dali.render(*it))) for it in items]
+    expected = [pixels(only(dali.render(*it))) for it in items]
     failures: list[BaseException] = []
 
     def work(k: int) -> None:
         try:
             for j in range(3):
                 i = (k + j) % len(items)
-                assert np.array_equal(vt.pixels(vt.only(dali.render(*items[i]))), expected[i])
+                assert np.array_equal(pixels(only(dali.render(*items[i]))), expected[i])
         except BaseException as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
 
@@ -506,9 +509,9 @@ def test_gpu_pipeline_agrees_with_the_cpu_pipeline(tmp_path: Path) -> None:
     items.append(item(tmp_path, "t.jpg", images.truncated_jpeg(), sizes="64"))
     on_gpu, on_cpu = gpu.render_batch(items), cpu.render_batch(items)
     assert isinstance(on_gpu[-1], CorruptImage)
-    vt.assert_marked_upright(vt.pixels(vt.only(on_gpu[-2])))
+    assert_marked_upright(pixels(only(on_gpu[-2])))
     for g, c in zip(on_gpu[:-1], on_cpu[:-1], strict=True):
         for name, array in arrays(g).items():
-            assert vt.psnr(array, arrays(c)[name]) >= 35.0, name  # nvJPEG's IDCT is not libjpeg-turbo's
+            assert psnr(array, arrays(c)[name]) >= 35.0, name  # nvJPEG's IDCT is not libjpeg-turbo's
     assert gpu.fallback.calls == ["t.jpg"]
     gpu.close()

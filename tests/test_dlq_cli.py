@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 import redis
-from test_cli_output import cli
+from support.cli import cli
 
 NOT_ENTRIES = ["nope", "0123456789ABCDEF0123456789ABCDEF", "1-x", "99999999999999999999-0", "1-0"]
 

@@ -5,7 +5,7 @@ thumbnails that download) or `failed` with a readable error (a problem type and 
 the worker neither crashes nor hangs (no `worker-crashed`, `image-timeout` or `render-error`), is alive at the end
 and still serves a good job.
 
-The cases come from tests/mutate.py (a seeded random mutator; its docstring says why not hypothesis):
+The cases come from tests/support/mutate.py (a seeded random mutator; its docstring says why not hypothesis):
 - THUMBIFY_FUZZ_ITERATIONS: how many cases (default 2000: about 16 s on two idle cores; 10,000 take about 70 s)
 - THUMBIFY_FUZZ_SEED: the base seed (default 1); each case's own seed is "<base>:<index>"
 - THUMBIFY_FUZZ_ONLY: comma-separated case indices, to replay just those
@@ -21,10 +21,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import images
-import mutate
 import pytest
-from conftest import PROBLEM_BASE, Service, start_service, stop_service
+from support import images, mutate
+from support.problems import PROBLEM_BASE
+from support.service import Service, start_service, stop_service
 
 ITERATIONS = int(os.environ.get("THUMBIFY_FUZZ_ITERATIONS", "2000"))
 BASE_SEED = int(os.environ.get("THUMBIFY_FUZZ_SEED", "1"))

@@ -1,7 +1,7 @@
 """The tiles backend's GPU path (pinned strips, stream copies, the CuPy strip driver, premultiplied alpha, 16-bit)
 run on every CI machine: its GPU tests in a pytest process of their own where `import cupy` gives the CPU emulator
-(tests/emulated_gpu.py, tests/cuda_emulator.py). What only a GPU shows (device memory, real asynchrony) stays with
-the GPU tests on a GPU machine."""
+(tests/support/emulated_gpu.py, tests/support/cuda_emulator.py). What only a GPU shows (device memory, real
+asynchrony) stays with the GPU tests on a GPU machine."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, ROOT
-from cuda_emulator import COMPILER
+from support.cuda_emulator import COMPILER
+from support.service import PYTHON, ROOT
 
 TESTS = Path(__file__).resolve().parent
 
@@ -21,7 +21,7 @@ TESTS = Path(__file__).resolve().parent
 def test_the_tiles_gpu_path_on_the_emulator(tmp_path: Path) -> None:
     report = tmp_path / "report.xml"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    argv = [PYTHON, "-m", "pytest", "-p", "emulated_gpu", "-p", "no:cacheprovider", "-q", "-rs"]
+    argv = [PYTHON, "-m", "pytest", "-p", "support.emulated_gpu", "-p", "no:cacheprovider", "-q", "-rs"]
     # Device memory is CuPy's allocator's business, which the emulator does not have: that test stays GPU-only.
     argv += ["tests/test_tiles_backend.py", "-k", "gpu and not memory_stays_bounded", f"--junitxml={report}"]
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)

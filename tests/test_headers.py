@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import images
 import pytest
-from conftest import Service, start_service, stop_service
+from support import images
+from support.service import Service, start_service, stop_service
 
 from api.security import check_origins, content_disposition
 

@@ -8,10 +8,10 @@ import signal
 import socket
 from pathlib import Path
 
-import images
 import pytest
-from conftest import start_service, stop_service
-from faults import check_thumbnails, log_of, start_worker, statuses, wait_for
+from support import images
+from support.faults import check_thumbnails, log_of, start_worker, statuses, wait_for
+from support.service import start_service, stop_service
 
 pytestmark = pytest.mark.timeout(240)
 

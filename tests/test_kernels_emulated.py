@@ -1,4 +1,4 @@
-"""The CuPy backend's CUDA kernels and Python side, run on the CPU by tests/cuda_emulator.py (every block and thread
+"""The CuPy backend's CUDA kernels and Python side, run on the CPU by support/cuda_emulator.py (every block and thread
 of each launch, argument types checked as the GPU needs them), against the NumPy twin: bit for bit.
 
 The GPU itself is tested by tests/test_kernels_gpu.py where there is one; this runs on every CI machine.
@@ -11,8 +11,8 @@ import subprocess
 
 import numpy as np
 import pytest
-from cuda_emulator import COMPILER, EmulatedRawKernel, fake_cupy_module
-from test_kernels import ALL_FILTERS, noise, random_heights, reference, strips_of
+from support.cuda_emulator import COMPILER, EmulatedRawKernel, fake_cupy_module
+from support.kernel_reference import ALL_FILTERS, noise, random_heights, reference, strips_of
 
 from kernels import StripResampler, resample, resample_strips
 from kernels.cupy_backend import _SOURCE, CupyBackend

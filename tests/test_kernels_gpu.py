@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.kernel_reference import ALL_FILTERS, noise, random_heights, reference, strips_of
 
 import kernels
 from kernels import StripResampler, resample, resample_strips, weight_table
@@ -18,7 +19,6 @@ if not kernels.cuda_available():
     pytest.skip("CuPy sees no CUDA device: the CuPy kernels are tested on a CUDA machine", allow_module_level=True)
 
 # After the skips: nothing here needs CuPy, but it reads better beside its use.
-from test_kernels import ALL_FILTERS, noise, random_heights, reference, strips_of  # noqa: E402
 
 from kernels.cupy_backend import CupyBackend  # noqa: E402
 

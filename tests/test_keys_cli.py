@@ -14,7 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PROBLEM_BASE, PYTHON, ROOT, clean_env, log_tail, make_jpeg, stop_process, wait_ready
+from support.images import make_jpeg
+from support.problems import PROBLEM_BASE
+from support.service import PYTHON, ROOT, clean_env, log_tail, stop_process, wait_ready
 
 from thumbify.keys import KeyRing, add_to_file, new_key
 from thumbify.redis_conn import free_port

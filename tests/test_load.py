@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pyvips
-from conftest import PYTHON, start_service, stop_service
+from support.service import PYTHON, start_service, stop_service
 
 from benchmarks.load import run_load
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import log_tail, make_jpeg, start_service, stop_service
+from support.images import make_jpeg
+from support.service import log_tail, start_service, stop_service
 
 from thumbify.queue import JobQueue
 from thumbify.redis_conn import EmbeddedRedis, connect, free_port

@@ -1,5 +1,5 @@
 """Generated corpora through every backend this machine has (vips; dali, tiles and the router on cpu; their GPU
-variants where CUDA is usable: `test_routing.any_backend`):
+variants where CUDA is usable: the `any_backend` fixture):
 
 - JPEGs with each of the 8 EXIF orientations whose pixels show which way is up (`corpus.oriented`): every thumbnail
   comes out upright, at one size, with shrink-on-load and several sizes, and cropped to a square by `cover`;
@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import corpus
 import numpy as np
 import pytest
-import test_routing
-import test_vips_backend as vt
-from test_routing import item
+from support import corpus
+from support.renditions import close, decode, item, only, pixels
 
 from thumbify.probe import probe
 
 pytestmark = pytest.mark.timeout(300)
-any_backend = test_routing.any_backend  # every backend this machine has
 
 ORIENTATIONS = list(range(1, 9))
 SUITE = corpus.suite()
@@ -50,7 +47,7 @@ def test_every_orientation_comes_out_upright(any_backend, tmp_path: Path, orient
     several = any_backend.render(*item(tmp_path, "big.jpg", big, sizes="600,256,100x40", format="png"))
     assert [(r.width, r.height) for r in several] == [(600, 300), (256, 128), (80, 40)]
     for r in one + several:
-        assert corpus.is_upright(vt.pixels(r)), (r.name, corpus.quadrant_colours(vt.pixels(r)))
+        assert corpus.is_upright(pixels(r)), (r.name, corpus.quadrant_colours(pixels(r)))
 
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
@@ -59,11 +56,11 @@ def test_every_orientation_is_upright_before_a_cover_crop(any_backend, tmp_path:
     out = any_backend.render(
         *item(tmp_path, "src.jpg", corpus.oriented(orientation, 320, 160), sizes="64x64", fit="cover", format="png")
     )
-    array = vt.pixels(vt.only(out))
+    array = pixels(only(out))
     assert array.shape[:2] == (64, 64)
-    assert vt.close(array[12:20, 12:20].reshape(-1, 3).mean(axis=0), corpus.UP_LEFT, 14), orientation
-    assert vt.close(array[12:20, 44:52].reshape(-1, 3).mean(axis=0), corpus.UP_RIGHT, 14), orientation
-    assert vt.close(array[44:52, 8:56].reshape(-1, 3).mean(axis=0), corpus.GREY, 14), orientation
+    assert close(array[12:20, 12:20].reshape(-1, 3).mean(axis=0), corpus.UP_LEFT, 14), orientation
+    assert close(array[12:20, 44:52].reshape(-1, 3).mean(axis=0), corpus.UP_RIGHT, 14), orientation
+    assert close(array[44:52, 8:56].reshape(-1, 3).mean(axis=0), corpus.GREY, 14), orientation
 
 
 # -- PNG ------------------------------------------------------------------------------------------------------------
@@ -96,10 +93,10 @@ def test_every_valid_png_renders_right(any_backend, tmp_path: Path, name: str) -
     case = SUITE[name]
     h, w = case.rgba.shape[:2]
     # "inside" never enlarges: the thumbnail is the source at its own size, each pixel comparable.
-    r = vt.only(any_backend.render(*item(tmp_path, f"{name}.png", case.png.encode(), sizes="4096", format="png")))
+    r = only(any_backend.render(*item(tmp_path, f"{name}.png", case.png.encode(), sizes="4096", format="png")))
     assert (r.width, r.height) == (w, h)
-    image = vt.decode(r)
-    array = vt.pixels(r)
+    image = decode(r)
+    array = pixels(r)
     assert array.shape[2] == (4 if case.has_alpha else 3), image.interpretation
     want = case.rgba if case.has_alpha else case.rgba[..., :3]
     seen = want[..., 3] > 0 if case.has_alpha else np.ones((h, w), bool)

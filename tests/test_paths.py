@@ -16,9 +16,10 @@ import socket
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-import images
 import pytest
-from conftest import PROBLEM_BASE, Service
+from support import images
+from support.problems import PROBLEM_BASE
+from support.service import Service
 
 THUMB_NAME = re.compile(r"^thumb_[A-Za-z0-9][A-Za-z0-9._-]{0,63}_\d{1,4}x\d{1,4}\.(jpg|png|webp|avif)$")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -19,24 +19,23 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import images
 import pytest
 import pyvips
-from conftest import PROBLEM_BASE, PYTHON, ROOT, Service, make_jpeg, port_is_free, start_service, stop_service
-from faults import (
-    TAG_VAR,
+from support import images
+from support.faults import (
     broken_thumbnail_storage,
     check_thumbnails,
     log_of,
     pending_count,
-    render_children,
     start_worker,
     statuses,
-    tagged_processes,
     wait_for,
     wait_retrying,
 )
-from images import truncated_jpeg
+from support.images import make_jpeg, truncated_jpeg
+from support.problems import PROBLEM_BASE
+from support.processes import TAG_VAR, render_children, tagged_processes
+from support.service import PYTHON, ROOT, Service, port_is_free, start_service, stop_service
 
 from gpu_worker.backends.vips import VipsBackend
 from gpu_worker.pool import RenderPool

@@ -21,10 +21,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import images
 import pytest
-import test_vips_backend as vt
-from conftest import PYTHON, ROOT, clean_env
+from support import images
+from support.backends import CAP, DALI_MISSING, GPU_MISSING, TILES_MISSING, needs_dali, needs_gpu, needs_tiles, no_gpu
+from support.renditions import MAGIC, assert_marked_upright, close, decode, item, only, pixels, psnr
+from support.service import PYTHON, ROOT, clean_env
 
 from gpu_worker import backend_choice
 from gpu_worker.backends.base import Refused, Rendition
@@ -37,31 +38,6 @@ from thumbify.settings import Settings
 from thumbify.spec import EXTENSIONS, ThumbnailSpec
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _missing(module: str) -> str | None:
-    try:
-        __import__(module)
-    except Exception as exc:  # noqa: BLE001 - any failure to import means "not here"
-        return f"{module} does not import: {type(exc).__name__}: {exc}"
-    return None
-
-
-DALI_MISSING = _missing("nvidia.dali")
-TILES_MISSING = _missing("gpu_worker.backends.tiles")
-GPU_MISSING = backend_choice.gpu_unavailable(0)
-needs_dali = pytest.mark.skipif(DALI_MISSING is not None, reason=str(DALI_MISSING))
-needs_tiles = pytest.mark.skipif(TILES_MISSING is not None, reason=f"tiles is not ready: {TILES_MISSING}")
-needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=f"no GPU backends here: {GPU_MISSING}")
-no_gpu = pytest.mark.skipif(GPU_MISSING is None, reason="this machine has a usable GPU")
-CAP = 400_000  # a small one-shot cap, so that small test images go to tiles
-
-
-def item(tmp_path: Path, name: str, data: bytes, **spec) -> tuple[Path, str, ThumbnailSpec, str]:
-    fmt = sniff(data[:32])
-    assert fmt is not None
-    path = images.write(tmp_path / name, data)
-    return path, fmt, ThumbnailSpec(**spec), Path(name).stem
 
 
 def names(result) -> list[str] | Exception:
@@ -254,7 +230,7 @@ def test_one_batch_goes_where_each_image_belongs_and_bad_ones_fail_alone(
         # Whatever rendered it, it is what the vips backend makes of it.
         for ours, theirs in zip(result, VipsBackend().render(*it), strict=True):
             assert (ours.name, ours.width, ours.height) == (theirs.name, theirs.width, theirs.height)
-            assert vt.psnr(vt.pixels(ours), vt.pixels(theirs)) >= 35.0, name
+            assert psnr(pixels(ours), pixels(theirs)) >= 35.0, name
 
 
 @needs_dali
@@ -468,20 +444,20 @@ def test_a_worker_on_the_router_batches_and_finishes_every_job(redis_server: str
 
 
 def _cmyk_colours(renditions: list[Rendition]) -> None:
-    array = vt.pixels(vt.only(renditions))
+    array = pixels(only(renditions))
     for i, colour in enumerate(images.CMYK_PATCHES):
         x, y = images.patch_centre(i)
-        assert vt.close(array[y - 4 : y + 5, x - 4 : x + 5].reshape(-1, 3).mean(axis=0), colour, 12), i
+        assert close(array[y - 4 : y + 5, x - 4 : x + 5].reshape(-1, 3).mean(axis=0), colour, 12), i
 
 
 def _upright(renditions: list[Rendition]) -> None:
-    vt.assert_marked_upright(vt.pixels(vt.only(renditions)))
+    assert_marked_upright(pixels(only(renditions)))
 
 
 def _padded(renditions: list[Rendition]) -> None:
-    array = vt.pixels(vt.only(renditions))
+    array = pixels(only(renditions))
     assert array.shape == (90, 160, 3)
-    assert vt.close(array[45, :10].mean(axis=0), (0x33, 0x66, 0x99), 3)  # the pad, left of a 4:3 picture
+    assert close(array[45, :10].mean(axis=0), (0x33, 0x66, 0x99), 3)  # the pad, left of a 4:3 picture
 
 
 def _photo(w: int, h: int, seed: int) -> Callable[[], bytes]:
@@ -520,56 +496,6 @@ CASES: dict[str, tuple[Callable[[], bytes], dict, list[str], Callable[[list[Rend
 }
 
 
-def _backends() -> list:
-    made = {
-        "vips": lambda: VipsBackend(),
-        "dali-cpu": lambda: _dali("cpu"),
-        "tiles-cpu": lambda: _tiles("cpu"),
-        "router-cpu": lambda: RoutedBackend("cpu", num_threads=1, one_shot_max_pixels=CAP, strip_rows=64),
-        "dali-gpu": lambda: _dali("gpu"),
-        "tiles-gpu": lambda: _tiles("gpu"),
-        "router-gpu": lambda: RoutedBackend("gpu", one_shot_max_pixels=CAP, strip_rows=64),
-    }
-    needs = {
-        "dali-cpu": [DALI_MISSING],
-        "tiles-cpu": [TILES_MISSING],
-        "router-cpu": [DALI_MISSING],
-        "dali-gpu": [GPU_MISSING],
-        "tiles-gpu": [GPU_MISSING, TILES_MISSING],
-        "router-gpu": [GPU_MISSING],
-    }
-    params = []
-    for name, make in made.items():
-        reasons = [r for r in needs.get(name, []) if r]
-        marks = [pytest.mark.skip(reason=f"{name}: {reasons[0]}")] if reasons else []
-        if name.endswith("-gpu"):
-            marks.append(pytest.mark.gpu)
-        params.append(pytest.param(make, id=name, marks=marks))
-    return params
-
-
-def _dali(device: str):
-    from gpu_worker.backends.dali import DaliBackend
-
-    return DaliBackend(device, device_id=0 if device == "gpu" else None, num_threads=1)
-
-
-def _tiles(device: str):
-    from gpu_worker.backends.tiles import TilesBackend
-
-    return TilesBackend(device, strip_rows=64)
-
-
-@pytest.fixture(scope="module", params=_backends())
-def any_backend(request: pytest.FixtureRequest):
-    configure_vips(1)
-    backend = request.param()
-    yield backend
-    close = getattr(backend, "close", None)
-    if close is not None:
-        close()
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_backend_obeys_the_spec(any_backend, tmp_path: Path, case: str) -> None:
     make, spec, sizes, check = CASES[case]
@@ -585,11 +511,11 @@ def test_every_backend_obeys_the_spec(any_backend, tmp_path: Path, case: str) ->
         (r.name, r.width, r.height, r.format) for r in theirs
     ]
     for r, v in zip(ours, theirs, strict=True):
-        assert vt.MAGIC[r.format](r.data), r.name
-        image = vt.decode(r)
+        assert MAGIC[r.format](r.data), r.name
+        image = decode(r)
         assert image.interpretation in ("srgb", "b-w") and image.bands in (1, 3), r.name  # sRGB, no alpha
         assert not image.get_typeof("exif-data") and not image.get_typeof("icc-profile-data"), r.name
-        score = vt.psnr(vt.pixels(r), vt.pixels(v))
+        score = psnr(pixels(r), pixels(v))
         assert score >= 35.0, f"{r.name}: {score:.1f} dB against the vips backend"
     if check is not None:
         check(ours)

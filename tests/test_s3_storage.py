@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_jpeg, start_service, stop_service
-from faults import start_worker, wait_retrying
-from s3server import RcloneS3
+from support.faults import start_worker, wait_retrying
+from support.images import make_jpeg
+from support.s3server import RcloneS3
+from support.service import start_service, stop_service
 
 from thumbify.errors import StorageFailed
 from thumbify.settings import Settings

@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from conftest import PROBLEM_BASE, PYTHON, ROOT, Service, clean_env, make_jpeg, start_service, stop_service
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate as validate_openapi
 from schemathesis.checks import not_a_server_error
@@ -29,6 +28,9 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support.images import make_jpeg
+from support.problems import PROBLEM_BASE
+from support.service import PYTHON, ROOT, Service, clean_env, start_service, stop_service
 
 from api.app import create_app
 from api.problems import ProblemDetails

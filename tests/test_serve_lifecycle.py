@@ -15,9 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PYTHON, clean_env, log_tail, make_jpeg
-from faults import TAG_VAR, tagged_processes, wait_for
-from test_api_serve import Serve, _stat, descendants
+from support.faults import wait_for
+from support.images import make_jpeg
+from support.processes import TAG_VAR, descendants, gone, group_members, stat, tagged_processes
+from support.serve import Serve
+from support.service import PYTHON, clean_env, log_tail
 
 from thumbify.redis_conn import cancel_and_wait, connect, free_port, raise_if_cancelled
 
@@ -66,25 +68,6 @@ class Tagged(Serve):
             return False
 
 
-def _gone(pid: int, started: str) -> bool:
-    """The process ran and is now reaped: not running and not a zombie waiting for its parent."""
-    st = _stat(pid)
-    return st is None or st[2] != started
-
-
-def _group(pgid: int) -> list[int]:
-    """The live members (zombies not counted) of process group `pgid`."""
-    members = []
-    for entry in os.listdir("/proc"):
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
-
-
 def _run_job(serve: Serve) -> dict:
     r = serve.client.post("/v1/jobs", files={"file": ("a.jpg", make_jpeg(160, 120), "image/jpeg")})
     assert r.status_code == 202, r.text
@@ -117,7 +100,7 @@ def test_a_signal_at_any_moment_of_start_up_ends_serve_at_once(tmp_path: Path, s
         took = time.monotonic() - sent
         left = serve.left_behind()
         assert not left, f"processes left running: {left}\n{log_tail(serve.log)}"
-        assert not _group(serve.proc.pid), "processes left in serve's process group"
+        assert not group_members(serve.proc.pid), "processes left in serve's process group"
         assert not (data_dir / "redis" / "redis.sock").exists(), "a stale redis.sock was left"
         assert took < 10, f"serve took {took:.1f}s to stop\n{log_tail(serve.log)}"
 
@@ -130,9 +113,9 @@ def test_a_killed_redis_is_reaped_and_restarted_on_the_same_data(tmp_path: Path)
         serve.ready()
         before = _run_job(serve)
         pid = serve.redis_pid()
-        started = _stat(pid)[2]
+        started = stat(pid).started
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: _gone(pid, started), 10, "the killed redis-server to be reaped (no zombie)")
+        wait_for(lambda: gone(pid, started), 10, "the killed redis-server to be reaped (no zombie)")
         wait_for(serve.ready_again, 30, "/readyz to answer 200 again")
         assert serve.redis_pid() not in (None, pid)
         r = serve.client.get(f"/v1/jobs/{before['id']}")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PYTHON, Service, make_jpeg, start_service, stop_service, wait_ready
-from faults import wait_for
+from support.faults import wait_for
+from support.images import make_jpeg
+from support.service import PYTHON, Service, start_service, stop_service, wait_ready
 
 from thumbify.redis_conn import free_port
 

@@ -16,11 +16,11 @@ import textwrap
 import threading
 from pathlib import Path
 
-import images
 import numpy as np
 import pytest
 import pyvips
-from test_vips_backend import (
+from support import images
+from support.renditions import (
     MAGIC,
     OPAQUE,
     assert_marked_upright,

@@ -10,7 +10,8 @@ return a `pyvips.Image` (uchar/ushort, with its interpretation set); the others 
 - `png16`, `grey_png`, `grey_jpeg`, `grey16_png`, `rgba_png`: bit depths and band layouts
 - `animated("gif" | "webp")`: three frames of FRAME_COLOURS; `encode(image, container)` for every container
 - `truncated_jpeg()`, `corrupt_jpeg()`, `jpeg_with_sof_size(w, h)`: broken or lying files
-- tests/corpus.py: a PngSuite-like corpus written chunk by chunk, its corruptions, and EXIF-oriented JPEGs
+- `make_jpeg`, `make_png`: noise payloads for service tests (entropy, so a JPEG has a long scan)
+- support/corpus.py: a PngSuite-like corpus written chunk by chunk, its corruptions, and EXIF-oriented JPEGs
 """
 
 from __future__ import annotations
@@ -513,3 +514,23 @@ def slow_avif_source() -> bytes:
         .bandjoin([((xy[1] % 5) * 50).cast("uchar"), ((xy[0] + xy[1]) % 11 * 23).cast("uchar")])
     )
     return img.copy(interpretation="srgb").pngsave_buffer(compression=6)
+
+
+# -- payloads for service tests ----------------------------------------------------------------------------------------
+
+
+def noise_image(width: int, height: int, bands: int = 3) -> pyvips.Image:
+    """An sRGB image with real entropy (so a JPEG of it has a long, meaningful scan)."""
+    planes = [
+        pyvips.Image.gaussnoise(width, height, mean=128, sigma=48, seed=i + 1).cast("uchar") for i in range(bands)
+    ]
+    image = planes[0].bandjoin(planes[1:]) if bands > 1 else planes[0]
+    return image.copy(interpretation="srgb" if bands >= 3 else "b-w")
+
+
+def make_jpeg(width: int = 640, height: int = 480, quality: int = 85) -> bytes:
+    return noise_image(width, height).jpegsave_buffer(Q=quality)
+
+
+def make_png(width: int = 64, height: int = 48, alpha: bool = False) -> bytes:
+    return noise_image(width, height, 4 if alpha else 3).pngsave_buffer()

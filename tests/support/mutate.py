@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import images
+from support import images
 
 INTERESTING_8 = [0, 1, 2, 7, 8, 15, 16, 0x7F, 0x80, 0xFE, 0xFF]
 INTERESTING_16 = [0, 1, 2, 8, 16, 255, 256, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF, 16383, 16384, 65500]

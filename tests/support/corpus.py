@@ -12,9 +12,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import images
 import numpy as np
 import pyvips
+
+from support import images
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Adam7's seven passes: (first column, first row, column step, row step).

@@ -1,4 +1,4 @@
-"""Fault-injection helpers for the reliability tests: extra workers, broken storage, process and port bookkeeping.
+"""Fault-injection helpers for the reliability tests: extra workers, broken storage, job records read from Redis.
 
 Everything here acts on real things: processes get real signals, storage is broken by putting a regular file where
 the worker must create a folder (the tests run as root, so permissions would not stop a write), Redis is a real
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -18,11 +17,9 @@ from pathlib import Path
 
 import pyvips
 import redis
-from conftest import PROBLEM_BASE, PYTHON, ROOT, Service
 
-# Every process a reliability test starts (API, workers, their render processes, redis-servers) inherits this
-# variable, with a value unique to the test, so the test can prove afterwards that none of them is left running.
-TAG_VAR = "THUMBIFY_RELIABILITY_TEST_TAG"
+from support.problems import PROBLEM_BASE
+from support.service import PYTHON, ROOT, Service
 
 
 def start_worker(svc: Service, name: str, **settings: object) -> subprocess.Popen:
@@ -126,71 +123,6 @@ def check_thumbnails(svc: Service, job: dict) -> None:
         image = pyvips.Image.new_from_file(str(path), access="sequential")
         assert (image.width, image.height) == (thumb["width"], thumb["height"]), thumb
         image.avg()  # decodes every pixel: a truncated file raises here
-
-
-# -- processes ----------------------------------------------------------------------------------------------------
-
-
-def _environ(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            return fh.read()
-    except OSError:
-        return b""
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-def tagged_processes(tag: str) -> list[str]:
-    """Live processes (not zombies) carrying `TAG_VAR=tag`, as 'pid cmdline' strings. The test runner's own
-    multiprocessing resource tracker (one per process that ever starts a `spawn` child, living as long as that
-    process) is not counted: it belongs to pytest, not to the test."""
-    needle = f"{TAG_VAR}={tag}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        pid = int(entry)
-        if needle in _environ(pid).split(b"\0") and not _is_zombie(pid):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "multiprocessing.resource_tracker" in cmd and _parent(pid) == os.getpid():
-                continue
-            found.append(f"{pid} {cmd.strip()}")
-    return found
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def render_children(pid: int) -> list[int]:
-    """The live render processes of worker `pid` (its `spawn` children; not its resource tracker)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != b"Z" and b"spawn_main" in cmdline:
-            out.append(int(entry))
-    return out
 
 
 def redis_client(url: str) -> redis.Redis:

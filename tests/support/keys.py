@@ -1,0 +1,18 @@
+"""API keys as an operator makes them (`thumbify keys create`), and the header a client sends one in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from support.cli import cli
+
+
+def create_key(keys_file: Path, name: str, *scopes: str) -> str:
+    """A new key named `name` with `scopes` (default: the CLI's) in `keys_file`; the secret is returned."""
+    done = cli("keys", "create", name, "--file", str(keys_file), *(arg for s in scopes for arg in ("--scope", s)))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
