@@ -63,8 +63,8 @@ def _status(pid: int) -> dict[str, int]:
 
 def memory(svc: Service, name: str) -> dict[int, dict[str, int]]:
     """Memory of the named process of the service and of its descendants, by pid."""
-    out = {}
-    for pid in descendants(svc.procs[name].pid):
+    root, out = svc.procs[name].pid, {}
+    for pid in [root, *descendants(root)]:
         try:
             out[pid] = _status(pid)
         except (FileNotFoundError, ProcessLookupError):
@@ -166,7 +166,7 @@ def test_an_accepted_big_image_streams_through_the_worker(bombs: Service) -> Non
     """8000x8000 RGB zeros: 192 MB of pixels in a 190 KB PNG, under every cap. The render process's peak must
     stay far below the image's decoded size (libvips streams it), sampled while it runs and read from VmHWM."""
     data = images.zero_png(8000, 8000, depth=8, colour=2)
-    children = render_children(bombs)
+    children = render_children(bombs.procs["worker"].pid)
     assert children, "the worker has no render process"
     before = memory(bombs, "worker")
     peak_anon: dict[int, int] = {}
@@ -191,7 +191,7 @@ def test_an_accepted_big_image_streams_through_the_worker(bombs: Service) -> Non
     assert job["status"] == "done", job
     assert (job["source"]["width"], job["source"]["height"]) == (8000, 8000)
     grew = growth(before, memory(bombs, "worker"))
-    assert render_children(bombs) == children, "the render process was replaced (crashed or killed)"
+    assert render_children(bombs.procs["worker"].pid) == children, "the render process was replaced (crashed or killed)"
     assert max(grew.values()) < BIG_RENDER_LIMIT, f"peak memory rose by {grew} bytes rendering 8000x8000"
     assert max(peak_anon.values()) < BIG_RENDER_LIMIT, f"anonymous memory reached {peak_anon} bytes"
 
@@ -266,7 +266,7 @@ def test_untrusted_loaders_are_blocked_where_probe_runs(tmp_path: Path) -> None:
 
 
 def test_the_render_processes_run_with_untrusted_loaders_blocked(bombs: Service) -> None:
-    children = render_children(bombs)
+    children = render_children(bombs.procs["worker"].pid)
     assert children, "the worker has no render processes to check"
     for pid in children:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
