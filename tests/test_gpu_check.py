@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, ROOT
+from support.service import PYTHON, ROOT
 
 pytestmark = pytest.mark.service
 
