@@ -5,10 +5,20 @@ Nothing here is mocked. `redis_server` is one `EmbeddedRedis` for the session; `
 (support/service.py). Every process started here is stopped (and waited for) on teardown; the subprocess logs are
 written to files and attached to the report of any test that fails, and printed at the end of the session if they
 hold a traceback.
+
+Every test gets one tier, assigned here (`pytest_collection_modifyitems`), so that a run can pick one:
+- `service`: it starts processes or servers: it uses a fixture that does (`SERVICE_FIXTURES`, or one built on them),
+  or its module or the test itself is marked `service` because it starts them itself (CLI, `serve`, workers);
+- `gpu`: it needs a real GPU: a skip that says "no GPU", a `gpu` parameter (the device, `dali-gpu`, `tiles-gpu`,
+  `router-gpu`), or a `gpu` mark (test_kernels_gpu.py);
+- `fast`: the rest, in-process. A `fast` test that starts a process fails (an audit hook sees it): mark it `service`.
+`pytest -m fast` is the quick loop; `pytest -m "not gpu"` is what a machine without a GPU can run.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +32,65 @@ from support.service import Service, port_is_free, report_tracebacks, start_serv
 
 from gpu_worker.backends.vips import configure_vips
 from thumbify.redis_conn import EmbeddedRedis, free_port
+
+# Fixtures that start a process or a server (those built on them are found through each test's fixture closure; a
+# fixture that asks for one by name, with `request.getfixturevalue`, is listed itself, or marks its parameter).
+SERVICE_FIXTURES = {"redis_server", "own_redis", "s3", "rendered", "mode"}
+_NO_GPU = re.compile(r"\bno GPU\b")
+# Audit events of a process being started. multiprocessing's spawn (a render pool) raises none: the tests that start
+# render processes are marked `service` by hand.
+_PROCESS_EVENTS = {"subprocess.Popen", "os.posix_spawn", "os.exec", "os.fork"}
+_fast_test: list[pytest.Item] = []  # the `fast` test running now, if any
+_started: list[str] = []  # what it started
+
+
+def _needs_gpu(item: pytest.Item) -> bool:
+    if item.get_closest_marker("gpu"):
+        return True
+    skips = [*item.iter_markers("skipif"), *item.iter_markers("skip")]
+    if any(_NO_GPU.search(str(mark.kwargs.get("reason", ""))) for mark in skips):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "gpu" in re.split(r"[-\[\]]", callspec.id)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Assign each test its tier (see the module docstring)."""
+    for item in items:
+        starts_processes = item.get_closest_marker("service") or SERVICE_FIXTURES & set(item.fixturenames)
+        if starts_processes and not item.get_closest_marker("service"):
+            item.add_marker(pytest.mark.service)
+        if _needs_gpu(item) and not item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.gpu)
+        if not (item.get_closest_marker("service") or item.get_closest_marker("gpu")):
+            item.add_marker(pytest.mark.fast)
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _fast_test and event in _PROCESS_EVENTS:
+        _started.append(f"{event} {str(args[0])[:200]}")
+
+
+sys.addaudithook(_audit)
+
+
+def _refuse_processes(item: pytest.Item):
+    """A `fast` test (its own fixtures included) must not start processes: `pytest -m fast` would lie."""
+    watching = item.get_closest_marker("fast") is not None
+    if watching:
+        _fast_test.append(item)
+        _started.clear()
+    try:
+        result = yield
+    finally:
+        _fast_test.clear()
+    if watching and _started:
+        raise pytest.fail.Exception(f"this `fast` test started a process ({_started[0]}): mark it `service`")
+    return result
+
+
+pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_refuse_processes)
+pytest_runtest_call = pytest.hookimpl(wrapper=True)(_refuse_processes)
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +144,7 @@ def any_backend(request: pytest.FixtureRequest):
         close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def photo_12mp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     """A 4000x3000 photo-like JPEG and its full-resolution decode as float64."""
     data = images.photo_like(4000, 3000, seed=1, quality=95)

@@ -7,6 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 import pyvips
 from support.images import make_jpeg
 from support.processes import wait_gone
@@ -14,6 +15,8 @@ from support.serve import Serve
 from support.service import log_tail, port_is_free
 
 from thumbify.redis_conn import free_port
+
+pytestmark = pytest.mark.service  # it runs `thumbify serve`
 
 THUMBIFY = Path(sys.executable).parent / "thumbify"
 

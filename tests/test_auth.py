@@ -44,6 +44,7 @@ def keyed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         stop_service(svc)
 
 
+@pytest.mark.service
 def test_the_keys_file_holds_hashes_only(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys.json"
     token = create_key(keys_file, "carol", "read")
@@ -219,6 +220,7 @@ def test_concurrent_uploads_per_key_are_capped(limited) -> None:
 # -- binding ----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.service
 def test_without_keys_the_server_refuses_a_non_loopback_bind(tmp_path: Path) -> None:
     for argv in (
         [PYTHON, "-m", "thumbify_cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],

@@ -13,6 +13,8 @@ from support.images import make_jpeg, truncated_jpeg
 
 from thumbify.redis_conn import free_port
 
+pytestmark = pytest.mark.service  # it runs the CLI
+
 
 @pytest.fixture(scope="module")
 def mixed_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:

@@ -10,6 +10,8 @@ import pytest
 import redis
 from support.cli import cli
 
+pytestmark = pytest.mark.service  # it runs the CLI
+
 NOT_ENTRIES = ["nope", "0123456789ABCDEF0123456789ABCDEF", "1-x", "99999999999999999999-0", "1-0"]
 
 

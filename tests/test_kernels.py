@@ -316,6 +316,7 @@ def test_backend_choice():
         get_backend("opencl")
 
 
+@pytest.mark.service
 def test_imports_without_cupy():
     # The package and its NumPy path must not import CuPy (GPU modules import CUDA things lazily).
     code = (

@@ -17,7 +17,11 @@ from support.kernel_reference import ALL_FILTERS, noise, random_heights, referen
 from kernels import StripResampler, resample, resample_strips
 from kernels.cupy_backend import _SOURCE, CupyBackend
 
-pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler to emulate the CUDA kernels with")
+# It compiles the kernels with a C++ compiler.
+pytestmark = [
+    pytest.mark.service,
+    pytest.mark.skipif(COMPILER is None, reason="no C++ compiler to emulate the CUDA kernels with"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from support.service import PYTHON, ROOT, clean_env, log_tail, stop_process, wai
 from thumbify.keys import KeyRing, add_to_file, new_key
 from thumbify.redis_conn import free_port
 
+pytestmark = pytest.mark.service  # it runs the CLI and `serve`
+
 
 def cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(

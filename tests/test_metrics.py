@@ -59,6 +59,7 @@ def test_queue_states_as_the_api_reports_them(redis_server: str, tmp_path: Path)
         stop_service(svc)
 
 
+@pytest.mark.service
 def test_a_scrape_survives_redis_going_away(tmp_path: Path) -> None:
     redis = EmbeddedRedis(tmp_path / "redis", port=free_port()).start()
     svc = start_service(tmp_path / "svc", redis.url, with_worker=False)

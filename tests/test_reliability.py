@@ -269,6 +269,7 @@ def test_sigterm_finishes_or_hands_back_every_job(redis_server: str, tmp_path: P
 # -- Redis outage -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.service
 def test_worker_rides_out_a_redis_restart(tmp_path: Path, leftovers: Leftovers):
     port = free_port()
     leftovers.ports.append(port)
@@ -536,6 +537,7 @@ def test_retention_sweeps_only_finished_jobs_past_the_period(redis_server: str, 
 # -- the render pool ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.service  # render processes (multiprocessing's spawn, which the audit hook does not see)
 def test_render_pool_replaces_a_child_that_dies_or_overruns(tmp_path: Path):
     small = tmp_path / "small.jpg"
     small.write_bytes(make_jpeg(320, 240))

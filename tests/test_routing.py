@@ -87,6 +87,7 @@ def test_auto_without_cuda_runs_vips_and_says_why(caplog: pytest.LogCaptureFixtu
     assert "vips" in line and GPU_MISSING in line, line
 
 
+@pytest.mark.service
 @no_gpu
 def test_gpu_without_cuda_stops_the_worker_at_start(tmp_path: Path) -> None:
     with pytest.raises(backend_choice.BackendUnavailable, match="THUMBIFY_BACKEND=gpu, but"):
@@ -146,6 +147,7 @@ def test_route_sends_dali_what_its_decoders_take() -> None:
     assert route_module.DALI_FORMATS == dali.DALI_FORMATS
 
 
+@pytest.mark.service
 def test_the_worker_imports_without_numpy_or_dali() -> None:
     """A CPU-only install has neither: the worker's import path (and its backend choice) must not need them."""
     code = (
@@ -318,6 +320,7 @@ def test_the_timings_hook_is_filled_per_stage_by_every_backend(tmp_path: Path) -
 # -- the GPU render process: batches in a child --------------------------------------------------------------------
 
 
+@pytest.mark.service  # a render process (multiprocessing's spawn, which the audit hook does not see)
 @needs_dali
 def test_batches_in_a_render_process_and_a_slow_image_fails_alone(tmp_path: Path) -> None:
     small = [item(tmp_path, f"s{i}.jpg", images.photo_like(320, 240, seed=10 + i), sizes="64") for i in range(4)]

@@ -53,7 +53,7 @@ def run_on(storage, work):
     return asyncio.run(go())
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.service)])
 def make_storage(request: pytest.FixtureRequest, tmp_path: Path):
     """A factory of fresh storages of one kind (one per event loop: an S3 client belongs to its loop)."""
     if request.param == "local":
@@ -193,6 +193,7 @@ def test_s3_refusals_are_storage_failures(s3: RcloneS3, tmp_path: Path, override
         run_on(storage, lambda st: st.ping())
 
 
+@pytest.mark.service
 def test_s3_down_is_a_storage_failure_not_a_missing_object(tmp_path: Path) -> None:
     server = RcloneS3(tmp_path / "root", tmp_path / "rclone.log").start()
     storage = S3Storage(settings_for(server, tmp_path))
@@ -203,6 +204,7 @@ def test_s3_down_is_a_storage_failure_not_a_missing_object(tmp_path: Path) -> No
             run_on(storage, work)
 
 
+@pytest.mark.service
 def test_a_cancelled_multipart_upload_leaves_nothing(tmp_path: Path) -> None:
     # A server held to 8 MiB/s, so the 24 MiB upload is surely in flight when it is cancelled.
     server = RcloneS3(tmp_path / "root", tmp_path / "rclone.log", "--bwlimit", "8M").start()

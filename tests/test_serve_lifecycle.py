@@ -24,6 +24,7 @@ from support.service import PYTHON, clean_env, log_tail
 from thumbify.redis_conn import cancel_and_wait, connect, free_port, raise_if_cancelled
 
 pytestmark = [
+    pytest.mark.service,  # it runs `serve` and signals it
     pytest.mark.timeout(240),
     pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; children follow a killed parent on Linux only"),
 ]

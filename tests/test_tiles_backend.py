@@ -169,6 +169,7 @@ def test_settings_and_arguments() -> None:
         TilesBackend("cpu", strip_rows=0)
 
 
+@pytest.mark.service
 def test_module_imports_without_cuda_and_cpu_renders(tmp_path: Path) -> None:
     """CUDA things are imported lazily: importing the module, and rendering on the cpu device, loads no CuPy."""
     path = images.write(tmp_path / "p.jpg", images.photo_like(300, 200))
@@ -565,6 +566,7 @@ def large(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"tiff": tiff, "jpeg": jpeg}
 
 
+@pytest.mark.service
 @pytest.mark.parametrize("device", DEVICES)
 def test_memory_stays_bounded_on_a_large_image(large, device: str, capsys: pytest.CaptureFixture) -> None:
     decoded = 12000 * 12000 * 3
