@@ -21,6 +21,7 @@ from api.waiter import JobWaiter
 from thumbify import __version__
 from thumbify.jobs import JobStore
 from thumbify.keys import KeyRing
+from thumbify.keyspace import Keys
 from thumbify.queue import JobQueue
 from thumbify.ratelimit import Limits
 from thumbify.redis_conn import connect
@@ -53,19 +54,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         redis = connect(settings.redis_url, max_connections=settings.redis_max_connections)
         storage = open_storage(settings)
-        waiter = JobWaiter(redis, f"{settings.key_prefix}:events")
+        names = Keys(settings.key_prefix)
+        waiter = JobWaiter(redis, names.events)
         app.state.services = Services(
             settings,
             redis,
-            JobStore(redis, settings.key_prefix),
-            JobQueue(redis, settings.key_prefix),
+            JobStore(redis, names),
+            JobQueue(redis, names),
             storage,
             waiter,
-            IdempotencyKeys(redis, settings.key_prefix, settings.idempotency_window_s),
+            IdempotencyKeys(redis, names, settings.idempotency_window_s),
             keys,
             Limits(
                 redis,
-                settings.key_prefix,
+                names,
                 settings.rate_limit_per_s,
                 settings.rate_limit_burst,
                 settings.max_concurrent_uploads,

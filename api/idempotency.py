@@ -1,6 +1,6 @@
 """`Idempotency-Key` on `POST /v1/jobs`: a retried request (same key, same client) gets the job it first created.
 
-Redis holds `<prefix>:idem:<sha256(client, key)>`. A request claims the key with a short-lived placeholder (SET NX)
+Redis holds `Keys.idempotency(client, key)`. A request claims the key with a short-lived placeholder (SET NX)
 before it reads the body, so two concurrent requests with one key cannot both create a job: the second is told
 409 while the first is in flight. The job id and the request's fingerprint (its options and the file's SHA-256)
 replace the placeholder inside the transaction that creates the job, so the key never points at a job that was not
@@ -19,6 +19,7 @@ from fastapi import Request
 from redis.asyncio import Redis
 
 from thumbify.errors import Conflict, InvalidOptions
+from thumbify.keyspace import Keys
 
 HEADER = "Idempotency-Key"
 _VALID = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as the IETF draft's sf-string allows
@@ -61,19 +62,15 @@ def client_of(request: Request) -> str:
 
 
 class IdempotencyKeys:
-    def __init__(self, redis: Redis, prefix: str, window_s: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, window_s: int) -> None:
         self.redis = redis
-        self.prefix = prefix
+        self.keys = keys
         self.window_s = window_s
-
-    def _name(self, client: str, key: str) -> str:
-        digest = hashlib.sha256(f"{client}\0{key}".encode()).hexdigest()
-        return f"{self.prefix}:idem:{digest}"
 
     async def claim(self, client: str, key: str) -> Held | None:
         """None if this request now owns the key; else what the key is bound to.
         Raises 409 while another request with the key is in flight."""
-        name = self._name(client, key)
+        name = self.keys.idempotency(client, key)
         while True:
             if await self.redis.set(name, _PENDING, nx=True, ex=_CLAIM_TTL_S):
                 return None
@@ -87,7 +84,7 @@ class IdempotencyKeys:
 
     async def forget(self, client: str, key: str, job_id: str | None = None) -> None:
         """Give back our claim (the request failed), or drop a key whose job no longer exists."""
-        name = self._name(client, key)
+        name = self.keys.idempotency(client, key)
         expected = job_id or _PENDING
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(name)
@@ -98,4 +95,4 @@ class IdempotencyKeys:
 
     def bind_to(self, pipe, client: str, key: str, job_id: str, fingerprint: str) -> None:
         """Queue the key → job binding inside the caller's transaction that creates the job."""
-        pipe.set(self._name(client, key), f"{job_id} {fingerprint}", ex=self.window_s)
+        pipe.set(self.keys.idempotency(client, key), f"{job_id} {fingerprint}", ex=self.window_s)

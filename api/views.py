@@ -7,8 +7,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from thumbify.jobs import Job, Status
+from thumbify.jobs import Job
 from thumbify.spec import Crop, Fit, Format
+from thumbify.state import Status
 
 
 class SourceView(BaseModel):

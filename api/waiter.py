@@ -14,8 +14,8 @@ from collections import defaultdict
 
 from redis.asyncio import Redis
 
-from thumbify.jobs import DELETED, TERMINAL
 from thumbify.redis_conn import cancel_and_wait, raise_if_cancelled
+from thumbify.state import DELETED, TERMINAL
 
 log = logging.getLogger("thumbify.api")
 

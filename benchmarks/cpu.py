@@ -235,11 +235,12 @@ class WorkerMethod(Method):
         import asyncio
 
         from thumbify.jobs import JobStore
+        from thumbify.keyspace import Keys
         from thumbify.redis_conn import connect
 
         async def stems():
             redis = connect(self.harness.redis.url)
-            store = JobStore(redis, self.prefix)
+            store = JobStore(redis, Keys(self.prefix))
             jobs = await store.get_many(job_ids)
             await redis.aclose()
             return {j.id: j.stem for j in jobs}

@@ -15,10 +15,12 @@ from pathlib import Path
 
 from benchmarks.common import PYTHON, ROOT, stop_process
 from thumbify.jobs import JobStore, new_job_id
+from thumbify.keyspace import Keys
 from thumbify.probe import probe
 from thumbify.queue import JobQueue
 from thumbify.redis_conn import EmbeddedRedis, connect, free_port
 from thumbify.spec import ThumbnailSpec, safe_stem
+from thumbify.storage import original_key, thumbnails_prefix
 
 
 @dataclass
@@ -77,7 +79,7 @@ class QueueHarness:
         return self._info[path]
 
     def place(self, path: Path, job_id: str) -> None:
-        dest = self.data / "objects" / "originals" / job_id
+        dest = self.data / "objects" / original_key(job_id)
         try:
             os.link(path, dest)
         except OSError:
@@ -90,7 +92,8 @@ class QueueHarness:
 
     async def _round(self, prefix: str, files: list[Path], spec: ThumbnailSpec, timeout: float) -> RoundResult:
         redis = connect(self.redis.url)
-        store, queue = JobStore(redis, prefix), JobQueue(redis, prefix)
+        keys = Keys(prefix)
+        store, queue = JobStore(redis, keys), JobQueue(redis, keys)
         jobs = []
         for path in files:
             job_id = new_job_id()
@@ -99,7 +102,7 @@ class QueueHarness:
         pending = {job_id for job_id, _ in jobs}
         result = RoundResult(0.0)
         pubsub = redis.pubsub()
-        await pubsub.subscribe(store.events)
+        await pubsub.subscribe(keys.events)
         await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
         try:
             started = time.perf_counter()
@@ -130,14 +133,14 @@ class QueueHarness:
         return result
 
     def thumbnail_path(self, job_id: str) -> Path | None:
-        folder = self.data / "objects" / "thumbnails" / job_id
+        folder = self.data / "objects" / thumbnails_prefix(job_id)
         found = sorted(folder.glob("thumb_*")) if folder.is_dir() else []
         return found[0] if found else None
 
     def clear(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
-            (self.data / "objects" / "originals" / job_id).unlink(missing_ok=True)
-            shutil.rmtree(self.data / "objects" / "thumbnails" / job_id, ignore_errors=True)
+            (self.data / "objects" / original_key(job_id)).unlink(missing_ok=True)
+            shutil.rmtree(self.data / "objects" / thumbnails_prefix(job_id), ignore_errors=True)
 
     def stop(self) -> None:
         for proc in self.workers.values():

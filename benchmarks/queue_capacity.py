@@ -33,6 +33,7 @@ from pathlib import Path
 
 from benchmarks.common import percentile, table, write_json
 from thumbify.jobs import JobStore, new_job_id
+from thumbify.keyspace import Keys
 from thumbify.queue import JobQueue
 from thumbify.redis_conn import EmbeddedRedis, connect, free_port
 from thumbify.spec import ThumbnailSpec
@@ -56,7 +57,7 @@ async def _enqueue(store: JobStore, queue: JobQueue, count: int) -> None:
 async def _worker(url: str, prefix: str, name: str, batch: int, until: float, done: list[tuple[float, float]]) -> None:
     """Take jobs until `until` (0: until a read finds the queue empty); `done` gets (finished at, enqueue→done)."""
     redis = connect(url)
-    store, queue = JobStore(redis, prefix), JobQueue(redis, prefix)
+    store, queue = JobStore(redis, Keys(prefix)), JobQueue(redis, Keys(prefix))
     try:
         while not until or time.time() < until:
             messages = await queue.read(name, batch, 200)
@@ -114,7 +115,7 @@ def _collect(started: list[mp.Process], out: mp.Queue) -> list[tuple[float, floa
 
 async def _prepare(url: str, prefix: str) -> tuple[JobStore, JobQueue]:
     redis = connect(url)
-    store, queue = JobStore(redis, prefix), JobQueue(redis, prefix)
+    store, queue = JobStore(redis, Keys(prefix)), JobQueue(redis, Keys(prefix))
     await queue.ensure_group()
     return store, queue
 

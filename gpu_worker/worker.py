@@ -40,12 +40,14 @@ from gpu_worker.backends.route import RoutedBackend, decide, source_size
 from gpu_worker.metrics import BATCH_SIZE, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
-from thumbify.jobs import GONE, OK, TERMINAL, Job, JobStore, Thumbnail
+from thumbify.jobs import Job, JobStore, Thumbnail
+from thumbify.keyspace import Keys
 from thumbify.queue import JobQueue, Message, backoff_delay
 from thumbify.redis_conn import cancel_and_wait, connect, raise_if_cancelled
 from thumbify.retention import Retention
 from thumbify.settings import Settings
-from thumbify.storage import Storage, open_storage
+from thumbify.state import GONE, OK, TERMINAL
+from thumbify.storage import Storage, open_storage, original_key, thumbnail_key, thumbnails_prefix
 
 log = logging.getLogger("thumbify.worker")
 
@@ -98,14 +100,14 @@ class Worker:
 
     async def run(self) -> None:
         self.redis = connect(self.settings.redis_url)
-        prefix = self.settings.key_prefix
-        self.store = JobStore(self.redis, prefix)
-        self.queue = JobQueue(self.redis, prefix)
+        keys = Keys(self.settings.key_prefix)
+        self.store = JobStore(self.redis, keys)
+        self.queue = JobQueue(self.redis, keys)
         self.storage: Storage = open_storage(self.settings)
         self.retention = Retention(
             self.redis,
             self.storage,
-            prefix,
+            keys,
             self.settings.retention_s,
             self.settings.cleanup_interval_s,
             self.name,
@@ -468,7 +470,7 @@ class Worker:
     async def _finished(self, message: Message, job: Job, thumbnails: list[Thumbnail]) -> None:
         outcome = await self._redis(self.queue.complete, message, [t.model_dump() for t in thumbnails])
         if outcome == GONE:  # deleted while we worked: take back what we wrote
-            await self.storage.delete_prefix(f"thumbnails/{job.id}")
+            await self.storage.delete_prefix(thumbnails_prefix(job.id))
             return
         if outcome != OK:  # a duplicate delivery; the job was done already, with the same files
             return
@@ -476,14 +478,14 @@ class Worker:
         JOBS.labels("done", self.backend.name).inc()
         if self.settings.delete_originals:
             try:
-                await self.storage.delete_prefix(f"originals/{job.id}")
+                await self.storage.delete_prefix(original_key(job.id))
             except Exception as exc:  # retention removes it later
                 log.warning("job %s: could not delete the original (%s)", job.id, exc)
 
     async def _process(self, job: Job, message_id: str) -> list[Thumbnail]:
         started = time.perf_counter()
         try:
-            async with self.storage.local_copy(f"originals/{job.id}") as path:
+            async with self.storage.local_copy(original_key(job.id)) as path:
                 self._preparing.discard(message_id)  # the GPU batch gathering need not wait for this job any more
                 renditions = await self._render(path, job)
         except FileNotFoundError as exc:
@@ -494,7 +496,7 @@ class Worker:
         thumbnails = []
         for r in renditions:
             try:
-                await self.storage.put_bytes(f"thumbnails/{job.id}/{r.name}", r.data)
+                await self.storage.put_bytes(thumbnail_key(job.id, r.name), r.data)
             except OSError as exc:
                 raise StorageFailed(f"could not store thumbnail {r.name}: {exc}") from exc
             thumbnails.append(

@@ -26,6 +26,7 @@ from support.problems import PROBLEM_BASE, assert_problem
 from support.service import Service, start_service, stop_service, wait_ready
 from support.uploads import multipart
 
+from thumbify.keyspace import Keys
 from thumbify.ratelimit import Limits
 from thumbify.redis_conn import connect
 
@@ -117,11 +118,11 @@ def test_a_refused_enter_does_not_extend_the_leases(redis_server: str) -> None:
         """Whether a slot was given; then the leases and when their set expires (ms)."""
         redis = connect(redis_server)
         try:
-            limits = Limits(redis, prefix, rate=0, burst=1, max_uploads=2, lease_s=LEASE_S)
+            limits = Limits(redis, Keys(prefix), rate=0, burst=1, max_uploads=2, lease_s=LEASE_S)
             slot = await limits.enter_upload(client)
             if slot is not None and leave:
                 await slot.release()
-            key = limits.uploads_key(client)
+            key = limits.keys.uploads(client)
             return slot is not None, await redis.zrange(key, 0, -1, withscores=True), await redis.pexpiretime(key)
         finally:
             await redis.aclose()
@@ -143,7 +144,7 @@ def test_a_live_upload_keeps_its_slot_past_the_lease(redis_server: str) -> None:
     async def main() -> None:
         redis = connect(redis_server)
         try:
-            limits = Limits(redis, prefix, rate=0, burst=1, max_uploads=1, lease_s=1.0)
+            limits = Limits(redis, Keys(prefix), rate=0, burst=1, max_uploads=1, lease_s=1.0)
             slot = await limits.enter_upload("bob")
             assert slot is not None
             await asyncio.sleep(3.0)  # three lease times: renewed all along

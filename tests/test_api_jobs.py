@@ -125,7 +125,7 @@ def test_job_goes_queued_processing_done(service: Service, jpeg_640: bytes):
         done = service.wait(job["id"])
     assert done["status"] == "done", done
     assert done["attempts"] == 1
-    assert monitor.statuses(f"{service.key_prefix}:job:{job['id']}") == ["queued", "processing", "done"]
+    assert monitor.statuses(service.keys.job(job["id"])) == ["queued", "processing", "done"]
     assert parse_time(done["updated_at"]) >= parse_time(done["created_at"])
 
 

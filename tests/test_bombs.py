@@ -79,7 +79,7 @@ def growth(before: dict[int, dict[str, int]], after: dict[int, dict[str, int]]) 
 
 def queue_length(svc: Service) -> int:
     with svc.redis() as r:
-        return r.xlen(f"{svc.key_prefix}:jobs") if r.exists(f"{svc.key_prefix}:jobs") else 0
+        return r.xlen(svc.keys.stream) if r.exists(svc.keys.stream) else 0
 
 
 # -- bombs refused at upload ------------------------------------------------------------------------------------------

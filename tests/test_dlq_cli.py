@@ -10,6 +10,8 @@ import pytest
 import redis
 from support.cli import cli
 
+from thumbify.keyspace import Keys
+
 pytestmark = pytest.mark.service  # it runs the CLI
 
 NOT_ENTRIES = ["nope", "0123456789ABCDEF0123456789ABCDEF", "1-x", "99999999999999999999-0", "1-0"]
@@ -20,7 +22,7 @@ def dead_letter(redis_server: str) -> tuple[dict, str]:
     """A key prefix of its own holding one dead-letter entry (for a job that is gone), and that entry's id."""
     prefix = f"dlq-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_server, decode_responses=True)
-    entry = client.xadd(f"{prefix}:dead", {"job": uuid.uuid4().hex, "reason": "gave up", "attempts": "5"})
+    entry = client.xadd(Keys(prefix).dead, {"job": uuid.uuid4().hex, "reason": "gave up", "attempts": "5"})
     client.close()
     return {"redis_url": redis_server, "key_prefix": prefix}, entry
 

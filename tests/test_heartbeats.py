@@ -22,7 +22,7 @@ def test_a_killed_workers_job_is_taken_over_within_seconds(redis_server: str, tm
     try:
         first = start_worker(svc, "worker-1")
         name = f"{socket.gethostname()}-{first.pid}"
-        heartbeat = f"{svc.key_prefix}:worker:{name}"
+        heartbeat = svc.keys.worker(name)
         # Two 4096-px AVIFs of a source that is slow to encode: seconds of work, in worker-1's render process.
         job = svc.submit_ok(images.slow_avif_source(), "slow.png", sizes="4096,4000", format="avif")["id"]
         wait_for(lambda: statuses(svc, [job])[job] == "processing", 60, "worker-1 to start the job")
@@ -30,7 +30,7 @@ def test_a_killed_workers_job_is_taken_over_within_seconds(redis_server: str, tm
         with svc.redis() as r:
             wait_for(lambda: _beating(r, svc, second.pid), 60, "worker-2's heartbeat")
             assert r.exists(heartbeat), "worker-1 publishes no heartbeat"
-            [held] = r.xpending_range(f"{svc.key_prefix}:jobs", "workers", "-", "+", 10)
+            [held] = r.xpending_range(svc.keys.stream, "workers", "-", "+", 10)
             assert held["consumer"] == name, held  # still worker-1's when it is killed
             first.send_signal(signal.SIGKILL)
             first.wait(10)
@@ -40,7 +40,7 @@ def test_a_killed_workers_job_is_taken_over_within_seconds(redis_server: str, tm
             check_thumbnails(svc, done)
             assert "heartbeat stopped" in log_of(svc, "worker-2"), log_of(svc, "worker-2")[-3000:]
             wait_for(lambda: name not in _consumers(r, svc), 30, "the dead worker to leave the consumer group")
-            assert name not in r.smembers(f"{svc.key_prefix}:workers")
+            assert name not in r.smembers(svc.keys.workers)
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
         with svc.redis() as r:  # a clean stop ends the heartbeat at once
@@ -50,8 +50,8 @@ def test_a_killed_workers_job_is_taken_over_within_seconds(redis_server: str, tm
 
 
 def _beating(r, svc, pid: int) -> bool:
-    return bool(r.exists(f"{svc.key_prefix}:worker:{socket.gethostname()}-{pid}"))
+    return bool(r.exists(svc.keys.worker(f"{socket.gethostname()}-{pid}")))
 
 
 def _consumers(r, svc) -> set[str]:
-    return {c["name"] for c in r.xinfo_consumers(f"{svc.key_prefix}:jobs", "workers")}
+    return {c["name"] for c in r.xinfo_consumers(svc.keys.stream, "workers")}

@@ -30,8 +30,8 @@ def test_a_thousand_jobs_at_concurrency_32_with_two_workers(redis_server: str, t
             assert len(files) == 1, (job_id, files)
             assert pyvips.Image.new_from_file(str(files[0])).width == 64
         with svc.redis() as r:
-            assert r.xlen(f"{svc.key_prefix}:jobs") == 0  # every message acknowledged and removed
-            assert r.xlen(f"{svc.key_prefix}:dead") == 0
+            assert r.xlen(svc.keys.stream) == 0  # every message acknowledged and removed
+            assert r.xlen(svc.keys.dead) == 0
         assert all(proc.poll() is None for proc in svc.procs.values()), svc.log_text()
     finally:
         stop_service(svc)

@@ -45,7 +45,7 @@ def test_queue_states_as_the_api_reports_them(redis_server: str, tmp_path: Path)
         async def move_some() -> None:
             # What workers do, through the queue's own operations: read two, retry one later, bury one.
             redis = connect(svc.redis_url)
-            queue = JobQueue(redis, svc.key_prefix)
+            queue = JobQueue(redis, svc.keys)
             await queue.ensure_group()
             first, second = await queue.read("probe", 2, None)
             await queue.retry_later(first, 60, {"type": "t", "detail": "later"})

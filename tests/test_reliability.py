@@ -40,13 +40,15 @@ from support.service import PYTHON, ROOT, Service, port_is_free, start_service, 
 from gpu_worker.backends.vips import VipsBackend
 from gpu_worker.pool import RenderPool
 from thumbify.errors import ImageTimeout, WorkerCrashed
-from thumbify.jobs import JobStore, Status
+from thumbify.jobs import JobStore
+from thumbify.keyspace import Keys
 from thumbify.queue import JobQueue, Message, backoff_ceiling, backoff_delay
 from thumbify.redis_conn import EmbeddedRedis, connect, free_port
 from thumbify.retention import Retention
 from thumbify.settings import Settings
 from thumbify.spec import ThumbnailSpec
-from thumbify.storage import LocalStorage
+from thumbify.state import Status
+from thumbify.storage import LocalStorage, original_key, thumbnail_key
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -172,7 +174,7 @@ def test_attempts_used_up_go_to_the_dead_letter_stream_and_back(
                 assert "gave up after 3 attempts" in job["error"]["detail"], job
                 assert "could not store thumbnail" in job["error"]["detail"], job
             with svc.redis() as r:
-                dead = r.xrange(f"{svc.key_prefix}:dead")
+                dead = r.xrange(svc.keys.dead)
             assert sorted(fields["job"] for _, fields in dead) == sorted(ids)
             assert pending_count(svc) == 0
 
@@ -352,9 +354,9 @@ def test_backoff_grows_and_is_capped():
 
 async def _store_and_queue(redis_url: str, prefix: str):
     redis = connect(redis_url)
-    queue = JobQueue(redis, prefix)
+    queue = JobQueue(redis, Keys(prefix))
     await queue.ensure_group()
-    return redis, JobStore(redis, prefix), queue
+    return redis, JobStore(redis, Keys(prefix)), queue
 
 
 async def _new_job(redis, store: JobStore, queue: JobQueue, enqueue: bool = True) -> str:
@@ -377,18 +379,18 @@ def test_promotion_never_promotes_twice(redis_server: str):
         redis, _, queue = clients[0]
         due = [f"due{i:04d}" for i in range(300)]
         later = [f"later{i}" for i in range(5)]
-        await redis.zadd(queue.delayed, {i: 0 for i in due} | {i: 2**50 for i in later})
+        await redis.zadd(queue.keys.delayed, {i: 0 for i in due} | {i: 2**50 for i in later})
         moved = 0
         while True:
             counts = await asyncio.gather(*(q.promote_due(17) for _, _, q in clients))
             moved += sum(counts)
             if not any(counts):
                 break
-        entries = await redis.xrange(queue.stream)
+        entries = await redis.xrange(queue.keys.stream)
         promoted = [fields["job"] for _, fields in entries]
         assert moved == len(due)
         assert sorted(promoted) == sorted(due)  # each once, nothing not yet due
-        assert sorted(await redis.zrange(queue.delayed, 0, -1)) == sorted(later)
+        assert sorted(await redis.zrange(queue.keys.delayed, 0, -1)) == sorted(later)
         for r, _, _ in clients:
             await r.aclose()
 
@@ -405,7 +407,7 @@ def test_retry_later_then_promote_round_trip(redis_server: str):
         assert await queue.retry_later(message, 0.3, error) == 1
         job = await store.get(job_id)
         assert job.status == Status.queued and job.error == error and job.attempts == 1
-        assert await redis.xlen(queue.stream) == 0  # acked and deleted
+        assert await redis.xlen(queue.keys.stream) == 0  # acked and deleted
         assert await queue.promote_due() == 0  # not due yet
         await asyncio.sleep(0.4)
         assert await queue.promote_due() == 1
@@ -436,16 +438,16 @@ def test_requeue_from_the_dead_letter_stream_is_atomic(redis_server: str):
         assert sorted(code for code, _ in results) == [-1, -1, -1, -1, 1]
         job = await store.get(job_id)
         assert (job.status, job.attempts, job.error) == (Status.queued, 0, None)
-        assert [f["job"] for _, f in await redis.xrange(queue.stream)] == [job_id]
+        assert [f["job"] for _, f in await redis.xrange(queue.keys.stream)] == [job_id]
         assert await queue.dead_entries() == []
-        assert await redis.zrange(f"{prefix}:index:queued", 0, -1) == [job_id]
-        assert await redis.zrange(f"{prefix}:index:failed", 0, -1) == []
+        assert await redis.zrange(queue.keys.index_of("queued"), 0, -1) == [job_id]
+        assert await redis.zrange(queue.keys.index_of("failed"), 0, -1) == []
 
         # A second dead entry for a job that is queued again is only removed, not queued twice.
-        await redis.xadd(queue.dead, {"job": job_id, "reason": "old"})
+        await redis.xadd(queue.keys.dead, {"job": job_id, "reason": "old"})
         [stale] = await queue.dead_entries()
         assert await queue.requeue_dead(stale.id) == (0, job_id)
-        assert await redis.xlen(queue.stream) == 1
+        assert await redis.xlen(queue.keys.stream) == 1
         for r, _, _ in clients:
             await r.aclose()
 
@@ -465,7 +467,7 @@ def test_release_and_extend_touch_only_the_callers_messages(redis_server: str):
         assert await queue.extend("me", [m1.id, m2.id]) == [m2.id]
         idle = {
             p["message_id"]: p["time_since_delivered"]
-            for p in await redis.xpending_range(queue.stream, queue.GROUP, "-", "+", 10)
+            for p in await redis.xpending_range(queue.keys.stream, queue.GROUP, "-", "+", 10)
         }
         assert idle[m1.id] < 100 <= idle[m2.id]  # ours was renewed, theirs not
 
@@ -509,15 +511,17 @@ def test_retention_sweeps_only_finished_jobs_past_the_period(redis_server: str, 
         prefix = f"u{uuid.uuid4().hex[:8]}"
         redis, store, queue = await _store_and_queue(redis_server, prefix)
         storage = LocalStorage(tmp_path / "objects", tmp_path / "spool")
-        ids = {name: await _new_job(redis, store, queue, enqueue=False) for name in ("done", "failed", "queued")}
-        await store.set_status(ids["done"], Status.done)
-        await store.set_status(ids["failed"], Status.failed)
+        ids = {name: await _new_job(redis, store, queue) for name in ("done", "failed")}
+        ids["queued"] = await _new_job(redis, store, queue, enqueue=False)
+        done, failed = await queue.read("c1", 10, None)
+        await queue.complete(done, [])
+        await queue.fail(failed, {"type": PROBLEM_BASE + "unsupported-image", "detail": "no"})
         for job_id in ids.values():
-            await storage.put_bytes(f"originals/{job_id}", b"o")
-            await storage.put_bytes(f"thumbnails/{job_id}/t.jpg", b"t")
-        await redis.xadd(queue.dead, {"job": ids["failed"], "reason": "old"}, id="1-0")
-        await redis.xadd(queue.dead, {"job": ids["failed"], "reason": "new"})
-        retention = Retention(redis, storage, prefix, retention_s=60, interval_s=30, owner="me")
+            await storage.put_bytes(original_key(job_id), b"o")
+            await storage.put_bytes(thumbnail_key(job_id, "t.jpg"), b"t")
+        await redis.xadd(queue.keys.dead, {"job": ids["failed"], "reason": "old"}, id="1-0")
+        await redis.xadd(queue.keys.dead, {"job": ids["failed"], "reason": "new"})
+        retention = Retention(redis, storage, Keys(prefix), retention_s=60, interval_s=30, owner="me")
         assert await retention.sweep() == 0  # all younger than the period
         assert [e.reason for e in await queue.dead_entries()] == ["new"]  # the dead entry from 1970 is trimmed
         later = time.time() + 120

@@ -373,9 +373,10 @@ def test_batches_in_a_render_process_and_a_slow_image_fails_alone(tmp_path: Path
 def test_a_worker_on_the_router_batches_and_finishes_every_job(redis_server: str, tmp_path: Path) -> None:
     from gpu_worker.worker import Worker
     from thumbify.jobs import JobStore, new_job_id
+    from thumbify.keyspace import Keys
     from thumbify.queue import JobQueue
     from thumbify.redis_conn import connect
-    from thumbify.storage import open_storage
+    from thumbify.storage import open_storage, original_key
 
     settings = Settings(
         redis_url=redis_server,
@@ -398,14 +399,15 @@ def test_a_worker_on_the_router_batches_and_finishes_every_job(redis_server: str
 
     async def main() -> dict[str, str]:
         redis = connect(settings.redis_url)
-        store, queue = JobStore(redis, settings.key_prefix), JobQueue(redis, settings.key_prefix)
+        keys = Keys(settings.key_prefix)
+        store, queue = JobStore(redis, keys), JobQueue(redis, keys)
         await queue.ensure_group()
         storage = open_storage(settings)
         ids = {}
         for name, data in uploads.items():
             job_id = new_job_id()
             path = images.write(tmp_path / name, data)
-            await storage.put_bytes(f"originals/{job_id}", data)
+            await storage.put_bytes(original_key(job_id), data)
             record = store.record(job_id, probe(path, 10**9).public(name), ThumbnailSpec(sizes="96"), path.stem)
             async with redis.pipeline(transaction=True) as pipe:
                 store.add_to(pipe, job_id, record)

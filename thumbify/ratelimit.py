@@ -11,6 +11,8 @@ import uuid
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from thumbify.keyspace import Keys
+
 log = logging.getLogger("thumbify.api")
 
 # KEYS: bucket hash; ARGV: rate (tokens/s), burst. Refills by elapsed time (Redis's clock: one clock for all
@@ -100,9 +102,9 @@ class _Uncounted:
 
 class Limits:
     def __init__(
-        self, redis: Redis, prefix: str, rate: float, burst: int, max_uploads: int, lease_s: float = 30.0
+        self, redis: Redis, keys: Keys, rate: float, burst: int, max_uploads: int, lease_s: float = 30.0
     ) -> None:
-        self.redis, self.prefix = redis, prefix
+        self.redis, self.keys = redis, keys
         self.rate, self.burst, self.max_uploads = rate, burst, max_uploads
         self.lease_ms = max(1, round(lease_s * 1000))
         self._take = redis.register_script(_TAKE)
@@ -113,18 +115,15 @@ class Limits:
         """0 if the request may go ahead, else the seconds until it may (`rate` 0 turns the limit off)."""
         if self.rate <= 0:
             return 0.0
-        allowed, wait_ms = await self._take(keys=[f"{self.prefix}:rate:{client}"], args=[self.rate, self.burst])
+        allowed, wait_ms = await self._take(keys=[self.keys.rate(client)], args=[self.rate, self.burst])
         return 0.0 if int(allowed) else max(1, math.ceil(int(wait_ms) / 1000))
-
-    def uploads_key(self, client: str) -> str:
-        return f"{self.prefix}:upload-leases:{client}"
 
     async def enter_upload(self, client: str) -> UploadSlot | _Uncounted | None:
         """A slot for one more upload in flight (release it when the upload ends); None when the client is at its
         cap. With `max_uploads` 0 (no cap) nothing is counted and the slot is a no-op."""
         if self.max_uploads <= 0:
             return _UNCOUNTED
-        key, upload_id = self.uploads_key(client), uuid.uuid4().hex
+        key, upload_id = self.keys.uploads(client), uuid.uuid4().hex
         if not int(await self._enter(keys=[key], args=[self.max_uploads, self.lease_ms, upload_id])):
             return None
         return UploadSlot(self.redis, self._renew, key, upload_id, self.lease_ms)

@@ -18,26 +18,12 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from thumbify.jobs import Status
-from thumbify.storage import Storage
+from thumbify import state
+from thumbify.keyspace import Keys
+from thumbify.state import Status
+from thumbify.storage import Storage, job_prefixes
 
 log = logging.getLogger("thumbify.retention")
-
-# KEYS[1] job hash, KEYS[2] index prefix; ARGV[1] job id, ARGV[2] cut-off (an ISO timestamp as `updated_at` is
-# written, so they compare as strings). Deletes a finished job last changed before the cut-off, and its entries in
-# every index `JobStore` keeps (all jobs, per status, per owner).
-_EXPIRE = """
-local row = redis.call('HMGET', KEYS[1], 'status', 'updated_at', 'owner')
-local status, updated, owner = row[1], row[2], row[3] or ''
-if not status then return 0 end
-if status ~= 'done' and status ~= 'failed' then return 0 end
-if not updated or updated >= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[2] .. ':owner:' .. owner, ARGV[1])
-for _, s in ipairs({'queued', 'processing', 'done', 'failed'}) do redis.call('ZREM', KEYS[2] .. ':' .. s, ARGV[1]) end
-return 1
-"""
 
 PAGE = 200
 
@@ -48,25 +34,22 @@ def iso(ts: float) -> str:
 
 class Retention:
     def __init__(
-        self, redis: Redis, storage: Storage, prefix: str, retention_s: float, interval_s: float, owner: str
+        self, redis: Redis, storage: Storage, keys: Keys, retention_s: float, interval_s: float, owner: str
     ) -> None:
         self.redis = redis
         self.storage = storage
-        self.prefix = prefix
-        self.index = f"{prefix}:index"
-        self.lock = f"{prefix}:lock:cleanup"
-        self.dead = f"{prefix}:dead"
+        self.keys = keys
         self.retention_s = retention_s
         self.interval_s = interval_s
         self.owner = owner
-        self._expire = redis.register_script(_EXPIRE)
+        self._expire = redis.register_script(state.EXPIRE)
 
     async def maybe_sweep(self, now: float | None = None) -> int | None:
         """Sweep if no other worker has within `interval_s`; returns how many jobs expired (None: not our turn)."""
         if not self.retention_s:
             return None
         ttl_ms = max(1, int(self.interval_s * 1000))
-        if not await self.redis.set(self.lock, self.owner, nx=True, px=ttl_ms):
+        if not await self.redis.set(self.keys.cleanup_lock, self.owner, nx=True, px=ttl_ms):
             return None
         return await self.sweep(now)
 
@@ -78,7 +61,7 @@ class Retention:
         upper = f"({int(cutoff * 1000):012x}"
         expired = 0
         for status in (Status.done, Status.failed):
-            index = f"{self.index}:{status.value}"
+            index = self.keys.index_of(status)
             lower = "-"
             while expired < budget:
                 ids = await self.redis.zrange(index, lower, upper, bylex=True, offset=0, num=PAGE)
@@ -89,14 +72,14 @@ class Retention:
                         expired += 1
                 lower = f"({ids[-1]}"
         # Dead-letter entries older than the period point at jobs deleted above (their ids are times too).
-        await self.redis.xtrim(self.dead, minid=f"{int(cutoff * 1000)}-0", approximate=False)
+        await self.redis.xtrim(self.keys.dead, minid=f"{int(cutoff * 1000)}-0", approximate=False)
         if expired:
             log.info("retention: deleted %d job(s) finished before %s", expired, cutoff_iso)
         return expired
 
     async def expire(self, job_id: str, cutoff_iso: str) -> bool:
-        if not await self._expire(keys=[f"{self.prefix}:job:{job_id}", self.index], args=[job_id, cutoff_iso]):
+        if not await self._expire(keys=[self.keys.job(job_id), self.keys.index], args=[job_id, cutoff_iso]):
             return False
-        for prefix in (f"originals/{job_id}", f"thumbnails/{job_id}"):
+        for prefix in job_prefixes(job_id):
             await self.storage.delete_prefix(prefix)
         return True

@@ -43,6 +43,7 @@ def _with_queue(settings, work):
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    from thumbify.keyspace import Keys
     from thumbify.queue import JobQueue
     from thumbify.redis_conn import connect
 
@@ -51,7 +52,7 @@ def _with_queue(settings, work):
     async def run():
         redis = connect(url)
         try:
-            return await work(JobQueue(redis, settings.key_prefix))
+            return await work(JobQueue(redis, Keys(settings.key_prefix)))
         finally:
             await redis.aclose()
 
@@ -74,16 +75,16 @@ def dlq_list(
     settings = load_settings()
 
     async def work(queue):
-        return await queue.dead_entries(limit), await queue.redis.xlen(queue.dead)
+        return await queue.dead_entries(limit), await queue.redis.xlen(queue.keys.dead), queue.keys.dead
 
-    entries, total = _with_queue(settings, work)
+    entries, total, stream = _with_queue(settings, work)
     out = output()
     if as_json:
         for e in entries:
             row = {"entry": e.id, "job": e.job_id, "reason": e.reason, "type": e.error_type, "attempts": e.attempts}
             out.print_json(json.dumps(row | {"when": e.when.isoformat()}), indent=None)
         return
-    table = Table(title=f"{total} dead-letter entr{'y' if total == 1 else 'ies'} ({settings.key_prefix}:dead)")
+    table = Table(title=f"{total} dead-letter entr{'y' if total == 1 else 'ies'} ({stream})")
     table.add_column("entry id", no_wrap=True)
     table.add_column("job id", no_wrap=True, min_width=32)
     table.add_column("reason", overflow="fold")

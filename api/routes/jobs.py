@@ -17,9 +17,11 @@ from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KI
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
 from thumbify.errors import IdempotencyKeyReused, InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
-from thumbify.jobs import TERMINAL, Job, Status, decode_cursor, new_job_id
+from thumbify.jobs import Job, decode_cursor, new_job_id
 from thumbify.probe import probe_for
 from thumbify.spec import ThumbnailSpec, safe_stem
+from thumbify.state import TERMINAL, Status
+from thumbify.storage import job_prefixes, original_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 Svc = Annotated[Services, Depends(services)]
@@ -200,7 +202,7 @@ async def _accept(
         stem = safe_stem(received.filename)
         source = info.public(received.filename or "upload") | {"sha256": received.sha256}
         record = svc.store.record(job_id, source, spec, stem, owner)
-        await svc.storage.put_file(f"originals/{job_id}", received.path)
+        await svc.storage.put_file(original_key(job_id), received.path)
     except BaseException:
         received.discard()
         raise
@@ -213,7 +215,7 @@ async def _accept(
             await pipe.execute()
     except BaseException:
         # No record, no queue entry: take the original back so nothing is left behind.
-        await asyncio.shield(svc.storage.delete_prefix(f"originals/{job_id}"))
+        await asyncio.shield(svc.storage.delete_prefix(original_key(job_id)))
         raise
     return await svc.store.get(job_id), negotiated
 
@@ -308,6 +310,6 @@ async def delete_job(job_id: str, svc: Svc, caller: Submitter) -> Response:
     if job is None or not caller.sees(job.owner) or not await svc.store.delete(job_id):
         raise NotFound(f"no job {job_id}")
     # The record goes first: a worker still busy with the job then sees it gone and removes what it wrote.
-    for prefix in (f"originals/{job_id}", f"thumbnails/{job_id}"):
+    for prefix in job_prefixes(job_id):
         await svc.storage.delete_prefix(prefix)
     return Response(status_code=204)

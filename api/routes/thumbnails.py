@@ -20,7 +20,7 @@ from api.services import Services, services
 from thumbify.errors import Forbidden, MalformedRange, NotFound, RangeNotSatisfiable
 from thumbify.signing import valid
 from thumbify.spec import MEDIA_TYPES, Format
-from thumbify.storage import THUMBNAIL_CACHE_CONTROL
+from thumbify.storage import THUMBNAIL_CACHE_CONTROL, thumbnail_key
 
 router = APIRouter(prefix="/v1/thumbnails", tags=["thumbnails"])
 Svc = Annotated[Services, Depends(services)]
@@ -142,7 +142,7 @@ async def get_thumbnail(
     }
     if _not_modified(request, etag, modified):
         return Response(status_code=304, headers=headers)
-    stored = await svc.storage.stat(f"thumbnails/{job_id}/{name}")
+    stored = await svc.storage.stat(thumbnail_key(job_id, name))
     if stored is None:
         raise NotFound(f"thumbnail {name!r} of job {job_id} is gone")
     ttl = svc.settings.s3_redirect_ttl_s

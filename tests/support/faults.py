@@ -58,7 +58,7 @@ def job_rows(svc: Service, ids: list[str]) -> dict[str, dict[str, str]]:
     with svc.redis() as r:
         pipe = r.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hgetall(f"{svc.key_prefix}:job:{job_id}")
+            pipe.hgetall(svc.keys.job(job_id))
         return dict(zip(ids, pipe.execute(), strict=True))
 
 
@@ -79,7 +79,7 @@ def statuses(svc: Service, ids: list[str]) -> dict[str, str]:
 def pending_count(svc: Service) -> int:
     """Messages delivered to some worker and not yet acknowledged."""
     with svc.redis() as r:
-        return int(r.xpending(f"{svc.key_prefix}:jobs", "workers")["pending"])
+        return int(r.xpending(svc.keys.stream, "workers")["pending"])
 
 
 def log_of(svc: Service, name: str) -> str:

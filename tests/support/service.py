@@ -19,6 +19,7 @@ import httpx
 import pytest
 import redis
 
+from thumbify.keyspace import Keys
 from thumbify.redis_conn import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,11 +192,16 @@ class Service:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
 
+    @property
+    def keys(self) -> Keys:
+        """The names of this service's Redis keys."""
+        return Keys(self.key_prefix)
+
     def job_ids_in_redis(self) -> set[str]:
         """Every job record under this service's key prefix (read from Redis itself, not through the API)."""
         with self.redis() as r:
-            keys = set(r.scan_iter(match=f"{self.key_prefix}:job:*", count=1000))
-            indexed = set(r.zrange(f"{self.key_prefix}:index", 0, -1))
+            keys = set(r.scan_iter(match=self.keys.job("*"), count=1000))
+            indexed = set(r.zrange(self.keys.index, 0, -1))
         return {k.rsplit(":", 1)[1] for k in keys} | indexed
 
     def snapshot(self) -> dict[str, set[str]]:

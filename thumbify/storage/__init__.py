@@ -1,6 +1,7 @@
 """Storage: one small interface, implementations side by side, chosen by settings (thumbor's shape)."""
 
 from thumbify.storage.base import THUMBNAIL_CACHE_CONTROL, Storage, StoredObject
+from thumbify.storage.layout import is_thumbnail, job_prefixes, original_key, thumbnail_key, thumbnails_prefix
 from thumbify.storage.local import LocalStorage
 
 
@@ -12,4 +13,15 @@ def open_storage(settings) -> Storage:
     return LocalStorage(settings.data_dir / "objects", settings.spool_dir)
 
 
-__all__ = ["THUMBNAIL_CACHE_CONTROL", "Storage", "StoredObject", "LocalStorage", "open_storage"]
+__all__ = [
+    "THUMBNAIL_CACHE_CONTROL",
+    "Storage",
+    "StoredObject",
+    "LocalStorage",
+    "open_storage",
+    "is_thumbnail",
+    "job_prefixes",
+    "original_key",
+    "thumbnail_key",
+    "thumbnails_prefix",
+]

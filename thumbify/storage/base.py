@@ -1,4 +1,4 @@
-"""What both processes need from storage. Keys are server-made (`originals/<job>`, `thumbnails/<job>/<name>`)."""
+"""What both processes need from storage. Keys are server-made (thumbify.storage.layout)."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from thumbify.errors import StorageFailed
 from thumbify.storage.base import THUMBNAIL_CACHE_CONTROL, StoredObject
+from thumbify.storage.layout import is_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class S3Storage:
     async def put_bytes(self, key: str, data: bytes) -> None:
         s3 = await self._s3()
         extra = {"ContentType": mimetypes.guess_type(key)[0] or "application/octet-stream"}
-        if key.startswith("thumbnails/"):
+        if is_thumbnail(key):
             extra["CacheControl"] = THUMBNAIL_CACHE_CONTROL
         with _errors("write", key):
             await s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)

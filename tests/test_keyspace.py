@@ -1,0 +1,75 @@
+"""The names Thumbify's data lives under: Redis keys (thumbify.keyspace) and storage keys (thumbify.storage.layout).
+
+They are the data's format: a server restarted on an existing Redis and storage finds its jobs by them, so they are
+pinned here as strings. The Lua scripts (thumbify.state) derive some names themselves; a job taken through every
+index and deleted must leave nothing behind under its prefix, which holds only if they derive them as `Keys` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from thumbify.jobs import JobStore, new_job_id
+from thumbify.keyspace import Keys
+from thumbify.queue import JobQueue
+from thumbify.redis_conn import connect
+from thumbify.spec import ThumbnailSpec
+from thumbify.state import Status
+from thumbify.storage import job_prefixes, original_key, thumbnail_key, thumbnails_prefix
+
+
+def test_redis_key_names_stay_as_they_were() -> None:
+    k = Keys("p")
+    assert (k.job("j"), k.job_prefix, k.index, k.index_of(Status.done), k.owner_index("alice")) == (
+        "p:job:j",
+        "p:job:",
+        "p:index",
+        "p:index:done",
+        "p:index:owner:alice",
+    )
+    assert (k.events, k.stream, k.delayed, k.dead, k.workers, k.worker("w1")) == (
+        "p:events",
+        "p:jobs",
+        "p:delayed",
+        "p:dead",
+        "p:workers",
+        "p:worker:w1",
+    )
+    assert (k.cleanup_lock, k.rate("c"), k.uploads("c")) == ("p:lock:cleanup", "p:rate:c", "p:upload-leases:c")
+    # As api.idempotency named it before Keys did (its sha256 of "c\0key").
+    assert k.idempotency("c", "key") == "p:idem:576282414a3bf356b238314962e2e05d301531f827cb63ae0dbd7da0e8c4eeea"
+
+
+def test_storage_keys_stay_as_they_were() -> None:
+    assert original_key("j") == "originals/j"
+    assert thumbnails_prefix("j") == "thumbnails/j"
+    assert thumbnail_key("j", "t.jpg") == "thumbnails/j/t.jpg"
+    assert job_prefixes("j") == ("originals/j", "thumbnails/j")
+
+
+def test_the_scripts_name_keys_as_keys_does(redis_server: str) -> None:
+    keys = Keys(f"k{uuid.uuid4().hex[:8]}")
+
+    async def main() -> tuple[list[str], list[str], set[str]]:
+        redis = connect(redis_server)
+        store, queue = JobStore(redis, keys), JobQueue(redis, keys)
+        await queue.ensure_group()
+        job_id = new_job_id()
+        async with redis.pipeline(transaction=True) as pipe:
+            store.add_to(pipe, job_id, store.record(job_id, {}, ThumbnailSpec(), "x", owner="alice"))
+            queue.add_to(pipe, job_id)
+            await pipe.execute()
+        [message] = await queue.read("c1", 1, None)
+        await store.start(job_id)
+        processing = await redis.zrange(keys.index_of(Status.processing), 0, -1)
+        await queue.complete(message, [])
+        done = await redis.zrange(keys.index_of(Status.done), 0, -1)
+        assert await store.delete(job_id)
+        left = {k async for k in redis.scan_iter(match=f"{keys.prefix}:*")}
+        await redis.aclose()
+        return processing, done, left
+
+    processing, done, left = asyncio.run(main())
+    assert processing == done and len(done) == 1
+    assert left == {keys.stream}  # the job's record and every index entry are gone; the (empty) stream stays

@@ -1,0 +1,294 @@
+"""The job state machine: the statuses a job goes through and the Lua scripts that move it between them.
+
+    queued ─ start ─► processing ─ complete ─► done
+    processing ─ fail, bury ─► failed         (complete still makes a failed job done: the work succeeded)
+    processing ─ retry_later, release ─► queued
+    failed ─ requeue_dead ─► queued
+
+Every change is one script, so the record, its per-status index, the queue message and the event stay in step
+whatever crashes in between. The scripts are built from shared pieces: `guard` (a job deleted meanwhile is never
+brought back by a late worker; a finished one is not changed again), `move` and `set_status` (one HSET, the
+per-status index moved, the change announced), `forget` (a record and its index entries gone) and `_ACK` (the
+message acknowledged and deleted). `JobStore` (thumbify.jobs), `JobQueue` (thumbify.queue) and `Retention`
+(thumbify.retention) run them with the names `Keys` (thumbify.keyspace) gives; the scripts derive
+`<index>:<status>`, `<index>:owner:<owner>` and `<job prefix><id>` themselves, as `Keys` does.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    queued = "queued"
+    processing = "processing"
+    done = "done"
+    failed = "failed"
+
+
+TERMINAL = {Status.done, Status.failed}
+# What the events channel says besides a new status: the job was deleted (its waiters answer 404 at once).
+DELETED = "deleted"
+
+# What a guarded change returns: done, the job is gone (deleted meanwhile), or its status forbids the change.
+OK, GONE, BLOCKED = 1, -1, -2
+
+
+def _lua_set(statuses) -> str:
+    return "{" + ", ".join(f"{s} = true" for s in sorted(statuses)) + "}"
+
+
+_NOW_MS = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# What every script that changes a job shares.
+_PRELUDE = f"""
+local OK, GONE, BLOCKED = {OK}, {GONE}, {BLOCKED}
+local DONE, FINISHED = {_lua_set([Status.done])}, {_lua_set(TERMINAL)}
+
+-- The job's status; or nil and why it must not change: GONE, or BLOCKED when its status is in `final`.
+local function guard(job_key, final)
+  local status = redis.call('HGET', job_key, 'status')
+  if not status then return nil, GONE end
+  if final[status] then return nil, BLOCKED end
+  return status
+end
+
+-- `old` to `new`: one HSET (status, updated_at and any extra field/value pairs) and the per-status index moved.
+local function move(job_key, index, job_id, old, new, stamp, extra)
+  local args = {{'HSET', job_key, 'status', new, 'updated_at', stamp}}
+  for _, v in ipairs(extra) do args[#args + 1] = v end
+  redis.call(unpack(args))
+  if old ~= new then
+    redis.call('ZREM', index .. ':' .. old, job_id)
+    redis.call('ZADD', index .. ':' .. new, 0, job_id)
+  end
+end
+
+-- ... and the change announced on the events channel (it wakes the API's waiters).
+local function set_status(job_key, index, events, job_id, old, new, stamp, extra)
+  move(job_key, index, job_id, old, new, stamp, extra)
+  redis.call('PUBLISH', events, job_id .. ' ' .. new)
+end
+
+-- The record deleted, and its entries in every index `JobStore` keeps (all jobs, per status, per owner).
+local function forget(job_key, index, job_id, owner)
+  local deleted = redis.call('DEL', job_key)
+  redis.call('ZREM', index, job_id)
+  redis.call('ZREM', index .. ':owner:' .. owner, job_id)
+  for _, s in ipairs({{{", ".join(f"'{s}'" for s in Status)}}}) do redis.call('ZREM', index .. ':' .. s, job_id) end
+  return deleted
+end
+"""
+
+# -- JobStore -------------------------------------------------------------------------------------------------------
+
+# KEYS[1] job hash, KEYS[2] index; ARGV[1] updated_at, ARGV[2] job id. Counts an attempt and marks the job
+# processing; returns the new count, GONE or BLOCKED (finished already).
+START = (
+    _PRELUDE
+    + """
+local old, refused = guard(KEYS[1], FINISHED)
+if not old then return refused end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+move(KEYS[1], KEYS[2], ARGV[2], old, 'processing', ARGV[1], {})
+return attempts
+"""
+)
+
+# KEYS[1] job hash, KEYS[2] index; ARGV[1] job id, ARGV[2] events channel. Returns 1 if there was a record.
+DELETE = (
+    _PRELUDE
+    + f"""
+local deleted = forget(KEYS[1], KEYS[2], ARGV[1], redis.call('HGET', KEYS[1], 'owner') or '')
+redis.call('PUBLISH', ARGV[2], ARGV[1] .. ' {DELETED}')
+return deleted
+"""
+)
+
+# -- Retention ------------------------------------------------------------------------------------------------------
+
+# KEYS[1] job hash, KEYS[2] index; ARGV[1] job id, ARGV[2] cut-off (an ISO timestamp as `updated_at` is written, so
+# they compare as strings). Deletes a finished job last changed before the cut-off; returns 1 if it did.
+EXPIRE = (
+    _PRELUDE
+    + """
+local row = redis.call('HMGET', KEYS[1], 'status', 'updated_at', 'owner')
+local status, updated, owner = row[1], row[2], row[3] or ''
+if not FINISHED[status] then return 0 end
+if not updated or updated >= ARGV[2] then return 0 end
+forget(KEYS[1], KEYS[2], ARGV[1], owner)
+return 1
+"""
+)
+
+# -- JobQueue: a worker's outcomes ----------------------------------------------------------------------------------
+
+# Every outcome: KEYS[1] stream, KEYS[2] job hash, KEYS[3] index; ARGV[1] group, ARGV[2] message id, ARGV[3] job id,
+# ARGV[4] updated_at, ARGV[5] events channel, then its own. The message is acked and deleted in every case; the job
+# changes unless it is gone or its status is in `final` (done already: a duplicate delivery). Returns OK, GONE or
+# BLOCKED.
+_ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+"""
+
+
+def _outcome(final: str, change: str) -> str:
+    return (
+        _PRELUDE
+        + _ACK
+        + f"""
+local old, refused = guard(KEYS[2], {final})
+if not old then return refused end
+{change}
+return OK
+"""
+    )
+
+
+def _to(status: Status, extra: str) -> str:
+    return f"set_status(KEYS[2], KEYS[3], ARGV[5], ARGV[3], old, '{status}', ARGV[4], {extra})"
+
+
+# ARGV[6] thumbnails (JSON). A failed job (a duplicate's timeout) still becomes done: the work succeeded.
+COMPLETE = _outcome("DONE", _to(Status.done, "{'thumbnails', ARGV[6], 'error', 'null'}"))
+
+# ARGV[6] error (JSON).
+FAIL = _outcome("DONE", _to(Status.failed, "{'error', ARGV[6]}"))
+
+# KEYS[4] delayed set; ARGV[6] error (JSON), ARGV[7] delay in ms (measured on the Redis clock, as promotion is).
+RETRY_LATER = _outcome(
+    "FINISHED",
+    _to(Status.queued, "{'error', ARGV[6]}")
+    + _NOW_MS
+    + "redis.call('ZADD', KEYS[4], now_ms + tonumber(ARGV[7]), ARGV[3])",
+)
+
+# KEYS[4] dead-letter stream; ARGV[6] error (JSON), ARGV[7] reason, ARGV[8] error type, ARGV[9] attempts.
+BURY = _outcome(
+    "DONE",
+    "redis.call('XADD', KEYS[4], '*', 'job', ARGV[3], 'reason', ARGV[7], 'type', ARGV[8], 'attempts', ARGV[9])\n"
+    + _to(Status.failed, "{'error', ARGV[6]}"),
+)
+
+# -- JobQueue: messages handed back ---------------------------------------------------------------------------------
+
+# KEYS[1] stream, KEYS[2] index; ARGV[1] group, ARGV[2] consumer, ARGV[3] job key prefix, ARGV[4] updated_at,
+# ARGV[5] events channel, ARGV[6..] message ids. Each message still pending for this consumer is replaced by a fresh
+# entry for the same job and acked; a job left `processing` goes back to `queued` and its attempt is not counted.
+RELEASE = (
+    _PRELUDE
+    + """
+local released = 0
+for i = 6, #ARGV do
+  local id = ARGV[i]
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if #pending == 1 and pending[1][2] == ARGV[2] then
+    local entry = redis.call('XRANGE', KEYS[1], id, id)
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('XDEL', KEYS[1], id)
+    if #entry == 1 then
+      local fields, job_id = entry[1][2], nil
+      for j = 1, #fields, 2 do if fields[j] == 'job' then job_id = fields[j + 1] end end
+      if job_id then
+        redis.call('XADD', KEYS[1], '*', 'job', job_id)
+        local job_key = ARGV[3] .. job_id
+        if redis.call('HGET', job_key, 'status') == 'processing' then
+          if tonumber(redis.call('HGET', job_key, 'attempts') or '0') > 0 then
+            redis.call('HINCRBY', job_key, 'attempts', -1)
+          end
+          set_status(job_key, KEYS[2], ARGV[5], job_id, 'processing', 'queued', ARGV[4], {})
+        end
+        released = released + 1
+      end
+    end
+  end
+end
+return released
+"""
+)
+
+# KEYS[1] dead-letter stream, KEYS[2] stream, KEYS[3] index; ARGV[1] entry id, ARGV[2] job key prefix,
+# ARGV[3] updated_at, ARGV[4] events channel. Returns {code, job id}: 1 requeued (queued, attempts 0, no error, a
+# fresh stream entry), 0 nothing to do (the job is queued, processing or done already), -1 no such entry, -2 the job
+# is gone. The dead entry is deleted in every case but -1.
+REQUEUE_DEAD = (
+    _PRELUDE
+    + """
+local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #entry == 0 then return {-1, ''} end
+local fields, job_id = entry[1][2], ''
+for j = 1, #fields, 2 do if fields[j] == 'job' then job_id = fields[j + 1] end end
+redis.call('XDEL', KEYS[1], ARGV[1])
+local job_key = ARGV[2] .. job_id
+local old = nil
+if job_id ~= '' then old = guard(job_key, {}) end
+if not old then return {-2, job_id} end
+if old ~= 'failed' then return {0, job_id} end
+set_status(job_key, KEYS[3], ARGV[4], job_id, old, 'queued', ARGV[3], {'attempts', '0', 'error', 'null'})
+redis.call('XADD', KEYS[2], '*', 'job', job_id)
+return {1, job_id}
+"""
+)
+
+# -- JobQueue: claims on messages -----------------------------------------------------------------------------------
+
+# KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] ids. Resets the idle time of each message still
+# pending for this consumer (XCLAIM to itself, JUSTID: the delivery count is untouched); returns the ids that are
+# no longer its own (another worker took them over, or they were acked).
+EXTEND = """
+local lost = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if #pending == 1 and pending[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
+"""
+
+# KEYS[1] stream, KEYS[2] set of heartbeating workers; ARGV[1] group, ARGV[2] the caller, ARGV[3] heartbeat key
+# prefix, ARGV[4] how many messages at most. Each worker of the set whose heartbeat key is gone (it died) has its
+# pending messages claimed for the caller (XCLAIM with min-idle 0: the delivery count grows as for any claim); one
+# that holds nothing is removed from the group and the set. One script, so a worker is never removed while it
+# still holds a message.
+CLAIM_ORPHANED = """
+local claimed, room = {}, tonumber(ARGV[4])
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if name ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. name) == 0 then
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', math.max(room, 1), name)
+    if #pending == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+      redis.call('SREM', KEYS[2], name)
+    elseif room > 0 then
+      local ids = {}
+      for i, row in ipairs(pending) do ids[i] = row[1] end
+      room = room - #ids
+      for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))) do
+        claimed[#claimed + 1] = entry
+      end
+    end
+  end
+end
+return claimed
+"""
+
+# KEYS[1] delayed set, KEYS[2] stream; ARGV[1] how many at most. One script, so two workers never promote one id
+# twice: the first removes what it moved before the second can read it.
+PROMOTE = (
+    _NOW_MS
+    + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(ids) do
+  redis.call('XADD', KEYS[2], '*', 'job', id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #ids
+"""
+)
