@@ -7,11 +7,12 @@
 
 Every change is one script, so the record, its per-status index, the queue message and the event stay in step
 whatever crashes in between. The scripts are built from shared pieces: `guard` (a job deleted meanwhile is never
-brought back by a late worker; a finished one is not changed again), `move` and `set_status` (one HSET, the
-per-status index moved, the change announced), `forget` (a record and its index entries gone) and `_ACK` (the
-message acknowledged and deleted). `JobStore` (thumbify.jobs), `JobQueue` (thumbify.queue) and `Retention`
-(thumbify.retention) run them with the names `Keys` (thumbify.keyspace) gives; the scripts derive
-`<index>:<status>`, `<index>:owner:<owner>` and `<job prefix><id>` themselves, as `Keys` does.
+brought back by a late worker; a finished one is not changed again), `set_status` (one HSET, the per-status
+index moved, the change announced), `forget` (a record and its index entries gone) and `_ACK` (the message
+acknowledged and deleted); each script takes only the pieces it calls, as their definitions run at every call.
+`JobStore` (thumbify.jobs), `JobQueue` (thumbify.queue) and `Retention` (thumbify.retention) run them with the
+names `Keys` (thumbify.keyspace) gives; the scripts derive `<index>:<status>`, `<index>:owner:<owner>` and
+`<job prefix><id>` themselves, as `Keys` does.
 """
 
 from __future__ import annotations
@@ -34,45 +35,37 @@ DELETED = "deleted"
 OK, GONE, BLOCKED = 1, -1, -2
 
 
-def _lua_set(statuses) -> str:
-    return "{" + ", ".join(f"{s} = true" for s in sorted(statuses)) + "}"
-
-
 _NOW_MS = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# What every script that changes a job shares.
-_PRELUDE = f"""
-local OK, GONE, BLOCKED = {OK}, {GONE}, {BLOCKED}
-local DONE, FINISHED = {_lua_set([Status.done])}, {_lua_set(TERMINAL)}
-
--- The job's status; or nil and why it must not change: GONE, or BLOCKED when its status is in `final`.
-local function guard(job_key, final)
+# The shared pieces.
+_GUARD = f"""
+-- The job's status; or nil and why it must not change: GONE, or BLOCKED when it is done (or, with `failed_too`,
+-- failed).
+local function guard(job_key, failed_too)
   local status = redis.call('HGET', job_key, 'status')
-  if not status then return nil, GONE end
-  if final[status] then return nil, BLOCKED end
+  if not status then return nil, {GONE} end
+  if status == 'done' or (failed_too and status == 'failed') then return nil, {BLOCKED} end
   return status
 end
+"""
 
--- `old` to `new`: one HSET (status, updated_at and any extra field/value pairs) and the per-status index moved.
-local function move(job_key, index, job_id, old, new, stamp, extra)
-  local args = {{'HSET', job_key, 'status', new, 'updated_at', stamp}}
-  for _, v in ipairs(extra) do args[#args + 1] = v end
-  redis.call(unpack(args))
+_SET_STATUS = """
+-- `old` to `new`: one HSET (status, updated_at and the field/value pairs in `extra`), the per-status index moved,
+-- and the change announced on `events` (it wakes the API's waiters) unless that is nil.
+local function set_status(job_key, index, events, job_id, old, new, stamp, extra)
+  redis.call('HSET', job_key, 'status', new, 'updated_at', stamp, unpack(extra))
   if old ~= new then
     redis.call('ZREM', index .. ':' .. old, job_id)
     redis.call('ZADD', index .. ':' .. new, 0, job_id)
   end
+  if events then redis.call('PUBLISH', events, job_id .. ' ' .. new) end
 end
+"""
 
--- ... and the change announced on the events channel (it wakes the API's waiters).
-local function set_status(job_key, index, events, job_id, old, new, stamp, extra)
-  move(job_key, index, job_id, old, new, stamp, extra)
-  redis.call('PUBLISH', events, job_id .. ' ' .. new)
-end
-
+_FORGET = f"""
 -- The record deleted, and its entries in every index `JobStore` keeps (all jobs, per status, per owner).
 local function forget(job_key, index, job_id, owner)
   local deleted = redis.call('DEL', job_key)
@@ -88,19 +81,20 @@ end
 # KEYS[1] job hash, KEYS[2] index; ARGV[1] updated_at, ARGV[2] job id. Counts an attempt and marks the job
 # processing; returns the new count, GONE or BLOCKED (finished already).
 START = (
-    _PRELUDE
+    _GUARD
+    + _SET_STATUS
     + """
-local old, refused = guard(KEYS[1], FINISHED)
+local old, refused = guard(KEYS[1], true)
 if not old then return refused end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-move(KEYS[1], KEYS[2], ARGV[2], old, 'processing', ARGV[1], {})
+set_status(KEYS[1], KEYS[2], nil, ARGV[2], old, 'processing', ARGV[1], {})
 return attempts
 """
 )
 
 # KEYS[1] job hash, KEYS[2] index; ARGV[1] job id, ARGV[2] events channel. Returns 1 if there was a record.
 DELETE = (
-    _PRELUDE
+    _FORGET
     + f"""
 local deleted = forget(KEYS[1], KEYS[2], ARGV[1], redis.call('HGET', KEYS[1], 'owner') or '')
 redis.call('PUBLISH', ARGV[2], ARGV[1] .. ' {DELETED}')
@@ -113,11 +107,11 @@ return deleted
 # KEYS[1] job hash, KEYS[2] index; ARGV[1] job id, ARGV[2] cut-off (an ISO timestamp as `updated_at` is written, so
 # they compare as strings). Deletes a finished job last changed before the cut-off; returns 1 if it did.
 EXPIRE = (
-    _PRELUDE
+    _FORGET
     + """
 local row = redis.call('HMGET', KEYS[1], 'status', 'updated_at', 'owner')
 local status, updated, owner = row[1], row[2], row[3] or ''
-if not FINISHED[status] then return 0 end
+if status ~= 'done' and status ~= 'failed' then return 0 end
 if not updated or updated >= ARGV[2] then return 0 end
 forget(KEYS[1], KEYS[2], ARGV[1], owner)
 return 1
@@ -128,23 +122,24 @@ return 1
 
 # Every outcome: KEYS[1] stream, KEYS[2] job hash, KEYS[3] index; ARGV[1] group, ARGV[2] message id, ARGV[3] job id,
 # ARGV[4] updated_at, ARGV[5] events channel, then its own. The message is acked and deleted in every case; the job
-# changes unless it is gone or its status is in `final` (done already: a duplicate delivery). Returns OK, GONE or
-# BLOCKED.
+# changes unless it is gone or done already (a duplicate delivery; `retry_later` also leaves a failed job alone).
+# Returns OK, GONE or BLOCKED.
 _ACK = """
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 """
 
 
-def _outcome(final: str, change: str) -> str:
+def _outcome(change: str, failed_too: bool = False) -> str:
     return (
-        _PRELUDE
+        _GUARD
+        + _SET_STATUS
         + _ACK
         + f"""
-local old, refused = guard(KEYS[2], {final})
+local old, refused = guard(KEYS[2], {str(failed_too).lower()})
 if not old then return refused end
 {change}
-return OK
+return {OK}
 """
     )
 
@@ -154,22 +149,21 @@ def _to(status: Status, extra: str) -> str:
 
 
 # ARGV[6] thumbnails (JSON). A failed job (a duplicate's timeout) still becomes done: the work succeeded.
-COMPLETE = _outcome("DONE", _to(Status.done, "{'thumbnails', ARGV[6], 'error', 'null'}"))
+COMPLETE = _outcome(_to(Status.done, "{'thumbnails', ARGV[6], 'error', 'null'}"))
 
 # ARGV[6] error (JSON).
-FAIL = _outcome("DONE", _to(Status.failed, "{'error', ARGV[6]}"))
+FAIL = _outcome(_to(Status.failed, "{'error', ARGV[6]}"))
 
 # KEYS[4] delayed set; ARGV[6] error (JSON), ARGV[7] delay in ms (measured on the Redis clock, as promotion is).
 RETRY_LATER = _outcome(
-    "FINISHED",
     _to(Status.queued, "{'error', ARGV[6]}")
     + _NOW_MS
     + "redis.call('ZADD', KEYS[4], now_ms + tonumber(ARGV[7]), ARGV[3])",
+    failed_too=True,
 )
 
 # KEYS[4] dead-letter stream; ARGV[6] error (JSON), ARGV[7] reason, ARGV[8] error type, ARGV[9] attempts.
 BURY = _outcome(
-    "DONE",
     "redis.call('XADD', KEYS[4], '*', 'job', ARGV[3], 'reason', ARGV[7], 'type', ARGV[8], 'attempts', ARGV[9])\n"
     + _to(Status.failed, "{'error', ARGV[6]}"),
 )
@@ -180,7 +174,7 @@ BURY = _outcome(
 # ARGV[5] events channel, ARGV[6..] message ids. Each message still pending for this consumer is replaced by a fresh
 # entry for the same job and acked; a job left `processing` goes back to `queued` and its attempt is not counted.
 RELEASE = (
-    _PRELUDE
+    _SET_STATUS
     + """
 local released = 0
 for i = 6, #ARGV do
@@ -216,7 +210,7 @@ return released
 # fresh stream entry), 0 nothing to do (the job is queued, processing or done already), -1 no such entry, -2 the job
 # is gone. The dead entry is deleted in every case but -1.
 REQUEUE_DEAD = (
-    _PRELUDE
+    _SET_STATUS
     + """
 local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #entry == 0 then return {-1, ''} end
@@ -224,8 +218,7 @@ local fields, job_id = entry[1][2], ''
 for j = 1, #fields, 2 do if fields[j] == 'job' then job_id = fields[j + 1] end end
 redis.call('XDEL', KEYS[1], ARGV[1])
 local job_key = ARGV[2] .. job_id
-local old = nil
-if job_id ~= '' then old = guard(job_key, {}) end
+local old = job_id ~= '' and redis.call('HGET', job_key, 'status')
 if not old then return {-2, job_id} end
 if old ~= 'failed' then return {0, job_id} end
 set_status(job_key, KEYS[3], ARGV[4], job_id, old, 'queued', ARGV[3], {'attempts', '0', 'error', 'null'})
