@@ -26,11 +26,10 @@ import numpy as np
 import pytest
 import pyvips
 from support import images
-from support.backends import backend_params
+from support.backends import backend_params, opened
 from support.images import make_jpeg
 from support.service import Service, port_is_free, report_tracebacks, start_service, stop_service
 
-from gpu_worker.backends.vips import configure_vips
 from thumbify.redis_conn import EmbeddedRedis, free_port
 
 # Fixtures that start a process or a server (those built on them are found through each test's fixture closure; a
@@ -136,12 +135,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 @pytest.fixture(scope="module", params=backend_params())
 def any_backend(request: pytest.FixtureRequest):
     """Each backend this machine has in turn (vips, DALI, tiles and the router on cpu; their GPU variants)."""
-    configure_vips(1)
-    backend = request.param()
-    yield backend
-    close = getattr(backend, "close", None)
-    if close is not None:
-        close()
+    with opened(request.param) as backend:
+        yield backend
 
 
 @pytest.fixture(scope="session")

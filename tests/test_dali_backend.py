@@ -1,12 +1,10 @@
 """The DALI backend, run as CI runs it: the same pipeline with `cpu` operators and `device_id=None` (the
 nvidia-dali wheel runs CPU pipelines without a GPU or driver). A GPU, where there is one, runs it on `mixed` too.
 
-Two halves:
-- the vips backend's own pixel tests (tests/test_vips_backend.py), collected here a second time with the DALI backend
-  behind their `backend` and `render` fixtures: every backend obeys the same spec. Those whose input DALI should
-  take assert that it did (the fallback was not called);
-- DALI's own: what it takes, pixels against the vips backend, batches (mixed good and bad, every size up to and
-  past the maximum, concurrency), an image that fails inside DALI, and the JPEG structure walk.
+The contract every backend keeps (pixels of orientations, colours, fits, formats, broken files) is
+tests/test_backend_contract.py, which runs it on DALI too and checks there who rendered each case. Here, DALI's own:
+what it takes, pixels against the vips backend, batches (mixed good and bad, every size up to and past the maximum,
+concurrency), an image that fails inside DALI, and the JPEG structure walk.
 """
 
 from __future__ import annotations
@@ -18,11 +16,11 @@ import numpy as np
 import pytest
 import pyvips
 from support import images
-from support.renditions import MAGIC, assert_marked_upright, close, lanczos3_reference, only, pixels, psnr, render_with
+from support.renditions import MAGIC, assert_marked_upright, close, item, lanczos3_reference, only, pixels, psnr
 
 pytest.importorskip("nvidia.dali", reason="nvidia-dali-cuda130 is not installed (pip install -e '.[test]')")
 
-import test_vips_backend as vt
+from support.dali import MAX_BATCH, CountingDali, RecordingVips, cpu_dali
 
 from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.dali import DaliBackend, dali_unavailable, file_damage, jpeg_damage
@@ -31,40 +29,6 @@ from gpu_worker.backends.vips import VipsBackend, configure_vips
 from thumbify.errors import CorruptImage
 from thumbify.probe import open_image, sniff
 from thumbify.spec import ThumbnailSpec
-
-MAX_BATCH = 4
-
-
-class RecordingVips(VipsBackend):
-    """The real vips backend, noting which files it was handed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[str] = []
-
-    def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
-        self.calls.append(path.name)
-        return super().render(path, fmt, spec, stem)
-
-
-class CountingDali(DaliBackend):
-    """The real DALI backend, noting the size of every batch its pipeline ran (or failed on)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.runs: list[int] = []
-
-    def _run(self, samples):
-        self.runs.append(len(samples))
-        return super()._run(samples)
-
-
-def cpu_dali(**kwargs) -> CountingDali:
-    kwargs.setdefault("max_batch", MAX_BATCH)
-    return CountingDali("cpu", num_threads=1, fallback=RecordingVips(), **kwargs)
-
-
-# -- the vips backend's tests, with DALI behind the fixtures -----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -75,113 +39,16 @@ def backend() -> CountingDali:
     dali.close()
 
 
-@pytest.fixture
-def render(backend: CountingDali, tmp_path: Path):
-    return render_with(backend, tmp_path)
-
-
-REUSED = [
-    vt.test_exif_orientation_single_size,
-    vt.test_exif_orientation_with_shrink_on_load_and_several_sizes,
-    vt.test_exif_orientation_with_cover,
-    vt.test_orientation_tag_in_other_containers,
-    vt.test_cmyk_jpeg_comes_out_srgb_with_the_right_colours,
-    vt.test_icc_tagged_display_p3_comes_out_srgb,
-    vt.test_16_bit_png_comes_out_8_bit_with_the_right_levels,
-    vt.test_grey_input_gives_the_right_grey_levels,
-    vt.test_alpha_is_kept_for_formats_that_have_it,
-    vt.test_alpha_is_flattened_onto_white_for_jpeg,
-    vt.test_grey_with_alpha,
-    vt.test_animation_gives_the_first_frame,
-    vt.test_input_containers,
-    vt.test_tiff_16_bit_and_webp_with_scaled_decode,
-    vt.test_every_output_format_decodes_with_its_magic_bytes,
-    vt.test_metadata_is_stripped,
-    vt.test_inside_never_enlarges_a_small_source,
-    vt.test_inside_keeps_aspect_in_a_box,
-    vt.test_cover_gives_the_exact_box,
-    vt.test_cover_centre_crop_keeps_the_centre,
-    vt.test_cover_of_an_extreme_aspect_ratio_stays_cheap_and_right,
-    vt.test_fill_stretches_to_the_exact_box,
-    vt.test_contain_pads_with_the_background_colour,
-    vt.test_contain_of_a_transparent_source_keeps_its_transparency,
-    vt.test_duplicated_sizes_give_one_rendition,
-    vt.test_broken_images_raise_corrupt_image,
-    vt.test_jpeg_whose_header_lies_about_its_size_fails_fast,
-    vt.test_downscale_quality_against_a_float_lanczos3_reference,
-    vt.test_downscale_quality_as_jpeg_output,
-    vt.test_zone_plate_downscaled_16x_is_flat_grey,
-    vt.test_one_pixel_checkerboard_downscaled_16x_is_flat_grey,
-]
-globals().update({test.__name__: test for test in REUSED})  # collected here, with this module's fixtures
-
-# Reused tests (all parameters, or one by its id) whose every input DALI must take itself, not hand to vips.
-DALI_TAKES = {
-    "test_exif_orientation_single_size",
-    "test_exif_orientation_with_shrink_on_load_and_several_sizes",
-    "test_exif_orientation_with_cover",
-    "test_orientation_tag_in_other_containers[png]",
-    "test_orientation_tag_in_other_containers[webp]",
-    "test_icc_tagged_display_p3_comes_out_srgb",
-    "test_grey_input_gives_the_right_grey_levels",
-    "test_input_containers[jpeg]",
-    "test_input_containers[progressive-jpeg]",
-    "test_input_containers[png]",
-    "test_input_containers[webp]",
-    "test_every_output_format_decodes_with_its_magic_bytes",
-    "test_metadata_is_stripped",
-    "test_inside_never_enlarges_a_small_source",
-    "test_inside_keeps_aspect_in_a_box",
-    "test_cover_gives_the_exact_box",
-    "test_cover_centre_crop_keeps_the_centre",
-    "test_fill_stretches_to_the_exact_box",
-    "test_contain_pads_with_the_background_colour",
-    "test_duplicated_sizes_give_one_rendition",
-    "test_downscale_quality_against_a_float_lanczos3_reference",
-    "test_downscale_quality_as_jpeg_output",
-    "test_zone_plate_downscaled_16x_is_flat_grey",
-    "test_one_pixel_checkerboard_downscaled_16x_is_flat_grey",
-}
-# Reused tests whose inputs DALI must refuse (CMYK, alpha, 16-bit, animations, broken or lying files, ...).
-VIPS_TAKES = {
-    "test_cmyk_jpeg_comes_out_srgb_with_the_right_colours",
-    "test_16_bit_png_comes_out_8_bit_with_the_right_levels",
-    "test_alpha_is_kept_for_formats_that_have_it",
-    "test_alpha_is_flattened_onto_white_for_jpeg",
-    "test_grey_with_alpha",
-    "test_animation_gives_the_first_frame",
-    "test_cover_of_an_extreme_aspect_ratio_stays_cheap_and_right",
-    "test_contain_of_a_transparent_source_keeps_its_transparency",
-    "test_broken_images_raise_corrupt_image",
-    "test_jpeg_whose_header_lies_about_its_size_fails_fast",
-}
-
-
 @pytest.fixture(autouse=True)
-def _check_route(request: pytest.FixtureRequest):
-    if "backend" not in request.fixturenames:
-        yield
-        return
-    dali: CountingDali = request.getfixturevalue("backend")
-    dali.fallback.calls.clear()
-    dali.runs.clear()
-    yield
-    name = request.node.name
-    if name in DALI_TAKES or request.node.originalname in DALI_TAKES:
-        assert dali.fallback.calls == [], f"DALI handed {dali.fallback.calls} to vips"
-        assert dali.runs, "the DALI pipeline never ran"
-    if request.node.originalname in VIPS_TAKES:
-        assert dali.fallback.calls and not dali.runs, "DALI took an image it should have left to vips"
+def _own_counts(request: pytest.FixtureRequest) -> None:
+    """Each test reads only its own batches and fallbacks from the shared backend."""
+    if "backend" in request.fixturenames:
+        dali: CountingDali = request.getfixturevalue("backend")
+        dali.fallback.calls.clear()
+        dali.runs.clear()
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
-
-
-def item(tmp_path: Path, name: str, data: bytes, **spec) -> tuple[Path, str, ThumbnailSpec, str]:
-    fmt = sniff(data[:32])
-    assert fmt is not None
-    path = images.write(tmp_path / name, data)
-    return path, fmt, ThumbnailSpec(**spec), Path(name).stem
 
 
 def arrays(renditions: list[Rendition]) -> dict[str, np.ndarray]:

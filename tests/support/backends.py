@@ -3,11 +3,14 @@ library or a usable GPU is missing), and the skip marks for one backend's tests.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 import pytest
 
 from gpu_worker import backend_choice
 from gpu_worker.backends.route import RoutedBackend
-from gpu_worker.backends.vips import VipsBackend
+from gpu_worker.backends.vips import VipsBackend, configure_vips
 
 
 def missing(module: str) -> str | None:
@@ -67,3 +70,16 @@ def _tiles(device: str):
     from gpu_worker.backends.tiles import TilesBackend
 
     return TilesBackend(device, strip_rows=64)
+
+
+@contextlib.contextmanager
+def opened(make: Callable[[], object]) -> Iterator:
+    """The backend `make` builds, as a worker with one libvips thread has it; closed on the way out."""
+    configure_vips(1)
+    backend = make()
+    try:
+        yield backend
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
