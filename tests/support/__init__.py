@@ -1,5 +1,12 @@
-"""What the tests are built from, one module per kind of thing: a running service (service.py), problem+json
-answers (problems.py), processes read from /proc (processes.py), `thumbify serve` runs (serve.py), API keys
-(keys.py), test images (images.py, corpus.py, mutate.py), rendered thumbnails (renditions.py), reference resamplers
-(kernels.py), fault injection (faults.py), an S3 server (s3server.py) and the CUDA emulator (cuda_emulator.py,
-emulated_gpu.py). Test modules import from here, never from each other or from conftest."""
+"""What the tests are built from, one module per kind of thing. Test modules import from here, never from each other
+or from conftest (which keeps only fixtures and hooks).
+
+- a running Thumbify: service.py (API + worker subprocesses, `Service`), serve.py (`thumbify serve`), cli.py (the
+  command line), keys.py (API keys), uploads.py (hand-written multipart bodies), problems.py (problem+json checks)
+- processes.py: processes read from /proc (descendants, render processes, tagged processes, process groups)
+- faults.py: extra workers, broken storage, job records read from Redis; s3server.py: an S3 server (rclone)
+- images: images.py (generated test images), corpus.py (a PngSuite-like corpus), mutate.py (seeded mutations)
+- rendering: renditions.py (render as the worker does, judge the pixels), backends.py (the backends this machine
+  has), dali.py (the DALI backend, watched), kernel_reference.py (a plain float64 resampler)
+- cuda_emulator.py, emulated_gpu.py: the CUDA kernels run on the CPU
+"""
