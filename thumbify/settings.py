@@ -141,10 +141,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def originals_prefix(self) -> str:
-        return "originals"
-
-    @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
 
