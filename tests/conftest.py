@@ -12,7 +12,8 @@ Every test gets one tier, assigned here (`pytest_collection_modifyitems`), so th
 - `gpu`: it needs a real GPU: a skip that says "no GPU", a `gpu` parameter (the device, `dali-gpu`, `tiles-gpu`,
   `router-gpu`), or a `gpu` mark (test_kernels_gpu.py);
 - `fast`: the rest, in-process. A `fast` test that starts a process fails (an audit hook sees it): mark it `service`.
-`pytest -m fast` is the quick loop; `pytest -m "not gpu"` is what a machine without a GPU can run.
+`pytest -m fast -n 2` is the quick loop (under a minute on two cores, pytest-xdist); `pytest -m "not gpu"` is what
+a machine without a GPU can run.
 """
 
 from __future__ import annotations
