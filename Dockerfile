@@ -14,6 +14,7 @@ RUN pip install build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY thumbify ./thumbify
+COPY thumbify_cli ./thumbify_cli
 COPY api ./api
 COPY gpu_worker ./gpu_worker
 COPY kernels ./kernels
