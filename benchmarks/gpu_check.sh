@@ -246,7 +246,9 @@ core)
         --out "$logs/gpu_vs_cpu.json"
     step kernels_bench 40 "$python" -m benchmarks.kernels_bench --rounds 2 --out "$logs/kernels.json" \
         --cases "${GPU_CHECK_KERNEL_CASES:-4000x3000:256x192,4000x3000:1024x768}"
-    gpu_tests tests/test_kernels_gpu.py tests/test_tiles_backend.py
+    # The tiles tests first: the kernel tests spend most of their time on float64 NumPy references (on the H200,
+    # 2026-12-04, they used up the step), and the tiles tests are the ones that exercise the service's GPU path.
+    gpu_tests tests/test_tiles_backend.py tests/test_kernels_gpu.py
     finish
     ;;
 dali | rehearse-dali)
@@ -264,7 +266,8 @@ dali | rehearse-dali)
         --huge-side "$huge" --row-timeout 90)
     step gpu_vs_cpu 240 "$python" -m benchmarks.gpu_vs_cpu --backends dali,router "${bench[@]}" \
         --out "$logs/gpu_vs_cpu.json"
-    gpu_tests tests/test_dali_backend.py tests/test_routing.py
+    # test_corrupt_inputs: whether nvJPEG refuses a scan cut near its end (DALI's CPU decoder fills it with grey).
+    gpu_tests tests/test_dali_backend.py tests/test_routing.py tests/test_corrupt_inputs.py
     finish
     ;;
 esac
