@@ -106,7 +106,7 @@ class KeyRing:
 
     def __init__(self, keys: list[ApiKey], file: Path | None = None, inline: list[ApiKey] | None = None) -> None:
         self.file, self._inline = file, inline or []
-        self._enabled = bool(keys) or bool(self._inline)
+        self._enabled = bool(keys) or bool(self._inline) or (file is not None and file.exists())
         self.keys = {k.id: k for k in [*keys, *self._inline]}
         self._seen = self._stamp()
         self._checked = time.monotonic()
@@ -119,9 +119,7 @@ class KeyRing:
     @classmethod
     def load(cls, file: Path | None, inline: str = "") -> KeyRing:
         in_file = read_file(file) if file is not None else []
-        ring = cls(in_file, file, _parse(inline, "THUMBIFY_API_KEYS") if inline.strip() else [])
-        ring._enabled = ring._enabled or (file is not None and file.exists())
-        return ring
+        return cls(in_file, file, _parse(inline, "THUMBIFY_API_KEYS") if inline.strip() else [])
 
     def _stamp(self) -> tuple | None:
         try:

@@ -20,7 +20,8 @@ KeysFileOpt = Annotated[
 
 
 def _keys_path(file: Path | None, data_dir: Path | None) -> Path:
-    """The file the servers of this data folder read (the same rule as theirs: thumbify.keys.keys_file)."""
+    """The file to write or read: `--file`, else THUMBIFY_API_KEYS_FILE, else DATA_DIR/keys.json — the file the
+    servers of this data folder read (thumbify.keys.keys_file), unless THUMBIFY_API_KEYS alone gives them keys."""
     apply_options(data_dir=data_dir)
     settings = load_settings()
     return file or settings.api_keys_file or settings.data_dir / "keys.json"
