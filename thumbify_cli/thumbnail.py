@@ -60,28 +60,28 @@ def thumbnail(
     # an image's last strip only in its process-wide error buffer, which threads decoding side by side would share.
     # A handful of files render here, in this process, rather than pay for starting render processes.
     processes = min(settings.image_process_count(), len(files))
+    spec_json = spec.model_dump_json()
     pool = (
         ProcessPoolExecutor(
             processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_renderer,
-            initargs=(settings.vips_concurrency,),
+            initargs=(spec_json,),
         )
         if processes > 1 and len(files) > IN_PROCESS_FILES
         else None
     )
     if pool is None:
-        _start_renderer(settings.vips_concurrency)
-    spec_json = spec.model_dump_json()
+        _start_renderer(spec_json)
     rows: list[tuple[str, str, str, str | None]] = []  # file, source, thumbnails, error (None: it worked)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     started = time.perf_counter()
     with Progress(*columns, console=console) as progress, pool or contextlib.nullcontext():
         task = progress.add_task("thumbnailing", total=len(files))
         if pool is None:
-            outcomes = ((f, _render_file(str(f), spec_json, str(out))) for f in files)
+            outcomes = ((f, _render_file(str(f), str(out))) for f in files)
         else:
-            futures = {pool.submit(_render_file, str(f), spec_json, str(out)): f for f in files}
+            futures = {pool.submit(_render_file, str(f), str(out)): f for f in files}
             outcomes = ((futures[f], f.result()) for f in as_completed(futures))
         for path, (source, names, error) in outcomes:
             rows.append((str(path), source, names, error))
@@ -93,29 +93,32 @@ def thumbnail(
 
 # Up to this many files render in the CLI's own process (starting render processes costs more than it saves).
 IN_PROCESS_FILES = 2
-_renderer = None
+# Set once per render process (and in the CLI's own for a handful of files): the settings, the spec, the backend.
+_renderer: tuple | None = None
 
 
-def _start_renderer(vips_concurrency: int) -> None:
-    """A render process's (or the CLI's own) one-time set-up: libvips configured as in the worker, one backend."""
+def _start_renderer(spec_json: str) -> None:
+    """A render process's one-time set-up: the settings read and libvips configured as in the worker, the spec
+    parsed, one backend."""
     global _renderer
     from gpu_worker.backends.vips import VipsBackend, configure_vips
+    from thumbify.spec import ThumbnailSpec
 
-    configure_vips(vips_concurrency)
-    _renderer = VipsBackend()
+    settings = load_settings()
+    configure_vips(settings.vips_concurrency)
+    _renderer = (settings, ThumbnailSpec.model_validate_json(spec_json), VipsBackend())
 
 
-def _render_file(path: str, spec_json: str, out: str) -> tuple[str, str, str | None]:
+def _render_file(path: str, out: str) -> tuple[str, str, str | None]:
     """Thumbnail one file into `out`: (source, thumbnail names, None) or ("", "", the error's detail)."""
     from thumbify.errors import ThumbifyError
     from thumbify.probe import probe_for
-    from thumbify.spec import ThumbnailSpec, safe_stem
+    from thumbify.spec import safe_stem
 
+    settings, spec, backend = _renderer
     try:
-        info = probe_for(Path(path), load_settings())
-        renditions = _renderer.render(
-            Path(path), info.format, ThumbnailSpec.model_validate_json(spec_json), safe_stem(Path(path).name)
-        )
+        info = probe_for(Path(path), settings)
+        renditions = backend.render(Path(path), info.format, spec, safe_stem(Path(path).name))
         for r in renditions:
             (Path(out) / r.name).write_bytes(r.data)
     except ThumbifyError as exc:
