@@ -12,18 +12,19 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from thumbify.keyspace import Keys
+from thumbify.state import NOW_MS
 
 log = logging.getLogger("thumbify.api")
 
 # KEYS: bucket hash; ARGV: rate (tokens/s), burst. Refills by elapsed time (Redis's clock: one clock for all
 # replicas), takes one token if there is one; returns {allowed, milliseconds until a token is there}.
-_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_TAKE = (
+    NOW_MS
+    + """
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
-tokens = math.min(burst, tokens + (now - at) * rate / 1000)
+local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now_ms
+tokens = math.min(burst, tokens + (now_ms - at) * rate / 1000)
 local allowed, wait = 0, 0
 if tokens >= 1 then
   tokens = tokens - 1
@@ -31,31 +32,33 @@ if tokens >= 1 then
 else
   wait = math.ceil((1 - tokens) * 1000 / rate)
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now_ms)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
 return {allowed, wait}
 """
+)
 
 # Uploads in flight are leases in a sorted set per client (member: the upload's id, score: when its lease ends, in
 # ms by Redis's clock). A live upload renews its lease while it streams and removes it when it ends; a process that
 # dies stops renewing, so its slots free themselves within one lease time. A refusal changes no lease.
 # The set itself expires with its last lease.
-_LEASES = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_LEASES = (
+    NOW_MS
+    + """
 local function expire_with_last_lease(key)
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   if last[2] then redis.call('PEXPIREAT', key, last[2]) end
 end
 """
+)
 
 # KEYS: lease set; ARGV: cap, lease (ms), upload id. Takes a slot unless the client holds `cap` live leases.
 _ENTER = (
     _LEASES
     + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[3])
 expire_with_last_lease(KEYS[1])
 return 1
 """
@@ -65,7 +68,7 @@ return 1
 _RENEW = (
     _LEASES
     + """
-if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[2]) == 1 then
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', now_ms + tonumber(ARGV[1]), ARGV[2]) == 1 then
   expire_with_last_lease(KEYS[1])
 end
 return 1

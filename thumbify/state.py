@@ -35,7 +35,8 @@ DELETED = "deleted"
 OK, GONE, BLOCKED = 1, -1, -2
 
 
-_NOW_MS = """
+# Redis's own clock in ms (one clock for every replica); the one copy of it in our Lua.
+NOW_MS = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
@@ -157,7 +158,7 @@ FAIL = _outcome(_to(Status.failed, "{'error', ARGV[6]}"))
 # KEYS[4] delayed set; ARGV[6] error (JSON), ARGV[7] delay in ms (measured on the Redis clock, as promotion is).
 RETRY_LATER = _outcome(
     _to(Status.queued, "{'error', ARGV[6]}")
-    + _NOW_MS
+    + NOW_MS
     + "redis.call('ZADD', KEYS[4], now_ms + tonumber(ARGV[7]), ARGV[3])",
     failed_too=True,
 )
@@ -275,7 +276,7 @@ return claimed
 # KEYS[1] delayed set, KEYS[2] stream; ARGV[1] how many at most. One script, so two workers never promote one id
 # twice: the first removes what it moved before the second can read it.
 PROMOTE = (
-    _NOW_MS
+    NOW_MS
     + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(ids) do
