@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
 from thumbify import errors as e
-from thumbify.errors import PROBLEM_BASE, ThumbifyError, message_of
+from thumbify.errors import PROBLEM_BASE, ThumbifyError, invalid_options, message_of
 
 log = logging.getLogger("thumbify.api")
 MEDIA_TYPE = "application/problem+json"
@@ -229,8 +229,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         errors = [{"field": _field(tuple(err["loc"])), "message": message_of(err)} for err in exc.errors()]
-        detail = "; ".join(f"{err['field']}: {err['message']}" for err in errors)
-        return problem(422, "invalid-options", "Invalid options", detail, request.url.path, errors=errors)
+        invalid = invalid_options(errors)
+        return problem(invalid.status, invalid.slug, invalid.title, invalid.detail, request.url.path, errors=errors)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):

@@ -194,3 +194,8 @@ def message_of(error: dict[str, Any]) -> str:
     if error.get("type") == "value_error" and raised is not None:
         return str(raised)
     return error["msg"]
+
+
+def invalid_options(errors: list[dict[str, str]]) -> InvalidOptions:
+    """InvalidOptions naming each bad field (`{"field", "message"}`), its detail listing them all."""
+    return InvalidOptions("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from thumbify.errors import InvalidOptions, NotAcceptable, message_of
+from thumbify.errors import InvalidOptions, NotAcceptable, invalid_options, message_of
 
 MIN_SIDE = 8
 MAX_SIDE = 4096
@@ -150,8 +150,7 @@ class ThumbnailSpec(BaseModel):
                 {"field": ".".join(str(p) for p in e["loc"]) or "options", "message": message_of(e)}
                 for e in exc.errors()
             ]
-            detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-            raise InvalidOptions(detail, errors=errors) from exc
+            raise invalid_options(errors) from exc
 
 
 def parse_accept(accept: str) -> dict[str, float]:
