@@ -91,7 +91,6 @@ DALI_TAKES = {
     "test_icc_tagged_display_p3_comes_out_srgb",
     "test_grey_input_gives_the_right_grey_levels",
     "test_input_containers[jpeg]",
-    "test_input_containers[progressive-jpeg]",
     "test_input_containers[png]",
     "test_input_containers[webp]",
     "test_every_output_format_decodes_with_its_magic_bytes",
@@ -120,6 +119,7 @@ VIPS_TAKES = {
     "test_contain_of_a_transparent_source_keeps_its_transparency",
     "test_broken_images_raise_corrupt_image",
     "test_jpeg_whose_header_lies_about_its_size_fails_fast",
+    "test_input_containers[progressive-jpeg]",  # a cut scan decodes blurred, which only a strict decoder tells
 }
 
 
@@ -137,7 +137,7 @@ def _check_route(request: pytest.FixtureRequest, backend):
     if case in DALI_TAKES or request.node.originalname in DALI_TAKES:
         assert backend.fallback.calls == [], f"DALI handed {backend.fallback.calls} to vips"
         assert backend.runs, "the DALI pipeline never ran"
-    if request.node.originalname in VIPS_TAKES:
+    if case in VIPS_TAKES or request.node.originalname in VIPS_TAKES:
         assert backend.fallback.calls and not backend.runs, "DALI took an image it should have left to vips"
 
 

@@ -5,8 +5,9 @@ job ends `failed` with `corrupt-image`, never `done`).
 - JPEGs whose scan is too short for the size their header claims (a 64x48 photo patched to say 65500x10, 20000x10
   or 6400x48), which shrink-on-load once decoded into a grey thumbnail: libvips' `fail_on` misses damage met in
   the last strip it decodes (`decode.decoded`), which with shrink-on-load is often the whole image;
-- a JPEG cut a few bytes before the end of its scan with an end-of-image marker put back: the damage is met in the
-  last strip at every size;
+- JPEGs whose scan ends early (cut, an end-of-image marker put back; 4:4:4 and 4:2:0, with and without restart
+  markers, baseline and progressive): the damage is met in the last strip at every size; DALI's decoders fill it
+  with grey, which `damage.grey_filled` finds in the decoded image's last MCU;
 - the PngSuite's corruptions of a valid PNG (`corpus.CORRUPTIONS`): bad signature, bad CRC in IHDR, IDAT, an
   ancillary chunk and IEND, chunk lengths that lie, missing IDAT, missing IEND, truncated IDAT, damaged deflate data.
 """
@@ -15,13 +16,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import pyvips
 from support import corpus, images
+from support.backends import needs_dali
 from support.problems import assert_problem, is_failed_corrupt
 from support.renditions import item
 from support.service import Service
 
-from gpu_worker.backends.dali import jpeg_damage
+from gpu_worker.backends.damage import jpeg_damage, jpeg_frame
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 from thumbify.errors import CorruptImage, UnsupportedMedia
 from thumbify.probe import png_damage, probe
@@ -34,13 +38,21 @@ LYING_JPEGS = {
     f"claims-{w}x{h}": images.jpeg_with_sof_size(w, h, PHOTO_64x48) for w, h in ((65500, 10), (20000, 10), (6400, 48))
 }
 SPECS = [{"sizes": "256"}, {"sizes": "64,512"}, {"sizes": "32x32", "fit": "cover"}]
-# A scan cut a few bytes short, an end-of-image marker put back: libjpeg meets the damage in the last strip only.
+# Scans that end early, an end-of-image marker put back where needed: libjpeg meets the damage in the last strip it
+# decodes (libvips' `fail_on` needs `decode.decoded`), DALI's decoders fill the rest with grey (`damage.grey_filled`
+# sees it in the last MCU), and a progressive file cut in a later scan decodes blurred (DALI leaves those to vips).
 SHORT_SCANS = {
     "cut-before-eoi": images.truncated_jpeg(keep=0.999) + b"\xff\xd9",
+    "cut-halfway": images.truncated_jpeg(keep=0.5) + b"\xff\xd9",
+    "cut-420-odd-size": images.truncated_jpeg(333, 217, keep=0.9, quality=75) + b"\xff\xd9",
+    "cut-in-last-restart-interval": images.cut_scan(
+        images.photo_like_image(640, 480, seed=3).jpegsave_buffer(Q=90, restart_interval=4), in_last_interval=True
+    ),
     "claims-64x96": images.jpeg_with_sof_size(64, 96, images.photo_like(64, 48, seed=2, quality=95)),
+    "progressive-cut": images.truncated_jpeg(keep=0.8, progressive=True) + b"\xff\xd9",
 }
 # The same cut in a JPEG with restart markers (as cameras write them): DALI's structure walk counts them and sends
-# it to vips, which refuses it. (A cut inside the last restart interval is the gap above again.)
+# it to vips, which refuses it.
 RESTARTED_CUT = images.truncated_jpeg(keep=0.99, restart_interval=4) + b"\xff\xd9"
 # Damage the API's check can tell (the rest is for the decoder): 415 where the file is not a PNG at all.
 AT_UPLOAD = {name: 422 for name in corpus.CORRUPTIONS if name != "idat-data-damaged"}
@@ -57,18 +69,6 @@ DECODER_REFUSES = {
     "idat-data-damaged",
 }
 CORRUPTED = corpus.corrupted()
-
-
-DALI_GAP = (
-    "DALI's decoders (libjpeg-turbo on cpu) fill a scan that ends early with grey and say so only on stderr, and "
-    "the structure walk that sends damaged JPEGs to vips cannot see a scan cut near its end"
-)
-
-
-def expect_dali_gap(request: pytest.FixtureRequest, backend) -> None:
-    """A known gap, kept in sight: on cpu it must fail (strict), on the GPU nvJPEG may catch it."""
-    if type(backend).__name__ in ("DaliBackend", "RoutedBackend"):
-        request.applymarker(pytest.mark.xfail(strict=backend.device == "cpu", reason=DALI_GAP))
 
 
 # -- JPEG: at the backend ------------------------------------------------------------------------------------------
@@ -104,13 +104,55 @@ def test_a_scan_cut_with_restart_markers_is_refused_by_every_backend(any_backend
 
 
 @pytest.mark.parametrize("name", list(SHORT_SCANS))
-def test_a_scan_short_only_in_its_last_strip_is_refused(
-    any_backend, request: pytest.FixtureRequest, tmp_path: Path, name: str
-) -> None:
-    expect_dali_gap(request, any_backend)
+def test_a_scan_that_ends_early_is_refused(any_backend, tmp_path: Path, name: str) -> None:
     for n, spec in enumerate(SPECS):
         with pytest.raises(CorruptImage, match="corrupt"):
             any_backend.render(*item(tmp_path, f"{name}-{n}.jpg", SHORT_SCANS[name], **spec))
+
+
+# A scan cut inside its last MCU, an end-of-image marker put back: vips refuses it; DALI's decoders fill the missing
+# bits with zeros, so that MCU decodes (wrong, unflagged) and no MCU is left to fill with grey. What is damaged is
+# that one MCU (at most 32x32 pixels in the bottom-right corner); nothing short of a strict decode tells.
+LAST_MCU_CUT = images.cut_scan(images.photo_like(640, 480, seed=3, quality=90), drop=2)
+LAST_MCU_GAP = "DALI decodes a scan cut inside its last MCU from zero bits, without a word (cpu: libjpeg-turbo)"
+
+
+def test_a_scan_cut_inside_its_last_mcu_is_refused(any_backend, request: pytest.FixtureRequest, tmp_path) -> None:
+    if type(any_backend).__name__ in ("DaliBackend", "RoutedBackend"):  # nvJPEG on the GPU may yet refuse it
+        request.applymarker(pytest.mark.xfail(strict=any_backend.device == "cpu", reason=LAST_MCU_GAP))
+    with pytest.raises(CorruptImage, match="corrupt"):
+        any_backend.render(*item(tmp_path, "last-mcu.jpg", LAST_MCU_CUT, sizes="256"))
+
+
+# Cuts nothing in the file's structure tells: only the decoded pixels do.
+GREY_FILLED = ["cut-before-eoi", "cut-halfway", "cut-420-odd-size", "cut-in-last-restart-interval", "claims-64x96"]
+
+
+@needs_dali
+@pytest.mark.parametrize("name", GREY_FILLED)
+def test_dali_sees_the_grey_of_a_scan_cut_short_and_leaves_it_to_vips(tmp_path: Path, name: str) -> None:
+    from support.dali import cpu_dali
+
+    assert jpeg_damage(SHORT_SCANS[name]) is None  # the walk cannot tell
+    dali = cpu_dali()
+    with pytest.raises(CorruptImage, match="corrupt"):
+        dali.render(*item(tmp_path, f"{name}.jpg", SHORT_SCANS[name], sizes="256"))
+    assert dali.runs and dali.fallback.calls == [f"{name}.jpg"]  # DALI decoded it, saw the grey, referred it
+
+
+@needs_dali
+def test_a_sound_jpeg_whose_last_mcu_is_that_grey_renders_right_through_the_detour(tmp_path: Path) -> None:
+    """A false alarm costs a detour, never a wrong answer: vips renders the sound file DALI's check doubted."""
+    from support.dali import cpu_dali
+
+    dali = cpu_dali()
+    data = images.solid_image(333, 217, (128, 128, 128)).jpegsave_buffer(Q=75)
+    frame = jpeg_frame(data)
+    assert frame is not None and frame.mcu() == (16, 16) and frame.last_mcu() == (217 - 13 * 16, 333 - 20 * 16)
+    (rendition,) = dali.render(*item(tmp_path, "grey.jpg", data, sizes="100"))
+    assert dali.fallback.calls == ["grey.jpg"]
+    grey = pyvips.Image.new_from_buffer(rendition.data, "").numpy()
+    assert grey.shape == (65, 100, 3) and np.abs(grey.astype(int) - 128).max() <= 1
 
 
 def test_sound_jpegs_still_render_at_every_shrink(tmp_path: Path) -> None:

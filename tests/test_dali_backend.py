@@ -23,7 +23,8 @@ pytest.importorskip("nvidia.dali", reason="nvidia-dali-cuda130 is not installed 
 from support.dali import MAX_BATCH, CountingDali, RecordingVips, cpu_dali
 
 from gpu_worker.backends.base import Rendition
-from gpu_worker.backends.dali import DaliBackend, dali_unavailable, file_damage, jpeg_damage
+from gpu_worker.backends.dali import DaliBackend, dali_unavailable
+from gpu_worker.backends.damage import file_damage, jpeg_damage
 from gpu_worker.backends.plan import plan
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 from thumbify.errors import CorruptImage
@@ -222,7 +223,7 @@ def test_concurrent_callers_share_one_pipeline(tmp_path: Path) -> None:
 REFUSALS = {
     "jpeg": (lambda: images.photo_like(64, 48), None),
     "oriented-jpeg": (lambda: images.oriented_jpeg(8), None),
-    "progressive-jpeg": (lambda: images.encode(images.marked_image(64, 48), "progressive-jpeg"), None),
+    "progressive-jpeg": (lambda: images.encode(images.marked_image(64, 48), "progressive-jpeg"), "progressive"),
     "grey-jpeg": (lambda: images.grey_jpeg([0, 128, 255]), None),
     "png": (lambda: images.marked_image(64, 48).pngsave_buffer(), None),
     "webp": (lambda: images.encode(images.marked_image(64, 48), "webp"), None),

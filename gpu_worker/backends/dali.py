@@ -23,9 +23,9 @@ Choices, and why:
   the plan) and a walk over the file's structure, is refused (`base.Refused`: the vips backend renders it):
   formats other than JPEG, PNG and WebP; animations; alpha (libvips resamples it premultiplied); 16-bit samples;
   CMYK and other colourspaces; grey with an ICC profile; more pixels than `max_pixels`; a `cover` whose overflow
-  `finishing.cut_overflow` would cut; and broken files: DALI's decoders fill missing or damaged JPEG data with grey
-  where libvips fails (seen with the cpu decoders: data cut short before an end-of-image marker, a header that
-  overstates the size), and vips then gives the readable `CorruptImage`.
+  `finishing.cut_overflow` would cut; progressive JPEGs; and broken files (`damage`): DALI's decoders fill missing
+  or damaged JPEG data with grey where libvips fails, so the file's structure is walked before decoding and a
+  sequential JPEG's last MCU is checked after (`damage.grey_filled`); vips then gives the readable `CorruptImage`.
 - ICC profiles: DALI ignores them. The host attaches the source's profile to the resampled pixels and converts to
   sRGB as the vips backend does (it too resamples before converting).
 - A failing batch: after an error the DALI pipeline is no longer valid, so it is rebuilt and the batch bisected;
@@ -38,7 +38,6 @@ Choices, and why:
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,12 +60,12 @@ from gpu_worker.backends.base import (
     render_alone,
 )
 from gpu_worker.backends.context import RenderContext, Timings, prepare, stage
+from gpu_worker.backends.damage import MAX_MCU, JpegFrame, file_damage, grey_filled, jpeg_frame
 from gpu_worker.backends.decode import Source
 from gpu_worker.backends.finishing import render_sizes
 from gpu_worker.backends.plan import intermediate_scale, overflows
 from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
 from thumbify.geometry import Placement
-from thumbify.probe import JPEG_SOF, JPEG_STANDALONE, JpegDamage, jpeg_segments
 from thumbify.spec import ThumbnailSpec
 
 log = logging.getLogger(__name__)
@@ -100,6 +99,7 @@ class DaliSample:
     size_hw: np.ndarray  # float32 [height, width] DALI resamples the stored (not yet upright) pixels to
     target_w: int  # the same size, upright
     target_h: int
+    frame: JpegFrame | None  # a sequential JPEG's: its decoded last MCU is checked for the grey of a cut scan
 
 
 class DaliBackend:
@@ -217,6 +217,8 @@ class DaliBackend:
             return f"{header.width}x{header.height} is over the one-shot cap of {self.max_pixels:,} pixels"
         if any(overflows(p) for p in placements):
             return "a cover of an extreme aspect ratio"
+        if fmt == "jpeg" and (frame := jpeg_frame(data)) is not None and frame.progressive:
+            return "a progressive JPEG (a scan cut short decodes blurred: only a strict decoder tells)"
         return file_damage(fmt, data)
 
     def _prepare(self, index: int, item: Item) -> DaliSample | Refused:
@@ -227,8 +229,15 @@ class DaliBackend:
             return Refused(reason)
         target_w, target_h = self._target(ctx)
         stored_w, stored_h = (target_h, target_w) if ctx.swaps_axes else (target_w, target_h)
+        frame = jpeg_frame(data) if ctx.fmt == "jpeg" else None
         return DaliSample(
-            index, ctx, np.frombuffer(data, np.uint8), np.array([stored_h, stored_w], np.float32), target_w, target_h
+            index,
+            ctx,
+            np.frombuffer(data, np.uint8),
+            np.array([stored_h, stored_w], np.float32),
+            target_w,
+            target_h,
+            frame if frame is not None and frame.sequential else None,
         )
 
     def _target(self, ctx: RenderContext) -> tuple[int, int]:
@@ -267,11 +276,17 @@ class DaliBackend:
             encoded = fn.external_source(name=_ENCODED, dtype=types.UINT8, ndim=1, no_copy=True)
             size = fn.external_source(name=_SIZE, dtype=types.FLOAT, ndim=1)  # [h, w]: the tensor's axis order
             images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", **options)
-            return fn.resize(images, size=size, interp_type=types.INTERP_LANCZOS3, antialias=True)
+            resized = fn.resize(images, size=size, interp_type=types.INTERP_LANCZOS3, antialias=True)
+            # The bottom-right corner as decoded, for `grey_filled` (a few KiB per image to the host).
+            corner = fn.crop(
+                images, crop=(MAX_MCU, MAX_MCU), crop_pos_x=1.0, crop_pos_y=1.0, out_of_bounds_policy="trim_to_shape"
+            )
+            return resized, corner
 
         return graph()
 
-    def _run(self, samples: list[DaliSample]) -> list[np.ndarray]:
+    def _run(self, samples: list[DaliSample]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each sample's resampled pixels and the bottom-right corner of its decoded image, on the host."""
         with self._lock:
             if self._pipe is None:
                 self._pipe = self._build()
@@ -279,28 +294,34 @@ class DaliBackend:
                 self._pipe.feed_input(_ENCODED, [sample.encoded for sample in samples])
                 self._pipe.feed_input(_SIZE, [sample.size_hw for sample in samples])
                 with stage(self.timings, "dali-run"):
-                    (out,) = self._pipe.run()
+                    outs = self._pipe.run()
                 with stage(self.timings, "copy"):
                     if self.device == "gpu":
-                        out = out.as_cpu()
+                        outs = [out.as_cpu() for out in outs]
+                    resized, corners = outs
                     # Copies: the pipeline reuses its output buffers on the next run.
-                    return [np.array(out[i]) for i in range(len(samples))]
+                    return [(np.array(resized[i]), np.array(corners[i])) for i in range(len(samples))]
             except Exception:
                 self._pipe = None  # "Current pipeline object is no longer valid": build a new one next time
                 raise
 
     def _resample(self, samples: list[DaliSample]) -> list[tuple[DaliSample, np.ndarray | Refused]]:
-        """Each sample with its resampled pixels, or refused where DALI failed on it: a failing batch is split in
-        halves until the image that fails alone is found."""
+        """Each sample with its resampled pixels, or refused where DALI failed on it (a failing batch is split in
+        halves until the image that fails alone is found) or decoded a sequential JPEG's last MCU as the grey of a
+        scan cut short (`damage.grey_filled`)."""
         try:
-            return list(zip(samples, self._run(samples), strict=True))
+            decoded = self._run(samples)
         except Exception as exc:
             if len(samples) == 1:
                 message = _dali_message(exc)
                 log.warning("DALI cannot decode %s (%s); vips takes it", samples[0].ctx.path.name, message)
                 return [(samples[0], Refused(f"DALI failed on it: {message}"))]
-        half = len(samples) // 2
-        return self._resample(samples[:half]) + self._resample(samples[half:])
+            half = len(samples) // 2
+            return self._resample(samples[:half]) + self._resample(samples[half:])
+        return [
+            (sample, _cut_short(sample, pixels, corner))
+            for sample, (pixels, corner) in zip(samples, decoded, strict=True)
+        ]
 
     # -- on the host ----------------------------------------------------------------------------------------------
 
@@ -324,112 +345,12 @@ class DaliBackend:
             return Refused(f"finishing after DALI failed ({type(exc).__name__})")
 
 
-# -- file structure ---------------------------------------------------------------------------------------------------
-
-
-def file_damage(fmt: str, data: bytes) -> str | None:
-    """What is wrong with the structure of this file, or None: the damage DALI's decoders would paper over."""
-    if fmt == "jpeg":
-        return jpeg_damage(data)
-    if fmt == "png" and data.rfind(b"IEND", max(0, len(data) - 1024)) < 0:
-        return "the PNG ends before its IEND chunk"
-    if fmt == "webp" and len(data) < int.from_bytes(data[4:8], "little") + 8:
-        return "the WebP is shorter than its RIFF header says"
-    return None
-
-
-_HUFFMAN_SEQUENTIAL = frozenset({0xC0, 0xC1})
-
-
-def jpeg_damage(data: bytes) -> str | None:
-    """A cheap walk over a JPEG's markers (nothing is decoded) for the damage libvips refuses and DALI's decoders
-    fill with grey: a file that ends before its end-of-image marker, a segment that runs past the end, a marker that
-    may not stand where it does (a restart marker where no restart interval was declared, or out of sequence), and,
-    for a baseline image coded in one scan, image data too short to hold the blocks its header declares (every
-    8x8 block takes at least 2 bits: a DC code and an end-of-block code) or with fewer restart markers than its
-    restart interval needs (an encoder writes one between every two intervals: a scan cut short, even with its
-    end-of-image marker put back, has lost some)."""
-    if data[:2] != b"\xff\xd8":
-        return "it does not start with a JPEG start-of-image marker"
-    markers = _Markers(data)
-    restart = 0
-    frame: tuple[int, int, int, int, tuple[int, int]] | None = None  # marker, width, height, components, units
-    scans: list[tuple[int, int, int]] = []  # (components, bytes of image data, restart markers)
-    components = 0  # of the scan being walked
-
-    def scan_end(start: int) -> int:
-        end, restarts, damage = markers.scan_end(start, restart)
-        if damage:
-            raise JpegDamage(damage)
-        scans.append((components, end - start, restarts))
-        return end
-
-    try:
-        for marker, at, end in jpeg_segments(data, scan_end):
-            body = data[at:end]
-            if marker in JPEG_STANDALONE:
-                return f"a stray marker 0xFF{marker:02X} at offset {at}"
-            if marker == 0xDD and len(body) >= 2:  # DRI
-                restart = int.from_bytes(body[:2], "big")
-            elif marker in JPEG_SOF and len(body) >= 6:
-                width, height = int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big")
-                frame = (marker, width, height, body[5], _coding_units(body))
-            elif marker == 0xDA:  # SOS: the walk reads its image data with `scan_end`
-                components = body[0] if body else 0
-    except JpegDamage as exc:
-        return str(exc)
-    if frame and frame[0] in _HUFFMAN_SEQUENTIAL and len(scans) == 1 and scans[0][0] == frame[3]:
-        (mcus, blocks), (_, size, restarts) = frame[4], scans[0]
-        if size * 4 < blocks:
-            return f"its image data ({size} bytes) is too short for the {frame[1]}x{frame[2]} it declares"
-        if restart and restarts < math.ceil(mcus / restart) - 1:
-            return f"its image data ends after {restarts + 1} of the {math.ceil(mcus / restart)} restart intervals"
-    return None
-
-
-def _coding_units(sof: bytes) -> tuple[int, int]:
-    """(MCUs, 8x8 blocks) of an image coded in one scan, as the decoder counts them; (0, 0) where the height is
-    left to a DNL marker (nothing to check)."""
-    height, width, count = int.from_bytes(sof[1:3], "big"), int.from_bytes(sof[3:5], "big"), sof[5]
-    factors = [(sof[7 + 3 * i] >> 4, sof[7 + 3 * i] & 15) for i in range(count) if 8 + 3 * i < len(sof)]
-    if not factors or not height or not width:
-        return 0, 0
-    if len(factors) == 1:  # not interleaved: an MCU is one block
-        blocks = math.ceil(width / 8) * math.ceil(height / 8)
-        return blocks, blocks
-    h_max = max(h for h, _ in factors) or 1
-    v_max = max(v for _, v in factors) or 1
-    mcus = math.ceil(width / (8 * h_max)) * math.ceil(height / (8 * v_max))
-    return mcus, mcus * sum(h * v for h, v in factors)
-
-
-class _Markers:
-    """Every real marker in the file (0xFF followed by neither a stuffed 0x00 nor a fill 0xFF), found once, so that
-    each scan's end is a lookup however many scans a progressive JPEG has."""
-
-    def __init__(self, data: bytes) -> None:
-        buf = np.frombuffer(data, np.uint8)
-        ff = np.flatnonzero(buf[:-1] == 0xFF)
-        after = buf[ff + 1]
-        real = (after != 0x00) & (after != 0xFF)
-        self.offsets, self.codes = ff[real], after[real]
-        self.stops = np.flatnonzero((self.codes < 0xD0) | (self.codes > 0xD7))  # markers that are not RSTn
-
-    def scan_end(self, start: int, restart: int) -> tuple[int, int, str | None]:
-        """Where the image data starting at `start` ends (the offset of its next marker that is not a restart
-        marker) and how many restart markers it holds, or why it is damaged."""
-        first = int(np.searchsorted(self.offsets, start))
-        at = int(np.searchsorted(self.stops, first))
-        if at == len(self.stops):
-            return 0, 0, "the file ends in the middle of its image data"
-        stop = int(self.stops[at])
-        restarts = self.codes[first:stop]
-        if len(restarts):
-            if not restart:
-                return 0, 0, "a restart marker in image data that declares no restart interval"
-            if not np.array_equal(restarts, 0xD0 + np.arange(len(restarts)) % 8):
-                return 0, 0, "restart markers out of sequence"
-        return int(self.offsets[stop]), len(restarts), None
+def _cut_short(sample: DaliSample, pixels: np.ndarray, corner: np.ndarray) -> np.ndarray | Refused:
+    """`pixels`, or refused where the decoded corner shows the grey fill of a scan that ended early."""
+    if sample.frame is not None and grey_filled(corner, sample.frame):
+        log.info("%s decodes to grey in its last MCU (a scan cut short?); vips checks it", sample.ctx.path.name)
+        return Refused("its last MCU decodes to the grey a decoder fills a scan cut short with")
+    return pixels
 
 
 def _dali_message(exc: BaseException) -> str:
@@ -439,4 +360,4 @@ def _dali_message(exc: BaseException) -> str:
     return " | ".join(keep or lines)[:300]
 
 
-__all__ = ["DALI_FORMATS", "DaliBackend", "DaliSample", "dali_unavailable", "file_damage", "jpeg_damage"]
+__all__ = ["DALI_FORMATS", "DaliBackend", "DaliSample", "dali_unavailable"]

@@ -31,7 +31,7 @@ CMYK_PATCHES: list[tuple[int, int, int]] = [
     (235, 235, 235),  # near white
 ]
 MARK = (220, 30, 30)  # the marked corner's colour
-GREY = (128, 128, 128)  # the rest of a marked image
+GREY = (120, 120, 120)  # the rest of a marked image (not 128: DALI doubts a last MCU of exactly that grey)
 FRAME_COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]  # an animation's three frames, in order
 
 
@@ -285,12 +285,33 @@ def _scan_start(jpeg: bytes) -> int:
     return sos + 2 + length
 
 
-def truncated_jpeg(width: int = 640, height: int = 480, keep: float = 0.5, restart_interval: int = 0) -> bytes:
-    """A photo-like JPEG cut off part-way through its scan (no EOI); with restart markers every `restart_interval`
-    MCUs if given."""
-    data = photo_like_image(width, height, seed=3).jpegsave_buffer(Q=90, restart_interval=restart_interval)
+def truncated_jpeg(
+    width: int = 640,
+    height: int = 480,
+    keep: float = 0.5,
+    restart_interval: int = 0,
+    quality: int = 90,
+    progressive: bool = False,
+) -> bytes:
+    """A photo-like JPEG cut off part-way through its (first) scan's image data and what follows (no EOI); with
+    restart markers every `restart_interval` MCUs if given. Quality 90 and up is 4:4:4, below is 4:2:0 (libvips'
+    choice)."""
+    data = photo_like_image(width, height, seed=3).jpegsave_buffer(
+        Q=quality, restart_interval=restart_interval, interlace=progressive
+    )
     start = _scan_start(data)
     return data[: start + int((len(data) - start) * keep)]
+
+
+def cut_scan(jpeg: bytes, drop: int = 0, in_last_interval: bool = False) -> bytes:
+    """`jpeg` (one scan) with an end-of-image marker put back after a cut: `drop` bytes of image data before it, or
+    `in_last_interval`, a third of the way into the image data after its last restart marker."""
+    end = jpeg.rindex(b"\xff\xd9")
+    if in_last_interval:  # stuffing makes every 0xFF 0xD0-0xD7 in the image data a restart marker
+        last = max(jpeg.rfind(bytes([0xFF, 0xD0 + n]), 0, end) for n in range(8))
+        assert last > 0, "no restart markers"
+        return jpeg[: last + 2 + (end - last - 2) // 3] + b"\xff\xd9"
+    return jpeg[: end - drop] + b"\xff\xd9"
 
 
 def corrupt_jpeg(width: int = 640, height: int = 480) -> bytes:
