@@ -18,13 +18,13 @@ from support import images
 from support.kernel_reference import (
     ALL_FILTERS,
     noise,
-    psnr,
     random_heights,
     ref_matrix,
     reference,
     strips_of,
     to_array,
 )
+from support.renditions import psnr
 
 from kernels import FILTERS, StripResampler, get_backend, resample, resample_strips, weight_table
 

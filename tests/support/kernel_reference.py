@@ -80,11 +80,6 @@ def to_array(image: pyvips.Image) -> np.ndarray:
     return a[:, :, 0] if image.bands == 1 else a
 
 
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
-
-
 def random_heights(total: int, rng: np.random.Generator, most: int) -> list[int]:
     heights = []
     while sum(heights) < total:

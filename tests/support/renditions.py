@@ -48,9 +48,10 @@ def close(actual, expected, tol: float) -> bool:
     return bool(np.all(np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64)) <= tol))
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB of `a` against `b` (`peak`: the largest sample value, 65535 for 16 bits)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(peak * peak / mse))
 
 
 def lanczos3_matrix(n_in: int, n_out: int) -> np.ndarray:
