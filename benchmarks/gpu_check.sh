@@ -2,8 +2,9 @@
 # The GPU check, in stages that each fit one device call on a bare GPU machine with no package index:
 #
 #   benchmarks/gpu_check.sh core    OUT [PARTS]   the GPU's facts, then the tiles and vips rows of gpu_vs_cpu (12 MP
-#                                                 photos, one huge JPEG) and kernels_bench, then the kernel and tiles
-#                                                 GPU tests (`-m gpu`); needs PARTS/core.tar (under 5 minutes)
+#                                                 photos, one huge JPEG) and kernels_bench, then the tiles GPU tests
+#                                                 (its own, the contract's tiles-gpu cases) and the kernel ones
+#                                                 (`-m gpu`); needs PARTS/core.tar (under 5 minutes)
 #   benchmarks/gpu_check.sh receive OUT [PARTS]   keeps the parts it finds in PARTS (verified) in $GPU_CHECK_HOLD,
 #                                                 for a later call on the same (still warm) machine; says what is
 #                                                 still missing
@@ -246,9 +247,10 @@ core)
         --out "$logs/gpu_vs_cpu.json"
     step kernels_bench 40 "$python" -m benchmarks.kernels_bench --rounds 2 --out "$logs/kernels.json" \
         --cases "${GPU_CHECK_KERNEL_CASES:-4000x3000:256x192,4000x3000:1024x768}"
-    # The tiles tests first: the kernel tests spend most of their time on float64 NumPy references (on the H200,
-    # 2026-12-04, they used up the step), and the tiles tests are the ones that exercise the service's GPU path.
-    gpu_tests tests/test_tiles_backend.py tests/test_kernels_gpu.py
+    # The tiles tests first (its own, then the backend contract's tiles-gpu cases: `-m gpu` selects only those): the
+    # kernel tests spend most of their time on float64 NumPy references (on the H200, 2026-12-04, they used up the
+    # step), and the tiles tests are the ones that exercise the service's GPU path.
+    gpu_tests tests/test_tiles_backend.py tests/test_backend_contract.py tests/test_kernels_gpu.py
     finish
     ;;
 dali | rehearse-dali)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gpu_worker import backend_choice
+from gpu_worker.backends.devices import cupy_unavailable
 from gpu_worker.backends.route import RoutedBackend
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 
@@ -25,9 +26,12 @@ def missing(module: str) -> str | None:
 DALI_MISSING = missing("nvidia.dali")
 TILES_MISSING = missing("gpu_worker.backends.tiles")
 GPU_MISSING = backend_choice.gpu_unavailable(0)
+# tiles on the GPU needs CuPy on a device, not DALI (the GPU check's core stage has no DALI).
+TILES_GPU_MISSING = TILES_MISSING or cupy_unavailable()
 needs_dali = pytest.mark.skipif(DALI_MISSING is not None, reason=str(DALI_MISSING))
 needs_tiles = pytest.mark.skipif(TILES_MISSING is not None, reason=f"tiles is not ready: {TILES_MISSING}")
 needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=f"no GPU backends here: {GPU_MISSING}")
+needs_tiles_gpu = pytest.mark.skipif(TILES_GPU_MISSING is not None, reason=f"no GPU here: {TILES_GPU_MISSING}")
 no_gpu = pytest.mark.skipif(GPU_MISSING is None, reason="this machine has a usable GPU")
 CAP = 400_000  # a small one-shot cap, so that small test images go to tiles
 
@@ -36,10 +40,10 @@ def backend_params() -> list:
     made = {
         "vips": lambda: VipsBackend(),
         "dali-cpu": lambda: _dali("cpu"),
-        "tiles-cpu": lambda: _tiles("cpu"),
+        "tiles-cpu": lambda: tiles_backend("cpu"),
         "router-cpu": lambda: RoutedBackend("cpu", num_threads=1, one_shot_max_pixels=CAP, strip_rows=64),
         "dali-gpu": lambda: _dali("gpu"),
-        "tiles-gpu": lambda: _tiles("gpu"),
+        "tiles-gpu": lambda: tiles_backend("gpu"),
         "router-gpu": lambda: RoutedBackend("gpu", one_shot_max_pixels=CAP, strip_rows=64),
     }
     needs = {
@@ -47,7 +51,7 @@ def backend_params() -> list:
         "tiles-cpu": [TILES_MISSING],
         "router-cpu": [DALI_MISSING],
         "dali-gpu": [GPU_MISSING],
-        "tiles-gpu": [GPU_MISSING, TILES_MISSING],
+        "tiles-gpu": [TILES_GPU_MISSING],
         "router-gpu": [GPU_MISSING],
     }
     params = []
@@ -66,10 +70,11 @@ def _dali(device: str):
     return DaliBackend(device, device_id=0 if device == "gpu" else None, num_threads=1)
 
 
-def _tiles(device: str):
+def tiles_backend(device: str, strip_rows: int = 64):
+    """The tiles backend on `device`, with strips small enough that small test images still span several."""
     from gpu_worker.backends.tiles import TilesBackend
 
-    return TilesBackend(device, strip_rows=64)
+    return TilesBackend(device, strip_rows=strip_rows)
 
 
 @contextlib.contextmanager
