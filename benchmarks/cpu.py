@@ -1,6 +1,6 @@
 """CPU throughput on 12 MP JPEGs → 256 px JPEG: Thumbify against bare libvips and the peers, in one run.
 
-    python -m benchmarks.cpu [--corpus DIR] [--photos 48] [--rounds 5] [--quick]
+    python -m benchmarks.cpu [--corpus DIR] [--photos 48 | --web 60] [--rounds 5] [--quick]
                              [--worker-variant NAME:VAR=VAL,VAR=VAL ...] [--skip sharp,pillow-simd,...]
 
 Every method thumbnails the same files on the same cores, in interleaved rounds (the order rotates each round, and
@@ -11,10 +11,13 @@ and their median is reported. Methods:
                    libvips concurrency 1 (one image per thread)
   pyvips-serial    the same, one image at a time, libvips' default threading (concurrency = cores)
   pyvips-pool-cN   the pool with libvips' default concurrency too
-  thumbify-render  our `VipsBackend.render` (spec: 256, jpeg, q80, inside) in the pool, concurrency 1
+  thumbify-render  our `VipsBackend.render` (spec: 256, jpeg, q80, inside) in the pool, concurrency 1;
+                   thumbify-render-libvips the same with every JPEG decoded by libvips (`turbo=False`): the A/B
+                   of the libjpeg-turbo decode (`decode.turbo_jpeg`)
   thumbify-worker  the real worker: a redis-server, jobs enqueued through JobStore/JobQueue with the originals
                    in local storage, one `python -m gpu_worker` process; first enqueue → last `done` event
-  thumbify-procs   the same render in a pool of os.cpu_count() processes (the worker's arrangement, no queue)
+  thumbify-procs   the same render in a pool of os.cpu_count() processes (the worker's arrangement, no queue);
+                   thumbify-procs-libvips with `turbo=False`
   decode-floor     libjpeg-turbo's decode at 1/8 scale and nothing else (no resize, encode, queue or storage), one
                    process per core: the most any thumbnailer built on libjpeg-turbo can do on these files and cores
                    (every peer here uses it), so targets above it are out of reach by choice of settings
@@ -120,15 +123,23 @@ class BarePyvips(Method):
 class Render(Method):
     group = "thumbify"
 
-    def __init__(self, threads: int, concurrency: int, name: str = "thumbify-render", headroom: float | None = None):
-        from gpu_worker.backends.vips import VipsBackend
+    def __init__(
+        self,
+        threads: int,
+        concurrency: int,
+        name: str = "thumbify-render",
+        headroom: float | None = None,
+        turbo: bool = True,
+    ):
+        from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
         from thumbify.spec import ThumbnailSpec
 
         self.name, self.threads, self.concurrency = name, threads, concurrency
-        self.backend = VipsBackend() if headroom is None else VipsBackend(headroom)
+        self.backend = VipsBackend(headroom or DEFAULT_HEADROOM, turbo=turbo)
         self.spec = ThumbnailSpec(sizes=[str(SIZE)], format="jpeg", quality=QUALITY)
         self.png = ThumbnailSpec(sizes=[str(SIZE)], format="png")
-        self.note = f"VipsBackend(headroom={self.backend.headroom}), {threads} threads × concurrency {concurrency}"
+        backend = f"VipsBackend(headroom={self.backend.headroom}, turbo={turbo})"
+        self.note = f"{backend}, {threads} threads × concurrency {concurrency}"
 
     def one(self, path: Path, spec=None):
         return self.backend.render(path, "jpeg", spec or self.spec, path.stem)
@@ -153,8 +164,8 @@ def _decode_at_eighth(path: Path) -> None:
 
 
 @functools.cache
-def _process_render() -> Render:
-    return Render(1, 1)
+def _process_render(turbo: bool = True) -> Render:
+    return Render(1, 1, turbo=turbo)
 
 
 def _pillow_decode_at_eighth(path: Path) -> None:
@@ -167,6 +178,10 @@ def _pillow_decode_at_eighth(path: Path) -> None:
 
 def _render_in_process(path: Path) -> None:
     _process_render().one(path)
+
+
+def _render_in_process_libvips(path: Path) -> None:
+    _process_render(turbo=False).one(path)
 
 
 class ProcessPool(Method):
@@ -383,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--photos", type=int, default=48, help="12 MP JPEGs to use (default 48)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5), after one warm-up")
+    parser.add_argument(
+        "--web", type=int, default=0, metavar="N", help="N × 1024×768 JPEGs (jpeg_1024x768/) instead of the photos"
+    )
     parser.add_argument("--quick", action="store_true", help="4 photos, 1 round: a smoke run")
     parser.add_argument(
         "--worker-variant",
@@ -402,7 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     pyvips.cache_set_max(0)
     pyvips.cache_set_max_mem(0)
     pyvips.cache_set_max_files(0)
-    files = corpus_mod.make_photos(args.corpus, args.photos, log=lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.web:
+        files = corpus_mod.make_sized(args.corpus, args.web, log=log)
+    else:
+        files = corpus_mod.make_photos(args.corpus, args.photos, log=log)
 
     from benchmarks.harness import QueueHarness
 
@@ -412,7 +434,14 @@ def main(argv: list[str] | None = None) -> int:
         BarePyvips(1, CORES, "pyvips-serial"),
         BarePyvips(CORES, CORES, f"pyvips-pool-c{CORES}"),
         Render(CORES, 1),
+        Render(CORES, 1, "thumbify-render-libvips", turbo=False),
         ProcessPool("thumbify-procs", "thumbify", _render_in_process, f"VipsBackend.render, {CORES} processes"),
+        ProcessPool(
+            "thumbify-procs-libvips",
+            "thumbify",
+            _render_in_process_libvips,
+            f"VipsBackend(turbo=False).render, {CORES} processes",
+        ),
         ProcessPool("decode-floor", "floor", _decode_at_eighth, f"jpegload(shrink=8) only, {CORES} processes"),
         WorkerMethod(harness, "thumbify-worker", {}),
     ]
@@ -468,6 +497,10 @@ def main(argv: list[str] | None = None) -> int:
 
     report(methods, files, times, quality, errors, skipped, args)
     return 0
+
+
+def corpus_name(args) -> str:
+    return "1024×768" if args.web else "12 MP"
 
 
 def measure_quality(methods: list[Method], files: list[Path], corpus: Path, errors: dict[str, str]) -> dict:
@@ -560,7 +593,8 @@ def report(methods, files, times, quality, errors, skipped, args) -> None:
         )
     rows.sort(key=lambda r: -r[1])
     table(
-        f"CPU: {n} × 12 MP JPEG → {SIZE} px JPEG q{QUALITY}, {CORES} cores, median of {rounds} interleaved rounds",
+        f"CPU: {n} × {corpus_name(args)} JPEG → {SIZE} px JPEG q{QUALITY}, {CORES} cores, "
+        f"median of {rounds} interleaved rounds",
         ["method", "images/s", "range", "× sharp", "× bare pyvips", "PSNR px", "PSNR px min", "PSNR jpeg"],
         rows,
         note=f"× sharp: vs {sharp}; × bare pyvips: vs {bare} (the best of each group; median of per-round ratios). "
@@ -592,7 +626,7 @@ def report(methods, files, times, quality, errors, skipped, args) -> None:
         print(f"skipped/failed {name}: {why}")
     plot = bar_plot(
         args.out.stem if args.out else "cpu",
-        f"{n} × 12 MP JPEG → {SIZE} px, {CORES} cores (median images/s; PSNR px)",
+        f"{n} × {corpus_name(args)} JPEG → {SIZE} px, {CORES} cores (median images/s; PSNR px)",
         [r[0] for r in rows],
         [r[1] for r in rows],
         "images/s",

@@ -1,5 +1,6 @@
 """Decoding with libvips, shared by the vips and tiles backends: strict about damage, shrunk on load where the
-format allows, and the `Source` the finishing steps take (pixels as decoded, plus the exact extent they cover)."""
+format allows, and the `Source` the finishing steps take (pixels as decoded, plus the exact extent they cover).
+Plain 8-bit JPEGs of a bounded size may instead be decoded by libjpeg-turbo 3 (`turbo.turbo_jpeg`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pyvips
 
 from gpu_worker.backends.context import RenderContext
 from gpu_worker.backends.plan import SWAPS_AXES
+from gpu_worker.backends.turbo import turbo_jpeg
 from thumbify.errors import CorruptImage
 from thumbify.geometry import load_shrink
 from thumbify.probe import open_image, vips_message
@@ -57,14 +59,17 @@ def decoded(pull: Callable[[], T]) -> T:
     return out
 
 
-def load_source(ctx: RenderContext, headroom: float) -> tuple[Source, int]:
+def load_source(ctx: RenderContext, headroom: float, turbo: bool = False) -> tuple[Source, int]:
     """The source opened for sequential reading, shrunk on load where the format allows (JPEG's DCT scaling, WebP's
-    scaled decode) to keep `headroom`× the largest size; and the JPEG shrink it was decoded at (1 for none)."""
+    scaled decode) to keep `headroom`× the largest size; and the JPEG shrink it was decoded at (1 for none). With
+    `turbo`, a JPEG `turbo_jpeg` covers is decoded by it instead, at the same shrink."""
     fmt, (target_w, target_h) = ctx.fmt, ctx.largest
     options: dict[str, object] = {"access": "sequential", "fail_on": FAIL_ON.get(fmt, "truncated")}
     shrink = 1
     if fmt == "jpeg":
         shrink = load_shrink(ctx.up_w, ctx.up_h, target_w, target_h, headroom)
+        if turbo and (image := turbo_jpeg(ctx, shrink)) is not None:
+            return Source(image, ctx.orientation, ctx.up_w, ctx.up_h, ctx.up_w / shrink, ctx.up_h / shrink), shrink
         if shrink > 1:
             options["shrink"] = shrink
     elif fmt == "webp":

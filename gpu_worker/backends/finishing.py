@@ -15,6 +15,7 @@ from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.context import RenderContext
 from gpu_worker.backends.decode import Source, decoded, decoded_upright
 from gpu_worker.backends.plan import SWAPS_AXES, overflow_budget
+from gpu_worker.backends.turbo import turbo_encode
 from thumbify.geometry import Placement
 from thumbify.spec import ALPHA_FORMATS, Format, thumbnail_name
 
@@ -136,7 +137,7 @@ def _pad(img: pyvips.Image, placement: Placement, rgba: tuple[int, int, int, int
 
 def encode(img: pyvips.Image, fmt: Format, quality: int) -> bytes:
     if fmt is Format.jpeg:
-        return img.jpegsave_buffer(Q=quality, keep="none", optimize_coding=False)
+        return turbo_encode(img, quality) or img.jpegsave_buffer(Q=quality, keep="none", optimize_coding=False)
     if fmt is Format.webp:
         return img.webpsave_buffer(Q=quality, keep="none", effort=4)
     if fmt is Format.png:
