@@ -8,7 +8,7 @@ Images/s on a shared 2-core machine swing by 2× between rounds; the CPU seconds
 and the median over rounds of the mean per file is reported. Methods (fit inside `--size`, JPEG q80):
 
   thumbify          `VipsBackend.render`: plain JPEGs decoded by libjpeg-turbo 3 (`decode.turbo_jpeg`)
-  thumbify-libvips  the same with `turbo=False`: every JPEG decoded by libvips' own loader
+  thumbify-libvips  the same with `turbo=False`: every JPEG decoded and encoded by libvips
   pyvips-thumbnail  `Image.thumbnail` + `jpegsave_buffer`: bare libvips
   pillow-thumbor    Pillow as thumbor uses it: `draft` to the box (the DCT scale nearest above it), LANCZOS, save
   decode-turbo      libjpeg-turbo's decode at thumbify's shrink, nothing else (simplejpeg)

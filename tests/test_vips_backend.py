@@ -155,7 +155,7 @@ def test_turbo_decode_renders_what_libvips_decode_renders(name: str, size: str, 
     path = images.write(tmp_path / "source.jpg", TURBO_SOURCES[name]())
     for fit in ("inside", "cover"):
         spec = ThumbnailSpec(sizes=size, fit=fit, format="png")
-        source, _ = decoding.load_source(context.prepare((path, "jpeg", spec, STEM)), 1.9, turbo=True)
+        source, _ = decoding.load_source(context.prepare((path, "jpeg", spec, STEM), turbo=True), 1.9)
         assert not source.image.get_typeof("vips-loader"), "libjpeg-turbo should have decoded this source"
         fast = only(VipsBackend(turbo=True).render(path, "jpeg", spec, STEM))
         vips = only(VipsBackend(turbo=False).render(path, "jpeg", spec, STEM))

@@ -106,7 +106,9 @@ def _start_renderer(spec_json: str) -> None:
 
     settings = load_settings()
     configure_vips(settings.vips_concurrency)
-    _renderer = (settings, ThumbnailSpec.model_validate_json(spec_json), VipsBackend())
+    # No libjpeg-turbo path: it saves ~0.3 ms a web-size image and nothing on 12 MP photos, and its NumPy import
+    # costs ~70 ms in each render process (24 photos: 1.13× the CPU; benchmarks/README.md, "render_cpu").
+    _renderer = (settings, ThumbnailSpec.model_validate_json(spec_json), VipsBackend(turbo=False))
 
 
 def _render_file(path: str, out: str) -> tuple[str, str, str | None]:

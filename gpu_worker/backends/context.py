@@ -31,6 +31,7 @@ class RenderContext:
     up_h: int
     placements: list[Placement]
     timings: Timings | None = None  # the benchmarks' hook: seconds per stage, added up here when given
+    turbo: bool = False  # plain JPEGs decoded and thumbnails encoded by libjpeg-turbo 3 (`turbo`), else libvips
 
     @property
     def swaps_axes(self) -> bool:
@@ -48,7 +49,7 @@ class RenderContext:
         return stage(self.timings, name)
 
 
-def prepare(item: Item, timings: Timings | None = None) -> RenderContext:
+def prepare(item: Item, timings: Timings | None = None, turbo: bool = False) -> RenderContext:
     """The header read (libvips, the format's own loader), the orientation, and the plan of every size."""
     path, fmt, spec, stem = item
     header = open_image(path, fmt, access="sequential")
@@ -57,7 +58,8 @@ def prepare(item: Item, timings: Timings | None = None) -> RenderContext:
         orientation = 1
     w, h = header.width, header.height
     up_w, up_h = (h, w) if orientation in SWAPS_AXES else (w, h)
-    return RenderContext(path, fmt, spec, stem, header, orientation, up_w, up_h, plan(up_w, up_h, spec), timings)
+    placements = plan(up_w, up_h, spec)
+    return RenderContext(path, fmt, spec, stem, header, orientation, up_w, up_h, placements, timings, turbo)
 
 
 def stage(timings: Timings | None, name: str) -> AbstractContextManager:

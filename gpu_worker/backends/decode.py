@@ -59,16 +59,16 @@ def decoded(pull: Callable[[], T]) -> T:
     return out
 
 
-def load_source(ctx: RenderContext, headroom: float, turbo: bool = False) -> tuple[Source, int]:
+def load_source(ctx: RenderContext, headroom: float) -> tuple[Source, int]:
     """The source opened for sequential reading, shrunk on load where the format allows (JPEG's DCT scaling, WebP's
     scaled decode) to keep `headroom`× the largest size; and the JPEG shrink it was decoded at (1 for none). With
-    `turbo`, a JPEG `turbo_jpeg` covers is decoded by it instead, at the same shrink."""
+    `ctx.turbo`, a JPEG `turbo_jpeg` covers is decoded by it instead, at the same shrink."""
     fmt, (target_w, target_h) = ctx.fmt, ctx.largest
     options: dict[str, object] = {"access": "sequential", "fail_on": FAIL_ON.get(fmt, "truncated")}
     shrink = 1
     if fmt == "jpeg":
         shrink = load_shrink(ctx.up_w, ctx.up_h, target_w, target_h, headroom)
-        if turbo and (image := turbo_jpeg(ctx, shrink)) is not None:
+        if ctx.turbo and (image := turbo_jpeg(ctx, shrink)) is not None:
             return Source(image, ctx.orientation, ctx.up_w, ctx.up_h, ctx.up_w / shrink, ctx.up_h / shrink), shrink
         if shrink > 1:
             options["shrink"] = shrink

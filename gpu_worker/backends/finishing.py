@@ -55,7 +55,7 @@ def render_one(ctx: RenderContext, source: Source, placement: Placement) -> Rend
     if img.format != "uchar":
         img = img.cast("uchar")
     with ctx.stage("encode"):
-        data = encode(img, spec.format, spec.quality)
+        data = encode(img, spec.format, spec.quality, ctx.turbo)
     name = thumbnail_name(ctx.stem, img.width, img.height, spec.format)
     return Rendition(name, img.width, img.height, spec.format, data)
 
@@ -135,9 +135,10 @@ def _pad(img: pyvips.Image, placement: Placement, rgba: tuple[int, int, int, int
     )
 
 
-def encode(img: pyvips.Image, fmt: Format, quality: int) -> bytes:
+def encode(img: pyvips.Image, fmt: Format, quality: int, turbo: bool = False) -> bytes:
     if fmt is Format.jpeg:
-        return turbo_encode(img, quality) or img.jpegsave_buffer(Q=quality, keep="none", optimize_coding=False)
+        data = turbo_encode(img, quality) if turbo else None
+        return data or img.jpegsave_buffer(Q=quality, keep="none", optimize_coding=False)
     if fmt is Format.webp:
         return img.webpsave_buffer(Q=quality, keep="none", effort=4)
     if fmt is Format.png:

@@ -31,13 +31,13 @@ class VipsBackend:
 
     def __init__(self, headroom: float = DEFAULT_HEADROOM, timings: Timings | None = None, turbo: bool = True) -> None:
         self.headroom = headroom
-        self.turbo = turbo  # plain JPEGs decoded by libjpeg-turbo 3 (`decode.turbo_jpeg`); False: libvips decodes all
+        self.turbo = turbo  # plain JPEGs decoded and encoded by libjpeg-turbo 3 (`turbo`); False: libvips does all
         self.timings = timings  # seconds per stage, added up here when given (the benchmarks' hook)
 
     def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
         with decode_errors(fmt):
-            ctx = prepare((path, fmt, spec, stem), self.timings)
-            source, _ = load_source(ctx, self.headroom, turbo=self.turbo)
+            ctx = prepare((path, fmt, spec, stem), self.timings, self.turbo)
+            source, _ = load_source(ctx, self.headroom)
             if len(ctx.placements) > 1:
                 source = self._shared_intermediate(source, *ctx.largest)
             return render_sizes(ctx, source)
