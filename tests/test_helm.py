@@ -9,21 +9,15 @@ No cluster is started here (none can be on these machines); the chart has not be
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from support.chart import CHART, HELM, by_kind, helm, render
 
 from thumbify.keyspace import Keys
 from thumbify.queue import JobQueue
 from thumbify.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "helm" / "thumbify"
-HELM = shutil.which("helm", path=str(Path(sys.executable).parent)) or shutil.which("helm")
 K8S_VERSION = "1.30"  # the oldest version still supported upstream that the chart's kubeVersion admits
 
 # It runs helm.
@@ -39,7 +33,8 @@ FULL = {
     "auth": {"existingSecret": "thumbify-keys", "urlSigningSecret": "sign-me"},
     "workers": {"gpu": {"enabled": True}},
     "keda": {"enabled": True, "redisAddress": "redis.data:6379"},
-    "metrics": {"podMonitor": {"enabled": True}},
+    "metrics": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}},
+    "networkPolicy": {"enabled": True, "apiFrom": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]},
     "api": {"ingress": {"enabled": True, "className": "nginx"}, "autoscaling": {"enabled": True}},
     "redis": {"enabled": False, "url": "redis://redis.data:6379/0", "keyPrefix": "thumbs"},
     "minio": {"enabled": False},
@@ -52,24 +47,9 @@ FULL = {
         "delete_originals": True,
     },
 }
-CUSTOM_KINDS = {"ScaledObject", "PodMonitor"}  # KEDA's and the Prometheus Operator's: not in Kubernetes' schemas
-
-
-def helm(tmp: Path, *args: str, values: dict) -> subprocess.CompletedProcess:
-    """`helm ARGS -f VALUES`, the values written as JSON (which is YAML) into `tmp`."""
-    path = tmp / "values.json"
-    path.write_text(json.dumps(values))
-    return subprocess.run([HELM, *args, "-f", str(path)], capture_output=True, text=True, timeout=120, check=False)
-
-
-def render(values: dict, tmp: Path) -> list[dict]:
-    proc = helm(tmp, "template", "thumbify", str(CHART), "--namespace", "media", values=values)
-    assert proc.returncode == 0, proc.stderr
-    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
-
-
-def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
-    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+# KEDA's and the Prometheus Operator's: not in Kubernetes' schemas (the rules are checked by tests/test_alerts.py).
+CUSTOM_KINDS = {"ScaledObject", "PodMonitor", "PrometheusRule"}
+VALUES_FILES = sorted(CHART.glob("values-*.yaml"))
 
 
 def container(deployment: dict) -> dict:
@@ -95,8 +75,8 @@ def test_lint(tmp_path: Path) -> None:
 def test_every_manifest_is_valid_kubernetes(rendered) -> None:
     name, docs = rendered
     kinds = {d["kind"] for d in docs}
-    expected = {"ConfigMap", "Secret", "Deployment", "Service"}
-    expected |= {"StatefulSet", "Job"} if name == "minimal" else {"ScaledObject", "PodMonitor", "Ingress"}
+    expected = {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget"}
+    expected |= {"StatefulSet", "Job"} if name == "minimal" else set(CUSTOM_KINDS) | {"Ingress", "NetworkPolicy"}
     assert expected <= kinds, kinds
     for doc in docs:
         if doc["kind"] in CUSTOM_KINDS:
@@ -105,9 +85,75 @@ def test_every_manifest_is_valid_kubernetes(rendered) -> None:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
+@pytest.mark.parametrize("path", VALUES_FILES, ids=lambda p: p.name)
+def test_the_values_files_render_valid_manifests(path: Path, tmp_path: Path) -> None:
+    proc = helm(tmp_path, "lint", "--strict", str(CHART), "-f", str(path), values={})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    docs = render({}, tmp_path, path)
+    for doc in docs:
+        if doc["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    for deployment in by_kind(docs, "Deployment").values():
+        resources = container(deployment)["resources"]
+        assert resources["requests"]["memory"] and resources["limits"]["memory"], deployment["metadata"]["name"]
+
+
+def test_disruption_budgets_cover_the_api_and_each_worker(tmp_path: Path) -> None:
+    docs = render(FULL, tmp_path)
+    budgets = by_kind(docs, "PodDisruptionBudget")
+    deployments = by_kind(docs, "Deployment")
+    assert set(budgets) == set(deployments)
+    for name, budget in budgets.items():
+        selector = budget["spec"]["selector"]["matchLabels"]
+        assert selector == deployments[name]["spec"]["selector"]["matchLabels"]
+        assert budget["spec"]["maxUnavailable"] == 1
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels and In/NotIn expressions) against a pod's labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        inside = labels.get(expr["key"]) in expr["values"]
+        if inside != (expr["operator"] == "In"):
+            return False
+    return True
+
+
+def test_network_policies_let_only_thumbify_reach_redis_and_minio(tmp_path: Path) -> None:
+    values = {**MINIMAL, "networkPolicy": {"enabled": True}, "workers": {"gpu": {"enabled": True}}}
+    docs = render(values, tmp_path)
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if "template" in d.get("spec", {})
+    }
+    policies = by_kind(docs, "NetworkPolicy")
+    reached: dict[str, set[str]] = {}
+    for policy in policies.values():
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        for rule in spec["ingress"]:
+            peers = rule.get("from", [{}])
+            allowed = {
+                n
+                for n, labels in pods.items()
+                for p in peers
+                if "podSelector" in p and selects(p["podSelector"], labels)
+            }
+            reached.setdefault(policy["metadata"]["name"], set()).update(allowed)
+    api_and_workers = {"thumbify-api", "thumbify-worker-cpu", "thumbify-worker-gpu"}
+    assert reached["thumbify-redis"] == api_and_workers
+    assert reached["thumbify-minio"] == api_and_workers | {"thumbify-minio-bucket"}
+    # The workers take only Prometheus, on their metrics port.
+    [rule] = policies["thumbify-workers"]["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert rule["from"][0]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+
+
 def test_the_settings_the_chart_gives_are_real_and_parse(rendered, monkeypatch: pytest.MonkeyPatch) -> None:
     _, docs = rendered
-    [config] = by_kind(docs, "ConfigMap").values()
+    config = by_kind(docs, "ConfigMap")["thumbify"]
     fields = set(Settings.model_fields)
     for deployment in by_kind(docs, "Deployment").values():
         c = container(deployment)
@@ -131,7 +177,7 @@ def test_the_settings_the_chart_gives_are_real_and_parse(rendered, monkeypatch: 
 
 def test_probes_ports_and_grace_agree_with_the_app(rendered) -> None:
     _, docs = rendered
-    [config] = by_kind(docs, "ConfigMap").values()
+    config = by_kind(docs, "ConfigMap")["thumbify"]
     data = config["data"]
     deployments = by_kind(docs, "Deployment")
     api = container(next(d for n, d in deployments.items() if n.endswith("-api")))
@@ -181,7 +227,7 @@ def test_gpu_workers_and_their_scaling(tmp_path: Path) -> None:
 def test_secrets_stay_out_of_the_config_map(tmp_path: Path) -> None:
     values = {**MINIMAL, "auth": {"apiKeys": KEYS, "urlSigningSecret": "sign-me-please"}}
     docs = render(values, tmp_path)
-    [config] = by_kind(docs, "ConfigMap").values()
+    config = by_kind(docs, "ConfigMap")["thumbify"]
     text = json.dumps(config)
     for secret in ("sign-me-please", "not-a-real-password", "0123abcd"):
         assert secret not in text
