@@ -10,7 +10,9 @@ ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 # -- build: the project's wheel ---------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN pip install build
+# Every install comes from a lock file with hashes (scripts/lock.sh refreshes them).
+COPY requirements/build.txt /tmp/build.txt
+RUN pip install --require-hashes -r /tmp/build.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY thumbify ./thumbify
@@ -18,7 +20,7 @@ COPY thumbify_cli ./thumbify_cli
 COPY api ./api
 COPY gpu_worker ./gpu_worker
 COPY kernels ./kernels
-RUN python -m build --wheel --outdir /wheels .
+RUN python -m build --wheel --no-isolation --outdir /wheels .
 
 # -- run ----------------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -29,12 +31,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     VIRTUAL_ENV=/opt/thumbify \
     PATH=/opt/thumbify/bin:$PATH
 RUN apt-get update \
- && apt-get install -y --no-install-recommends tini \
+ && apt-get install -y --no-install-recommends tini=0.19.* \
  && rm -rf /var/lib/apt/lists/*
+COPY requirements/runtime.txt /tmp/runtime.txt
 COPY --from=build /wheels /wheels
 RUN python -m venv "$VIRTUAL_ENV" \
- && pip install "$(ls /wheels/thumbify-*.whl)" \
- && rm -rf /wheels
+ && pip install --require-hashes -r /tmp/runtime.txt \
+ && pip install --no-deps "$(ls /wheels/thumbify-*.whl)" \
+ && rm -rf /wheels /tmp/runtime.txt
 
 ENV MALLOC_ARENA_MAX=2 \
     THUMBIFY_BACKEND=cpu \
