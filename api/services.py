@@ -36,5 +36,6 @@ class Services:
         return sign(secret, path, self.settings.signed_url_ttl_s) if secret else path
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request.
     return request.app.state.services
