@@ -104,6 +104,11 @@ class JobStore:
         pipe.zadd(self.keys.index_of(Status.queued), {job_id: 0})
         pipe.zadd(self.keys.owner_index(record.get("owner", "")), {job_id: 0})
 
+    @staticmethod
+    def as_job(job_id: str, record: dict[str, str]) -> Job:
+        """The job a record (as `record` makes it, or as Redis returns it) describes."""
+        return _job_from(job_id, record)
+
     async def get(self, job_id: str) -> Job | None:
         if not JOB_ID_RE.fullmatch(job_id):
             return None

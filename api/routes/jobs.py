@@ -217,7 +217,8 @@ async def _accept(
         # No record, no queue entry: take the original back so nothing is left behind.
         await asyncio.shield(svc.storage.delete_prefix(original_key(job_id)))
         raise
-    return await svc.store.get(job_id), negotiated
+    # The job as just written (no read back: the transaction either wrote all of it or raised).
+    return svc.store.as_job(job_id, record), negotiated
 
 
 @router.get(
