@@ -239,9 +239,10 @@ class Worker:
                 delay = min(delay * 2, 2.0)
 
     async def _read_batch(self, count: int) -> None:
-        """Up to `count` messages: one blocking read for the first, then non-blocking reads (no BLOCK: Redis times
-        a BLOCK at 10 Hz, so even a 1 ms BLOCK can cost 100 ms on an idle queue) until the batch is full or
-        `batch_wait_ms` has passed. Each message starts as soon as it arrives; the batch only saves round trips."""
+        """Up to `count` messages in one blocking read; each starts at once. Redis answers a blocked read as soon as a
+        message arrives (only a BLOCK that times out is timed at 10 Hz), and `_consume` reads again at once, so no
+        polling is needed to fill a batch: a burst arrives in the next reads. (GPU batches gather in
+        `BatchRenderer`.)"""
         busy = bool(self.inflight)
         read = asyncio.ensure_future(self.queue.read(self.name, count, 200 if busy else 1000))
         stop = asyncio.ensure_future(self.stopping.wait())
@@ -255,20 +256,8 @@ class Worker:
                 await read
             return
         batch = read.result()
-        if not batch:
-            return
-        total = self._dispatch(batch)
-        deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
-        while total < count and not self.stopping.is_set():
-            more = await self.queue.read(self.name, count - total, None)
-            if more:
-                total += self._dispatch(more)
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            await asyncio.sleep(min(0.005, remaining))
-        BATCH_SIZE.observe(total)
+        if batch:
+            BATCH_SIZE.observe(self._dispatch(batch))
 
     async def _recover(self, free: int) -> None:
         """Messages to take on besides new ones: our own deliveries no handler holds (their reply was lost to a
