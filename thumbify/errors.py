@@ -53,6 +53,12 @@ class InvalidOptions(ThumbifyError):
     slug, title, status, permanent = "invalid-options", "Invalid options", 422, True
 
 
+class InvalidCallbackUrl(ThumbifyError):
+    """A callback URL we will not POST to: not https (unless allowed), or it resolves to an internal address (SSRF)."""
+
+    slug, title, status, permanent = "invalid-callback-url", "Invalid callback URL", 422, True
+
+
 class NotFound(ThumbifyError):
     slug, title, status, permanent = "not-found", "Not found", 404, True
 

@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     delete_originals: bool = False
     worker_metrics_port: int = 0
 
+    # Completion webhooks (thumbify/callback_url.py). A callback URL must be https unless `callback_allow_http`, and
+    # every address its host resolves to must be public (not loopback, link-local, private, multicast, reserved),
+    # checked at submit and again before each delivery (DNS rebinding), unless `callback_allow_hosts` names its
+    # host or host:port.
+    callback_allow_http: bool = False
+    callback_allow_hosts: list[str] = Field(default_factory=list)
+
     max_wait_s: float = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
