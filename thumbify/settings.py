@@ -137,6 +137,15 @@ class Settings(BaseSettings):
     # host or host:port.
     callback_allow_http: bool = False
     callback_allow_hosts: list[str] = Field(default_factory=list)
+    # Signs webhooks (Standard Webhooks, "whsec_" + base64) where the job's API key has no secret of its own.
+    webhook_secret: SecretStr = SecretStr("")
+    # A delivery attempt may take this long; failed ones (network error, 5xx, 429) are retried after a random time in
+    # [0, min(webhook_retry_max_s, webhook_retry_base_s * 2 ** (attempt - 1))] (or after Retry-After), until
+    # `webhook_window_s` after the job ended; then the callback is `failed`.
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_retry_base_s: float = Field(5.0, ge=0)
+    webhook_retry_max_s: float = Field(3600.0, ge=0)
+    webhook_window_s: float = Field(24 * 3600.0, ge=0)
 
     max_wait_s: float = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
