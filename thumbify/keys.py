@@ -49,6 +49,10 @@ class ApiKey:
     sha256: str
     scopes: frozenset[str]
     created: str = ""  # ISO 8601, UTC; empty for keys made before it was recorded
+    # Webhooks: where this key's jobs report by default, and the Standard Webhooks secret ("whsec_...") that signs
+    # them, kept in clear because the server signs with it (empty: the global THUMBIFY_WEBHOOK_SECRET).
+    callback_url: str = ""
+    webhook_secret: str = ""
 
     @property
     def admin(self) -> bool:
@@ -59,7 +63,8 @@ class ApiKey:
 
     def entry(self) -> dict:
         entry = {"name": self.name, "id": self.id, "sha256": self.sha256, "scopes": sorted(self.scopes)}
-        return entry | ({"created": self.created} if self.created else {})
+        optional = {"created": self.created, "callback_url": self.callback_url, "webhook_secret": self.webhook_secret}
+        return entry | {k: v for k, v in optional.items() if v}
 
 
 def _digest(secret: str) -> str:
@@ -82,7 +87,16 @@ def _parse(text: str, origin: str) -> list[ApiKey]:
     try:
         entries = json.loads(text)["keys"]
         return [
-            ApiKey(e["name"], e["id"], e["sha256"], frozenset(e["scopes"]), str(e.get("created", ""))) for e in entries
+            ApiKey(
+                e["name"],
+                e["id"],
+                e["sha256"],
+                frozenset(e["scopes"]),
+                str(e.get("created", "")),
+                str(e.get("callback_url", "")),
+                str(e.get("webhook_secret", "")),
+            )
+            for e in entries
         ]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f'{origin}: expected {{"keys": [{{"name", "id", "sha256", "scopes"}}, ...]}} ({exc})') from exc
