@@ -154,7 +154,7 @@ def test_a_batch_mixing_good_cmyk_and_truncated_images(backend, tmp_path: Path) 
 class LetsEverythingThrough(CountingDali):
     """Sends DALI even what it should refuse: the way to make an image fail inside the pipeline."""
 
-    def refusal(self, fmt, header, data, placements):
+    def refusal(self, fmt, header, data, placements, frame=None):
         return None
 
 

@@ -196,9 +196,17 @@ class DaliBackend:
 
     # -- what DALI takes ------------------------------------------------------------------------------------------
 
-    def refusal(self, fmt: str, header: pyvips.Image, data: bytes, placements: list[Placement]) -> str | None:
+    def refusal(
+        self,
+        fmt: str,
+        header: pyvips.Image,
+        data: bytes,
+        placements: list[Placement],
+        frame: JpegFrame | None = None,
+    ) -> str | None:
         """Why this image should not go through DALI (then the vips backend renders it), or None if it can.
-        `header` is the libvips image opened for its header only; `placements` the job's sizes on it."""
+        `header` is the libvips image opened for its header only; `placements` the job's sizes on it; `frame` a
+        JPEG's (`jpeg_frame`), read here where not given."""
         if fmt not in DALI_FORMATS:
             return f"DALI does not decode {fmt} here"
         if fmt == "webp" and data[12:16] == b"VP8X" and len(data) > 20 and data[20] & 0x02:
@@ -217,19 +225,19 @@ class DaliBackend:
             return f"{header.width}x{header.height} is over the one-shot cap of {self.max_pixels:,} pixels"
         if any(overflows(p) for p in placements):
             return "a cover of an extreme aspect ratio"
-        if fmt == "jpeg" and (frame := jpeg_frame(data)) is not None and frame.progressive:
+        if fmt == "jpeg" and (frame := frame or jpeg_frame(data)) is not None and frame.progressive:
             return "a progressive JPEG (a scan cut short decodes blurred: only a strict decoder tells)"
         return file_damage(fmt, data)
 
     def _prepare(self, index: int, item: Item) -> DaliSample | Refused:
         ctx = prepare(item, self.timings)
         data = ctx.path.read_bytes()
-        reason = self.refusal(ctx.fmt, ctx.header, data, ctx.placements)
+        frame = jpeg_frame(data) if ctx.fmt == "jpeg" else None
+        reason = self.refusal(ctx.fmt, ctx.header, data, ctx.placements, frame)
         if reason:
             return Refused(reason)
         target_w, target_h = self._target(ctx)
         stored_w, stored_h = (target_h, target_w) if ctx.swaps_axes else (target_w, target_h)
-        frame = jpeg_frame(data) if ctx.fmt == "jpeg" else None
         return DaliSample(
             index,
             ctx,

@@ -73,9 +73,10 @@ class JpegFrame:
     def last_mcu(self) -> tuple[int, int]:
         """(rows, columns) of the bottom-right MCU that lie inside the image."""
         mcu_w, mcu_h = self.mcu()
-        return self.height - (math.ceil(self.height / mcu_h) - 1) * mcu_h, self.width - (
-            math.ceil(self.width / mcu_w) - 1
-        ) * mcu_w
+        # What is left of each side after its whole MCUs but the last (a multiple of the MCU leaves a whole one).
+        rows = self.height - (math.ceil(self.height / mcu_h) - 1) * mcu_h
+        columns = self.width - (math.ceil(self.width / mcu_w) - 1) * mcu_w
+        return rows, columns
 
 
 def jpeg_frame(data: bytes) -> JpegFrame | None:
