@@ -23,7 +23,7 @@ import re
 import secrets
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,7 +52,7 @@ class ApiKey:
     # Webhooks: where this key's jobs report by default, and the Standard Webhooks secret ("whsec_...") that signs
     # them, kept in clear because the server signs with it (empty: the global THUMBIFY_WEBHOOK_SECRET).
     callback_url: str = ""
-    webhook_secret: str = ""
+    webhook_secret: str = field(default="", repr=False)  # never in a log line or a traceback
 
     @property
     def admin(self) -> bool:
