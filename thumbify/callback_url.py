@@ -41,9 +41,13 @@ def parse(url: str, settings: Settings) -> SplitResult:
     return parts
 
 
+def _port(parts: SplitResult) -> int:
+    """The port a delivery connects to: the URL's own, else its scheme's."""
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
 def _allow_listed(parts: SplitResult, settings: Settings) -> bool:
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host, port = parts.hostname or "", _port(parts)
     names = {host, f"{host}:{port}", f"[{host}]:{port}"}
     return any(entry.lower() in names for entry in settings.callback_allow_hosts)
 
@@ -71,8 +75,7 @@ def check(url: str, settings: Settings) -> SplitResult:
     parts = parse(url, settings)
     if _allow_listed(parts, settings):
         return parts
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    for address in resolve(parts.hostname or "", port):
+    for address in resolve(parts.hostname or "", _port(parts)):
         if forbidden(address):
             raise InvalidCallbackUrl(
                 f"callback_url host {parts.hostname!r} resolves to {address}, an internal address; "
