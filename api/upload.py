@@ -1,4 +1,5 @@
-"""Streams a multipart upload to a spool file without holding the body in memory.
+"""Streams a multipart upload to a spool file without holding the body in memory (a body smaller than one write
+chunk is kept in memory instead: it never touches the spool).
 
 FastAPI's `UploadFile` parses the whole body before the route runs, so a byte cap could only be checked after the
 fact. Here python-multipart's push parser is fed the request stream chunk by chunk: the magic bytes are judged as
@@ -32,13 +33,16 @@ DRAIN_LIMIT = 16 * 1024 * 1024
 
 @dataclass
 class Upload:
-    path: Path
+    # The spooled file; or, for a body that ended before one write chunk filled up, its bytes (no file, no thread
+    # hops: on web-size images the spool's create/write/close/rename cost more than the rest of the upload).
+    source: Path | bytes
     filename: str
     sha256: str
     fields: dict[str, list[str]] = field(default_factory=dict)
 
     def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if isinstance(self.source, Path):
+            self.source.unlink(missing_ok=True)
 
 
 class _Receiver:
@@ -88,9 +92,6 @@ class _Receiver:
                 raise InvalidUpload("send exactly one `file` part")
             self.in_file = True
             self.filename = params.get(b"filename", b"").decode("utf-8", "replace")[:255]
-            fd, name = tempfile.mkstemp(dir=self.spool, prefix=UPLOAD_PREFIX, suffix=".part")
-            self.path = Path(name)
-            self.fh = os.fdopen(fd, "wb")
         elif b"filename" in params:
             raise InvalidUpload(f"send the image in a part named `file`, not {name!r}")
         elif sum(len(v) for v in self.fields.values()) >= MAX_FIELDS:
@@ -134,6 +135,14 @@ class _Receiver:
         self.pending, self.pending_bytes = [], 0
         return data
 
+    def spill(self) -> None:
+        """Write what is pending to the spool file, created on the first call (run off the event loop)."""
+        if self.fh is None:
+            fd, name = tempfile.mkstemp(dir=self.spool, prefix=UPLOAD_PREFIX, suffix=".part")
+            self.path = Path(name)
+            self.fh = os.fdopen(fd, "wb")
+        self.fh.write(self.take_pending())
+
 
 async def receive(request: Request, spool: Path, max_bytes: int, chunk_bytes: int, idle_timeout_s: float) -> Upload:
     """The upload, spooled; a ThumbifyError (and nothing left in the spool) if it is refused or stops arriving for
@@ -161,17 +170,18 @@ async def receive(request: Request, spool: Path, max_bytes: int, chunk_bytes: in
                 more = message.get("more_body", False)
                 consumed += len(chunk)
                 parser.write(chunk)
-                if rx.fh is not None and rx.pending_bytes >= chunk_bytes:
-                    await anyio.to_thread.run_sync(rx.fh.write, rx.take_pending())
+                if rx.pending_bytes >= chunk_bytes:
+                    await anyio.to_thread.run_sync(rx.spill)
             parser.finalize()
         except ValueError as exc:  # python-multipart's parse errors
             raise InvalidUpload(f"malformed multipart body: {exc}") from exc
-        if rx.path is None:
+        if not rx.files_seen:
             raise InvalidUpload("the `file` part is missing")
         if rx.size == 0:
             raise InvalidUpload("the uploaded file is empty")
-        await anyio.to_thread.run_sync(rx.fh.write, rx.take_pending())
-        await anyio.to_thread.run_sync(rx.fh.close)
+        if rx.fh is not None:
+            await anyio.to_thread.run_sync(rx.spill)
+            await anyio.to_thread.run_sync(rx.fh.close)
     except BaseException as exc:
         if rx.fh is not None:
             rx.fh.close()
@@ -181,7 +191,8 @@ async def receive(request: Request, spool: Path, max_bytes: int, chunk_bytes: in
             await drain(request, idle_timeout_s, consumed)
         raise
     assert rx.format is not None
-    return Upload(rx.path, rx.filename, rx.digest.hexdigest(), rx.fields)
+    source = rx.path if rx.path is not None else rx.take_pending()
+    return Upload(source, rx.filename, rx.digest.hexdigest(), rx.fields)
 
 
 async def _next(request: Request, idle_timeout_s: float) -> Message:

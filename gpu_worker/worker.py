@@ -46,7 +46,7 @@ from thumbify.queue import JobQueue, Message, backoff_delay
 from thumbify.redis_conn import cancel_and_wait, connect, raise_if_cancelled
 from thumbify.retention import Retention
 from thumbify.settings import Settings
-from thumbify.state import GONE, OK, TERMINAL
+from thumbify.state import GONE, OK
 from thumbify.storage import Storage, open_storage, original_key, thumbnail_key, thumbnails_prefix
 
 log = logging.getLogger("thumbify.worker")
@@ -408,13 +408,9 @@ class Worker:
 
     async def _handle_one(self, message: Message) -> None:
         job_id = message.job_id
-        job = await self._redis(self.store.get, job_id)
-        if job is None or job.status in TERMINAL:
+        attempts, job = await self._redis(self.store.take, job_id)
+        if job is None:
             await self._redis(self.queue.ack, message)  # deleted, or a duplicate delivery of a finished job
-            return
-        attempts = await self._redis(self.store.start, job_id)
-        if attempts < 0:
-            await self._redis(self.queue.ack, message)
             return
         limit = self.settings.max_attempts
         if attempts > limit:

@@ -146,7 +146,13 @@ class JobStore:
 
     async def start(self, job_id: str) -> int:
         """Mark processing and count the attempt: the new count, GONE, or BLOCKED if already finished."""
-        return int(await self._start(keys=[self.keys.job(job_id), self.keys.index], args=[now_iso(), job_id]))
+        return (await self.take(job_id))[0]
+
+    async def take(self, job_id: str) -> tuple[int, Job | None]:
+        """`start`, and the job as it now is (None unless started), in one round trip: what a worker does first."""
+        count, flat = await self._start(keys=[self.keys.job(job_id), self.keys.index], args=[now_iso(), job_id])
+        row = dict(zip(flat[::2], flat[1::2], strict=True))
+        return int(count), _job_from(job_id, row) if row else None
 
     async def delete(self, job_id: str) -> bool:
         """The record and its index entries gone, its waiters told; False if there was none."""

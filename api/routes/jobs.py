@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -18,7 +19,8 @@ from api.services import Services, services
 from api.views import JobPage, JobView, job_view
 from thumbify.errors import IdempotencyKeyReused, InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
 from thumbify.jobs import Job, decode_cursor, new_job_id
-from thumbify.probe import probe_for
+from thumbify.probe import SNIFF_BYTES, SourceInfo, probe_for, sniff
+from thumbify.settings import Settings
 from thumbify.spec import ThumbnailSpec, safe_stem
 from thumbify.state import TERMINAL, Status
 from thumbify.storage import job_prefixes, original_key
@@ -177,9 +179,10 @@ def _replayed(query: dict[str, list[str]], received: upload.Upload, job: Job, he
 
 
 async def _admit(svc: Services) -> None:
-    """Backpressure: refuse while the queue is over its cap. Also fails fast (503) while Redis is down."""
+    """Backpressure: refuse while the queue is over its cap. Also fails fast (503) while Redis is down, once the
+    depth it knows is a second old."""
     cap = svc.settings.max_queue_depth
-    if cap and await svc.queue.depth() >= cap:
+    if cap and await svc.queue.full(cap):
         raise QueueFull(f"the queue holds {cap:,} or more jobs; retry later")
 
 
@@ -196,13 +199,16 @@ async def _accept(
     settings = svc.settings
     try:
         options = collect(query, received.fields)
-        info = await anyio.to_thread.run_sync(probe_for, received.path, settings)
+        info = await _probe(received.source, settings)
         spec, negotiated = ThumbnailSpec.from_options(options, request.headers.get("accept"), info.has_alpha)
         job_id = new_job_id()
         stem = safe_stem(received.filename)
         source = info.public(received.filename or "upload") | {"sha256": received.sha256}
         record = svc.store.record(job_id, source, spec, stem, owner)
-        await svc.storage.put_file(original_key(job_id), received.path)
+        if isinstance(received.source, bytes):
+            await svc.storage.put_bytes(original_key(job_id), received.source)
+        else:
+            await svc.storage.put_file(original_key(job_id), received.source)
     except BaseException:
         received.discard()
         raise
@@ -219,6 +225,15 @@ async def _accept(
         raise
     # The job as just written (no read back: the transaction either wrote all of it or raised).
     return svc.store.as_job(job_id, record), negotiated
+
+
+async def _probe(source: Path | bytes, settings: Settings) -> SourceInfo:
+    """The header read: inline for a small JPEG held in memory (its marker walk and header cost a fraction of a
+    millisecond, less than the hop to a thread), in a thread for anything else (a GIF's or WebP's frames are counted
+    block by block in Python, a spooled file may be large)."""
+    if isinstance(source, bytes) and sniff(source[:SNIFF_BYTES]) == "jpeg":
+        return probe_for(source, settings)
+    return await anyio.to_thread.run_sync(probe_for, source, settings)
 
 
 @router.get(
