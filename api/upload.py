@@ -61,7 +61,7 @@ class _Receiver:
         self.size = 0
         self.head = bytearray()
         self.format: str | None = None
-        self.pending: list[bytes] = []
+        self.pending: list[memoryview] = []
         self.pending_bytes = 0
         self.digest = hashlib.sha256()
         self.files_seen = 0
@@ -98,7 +98,9 @@ class _Receiver:
             raise InvalidUpload(f"at most {MAX_FIELDS} form fields")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
+        # A view, not a copy: `data` is the immutable body chunk the parser was given. On a 3 MB upload the copies
+        # (this slice, then joining them to write) cost more CPU than the SHA-256.
+        chunk = memoryview(data)[start:end]
         if not self.in_file:
             self.value += chunk
             if len(self.value) > MAX_FIELD_BYTES:
@@ -112,7 +114,7 @@ class _Receiver:
             if len(self.head) >= SNIFF_BYTES:
                 self._judge()
         self.digest.update(chunk)
-        self.pending.append(bytes(chunk))
+        self.pending.append(chunk)
         self.pending_bytes += len(chunk)
 
     def on_part_end(self) -> None:
@@ -141,7 +143,8 @@ class _Receiver:
             fd, name = tempfile.mkstemp(dir=self.spool, prefix=UPLOAD_PREFIX, suffix=".part")
             self.path = Path(name)
             self.fh = os.fdopen(fd, "wb")
-        self.fh.write(self.take_pending())
+        self.fh.writelines(self.pending)
+        self.pending, self.pending_bytes = [], 0
 
 
 async def receive(request: Request, spool: Path, max_bytes: int, chunk_bytes: int, idle_timeout_s: float) -> Upload:

@@ -5,9 +5,10 @@
 Starts `thumbify serve` (API, embedded Redis, workers with their render processes), puts `--images` distinct
 photo-like JPEGs through it (upload, then `GET /v1/jobs/{id}?wait=`), the client in this process with
 `--concurrency` jobs in flight, and reads each process's CPU time (user + system, /proc/PID/stat) before and after:
-API, Redis, worker, render processes and the client, in ms per job. Beside it, the same render done bare: pyvips
-`thumbnail` + `jpegsave` on the same bytes in this process, CPU ms per image. The server's overhead per job is its
-total CPU per job minus that bare image work.
+API, Redis, worker, render processes and the client, in ms per job; and, after the run, each kind's memory: RSS
+(VmRSS, shared libraries counted in every process) and PSS (shared pages split: the sum is the real footprint).
+Beside it, the same render done bare: pyvips `thumbnail` + `jpegsave` on the same bytes in this process, CPU ms per
+image. The server's overhead per job is its total CPU per job minus that bare image work.
 
 `--profile DIR`: py-spy (`pip install py-spy`) samples the API, the worker and one render process during the run;
 DIR gets a flame graph (SVG) per process and this prints each one's heaviest functions (inclusive share of its
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import ThumbifyServer, cpu_s, own_cpu_s, table, write_json
+from benchmarks.common import ThumbifyServer, cpu_s, own_cpu_s, proc_status, pss_bytes, table, write_json
 
 
 def images(count: int, width: int, height: int) -> list[bytes]:
@@ -152,20 +153,31 @@ def main() -> None:
         for pid, role in who.items():
             per_role[role] += (cpu_s(pid) - before[pid]) / jobs * 1000
         client_ms = (own_cpu_s() - client_before) / jobs * 1000
+        rss: collections.Counter[str] = collections.Counter()
+        pss: collections.Counter[str] = collections.Counter()
+        for pid, role in who.items():  # after the run, every process warm
+            rss[role] += proc_status(pid).get("VmRSS", 0) / 2**20
+            pss[role] += pss_bytes(pid) / 2**20
         for spy in spies:
             spy.wait()
     bare = bare_render_ms(data)
     server_ms = sum(v for k, v in per_role.items())
-    rows = [[role, ms] for role, ms in sorted(per_role.items(), key=lambda kv: -kv[1])]
-    rows += [["server, all processes", server_ms], ["client (this process)", client_ms]]
-    rows += [["bare pyvips render, same images", bare], ["server overhead over the bare render", server_ms - bare]]
+    count = collections.Counter(who.values())
+    rows = [
+        [f"{role} ({count[role]})", ms, rss[role], pss[role]]
+        for role, ms in sorted(per_role.items(), key=lambda kv: -kv[1])
+    ]
+    rows += [["server, all processes", server_ms, sum(rss.values()), sum(pss.values())]]
+    rows += [["client (this process)", client_ms, None, None], ["bare pyvips render, same images", bare, None, None]]
+    rows += [["server overhead over the bare render", server_ms - bare, None, None]]
     table(
         f"CPU ms per job: {jobs} jobs of {args.size} JPEG → 256 px, {args.concurrency} in flight, "
-        f"{args.workers} worker(s): {jobs / wall:.1f} jobs/s",
-        ["process", "CPU ms / job"],
+        f"{args.workers} worker(s), {args.env or 'default settings'}: {jobs / wall:.1f} jobs/s",
+        ["process", "CPU ms / job", "RSS MiB", "PSS MiB"],
         rows,
     )
     result = {"per_role_ms": dict(per_role), "client_ms": client_ms, "bare_render_ms": bare, "jobs_per_s": jobs / wall}
+    result |= {"rss_mib": dict(rss), "pss_mib": dict(pss), "processes": dict(count), "env": env}
     if args.profile:
         for name in ("api", "worker", "render"):
             raw = args.profile / f"{name}.txt"
