@@ -36,7 +36,7 @@ def images(count: int, width: int, height: int) -> list[bytes]:
     return [photo(7000 + i, width, height).jpegsave_buffer(Q=88, subsample_mode="on") for i in range(count)]
 
 
-async def drive(url: str, data: list[bytes], concurrency: int) -> float:
+async def drive(url: str, data: list[bytes], concurrency: int, prefer_wait: bool = False) -> float:
     """All jobs through the server, `concurrency` in flight; the wall seconds they took."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for d in data:
@@ -50,14 +50,12 @@ async def drive(url: str, data: list[bytes], concurrency: int) -> float:
                 f"{url}/v1/jobs",
                 data={"sizes": "256", "format": "jpeg", "quality": "80"},
                 files={"file": ("photo.jpg", body, "image/jpeg")},
+                headers={"Prefer": "wait=30"} if prefer_wait else {},
             )
             r.raise_for_status()
-            job_id = r.json()["id"]
-            while (job := (await client.get(f"{url}/v1/jobs/{job_id}", params={"wait": 10})).json())["status"] not in (
-                "done",
-                "failed",
-            ):
-                pass
+            job = r.json()  # with Prefer: wait, finished already
+            while job["status"] not in ("done", "failed"):
+                job = (await client.get(f"{url}/v1/jobs/{job['id']}", params={"wait": 10})).json()
             if job["status"] != "done":
                 raise RuntimeError(f"job {job_id} failed: {job['error']}")
 
@@ -127,6 +125,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="passes over the images (after one warm-up pass)")
     ap.add_argument("--profile", type=Path, help="folder for py-spy flame graphs of the API, worker and a renderer")
     ap.add_argument("--env", action="append", default=[], help="THUMBIFY_X=Y for the server (repeatable)")
+    ap.add_argument("--prefer-wait", action="store_true", help="one POST with Prefer: wait=30 per job, no GET")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
@@ -134,7 +133,9 @@ def main() -> None:
     env = dict(e.split("=", 1) for e in args.env)
 
     with ThumbifyServer(env=env, workers=args.workers) as server:
-        asyncio.run(drive(server.url, data, args.concurrency))  # warm-up: every process started and warm
+        asyncio.run(
+            drive(server.url, data, args.concurrency, args.prefer_wait)
+        )  # warm-up: every process started and warm
         who = server.roles()
         spies = []
         if args.profile:
@@ -147,7 +148,7 @@ def main() -> None:
             spies = profile(first, args.profile, estimate)
         before = {pid: cpu_s(pid) for pid in who}
         client_before = own_cpu_s()
-        wall = sum(asyncio.run(drive(server.url, data, args.concurrency)) for _ in range(args.rounds))
+        wall = sum(asyncio.run(drive(server.url, data, args.concurrency, args.prefer_wait)) for _ in range(args.rounds))
         jobs = args.rounds * len(data)
         per_role: collections.Counter[str] = collections.Counter()
         for pid, role in who.items():
@@ -172,12 +173,14 @@ def main() -> None:
     rows += [["server overhead over the bare render", server_ms - bare, None, None]]
     table(
         f"CPU ms per job: {jobs} jobs of {args.size} JPEG → 256 px, {args.concurrency} in flight, "
-        f"{args.workers} worker(s), {args.env or 'default settings'}: {jobs / wall:.1f} jobs/s",
+        f"{args.workers} worker(s), {args.env or 'default settings'}{', Prefer: wait' if args.prefer_wait else ''}: "
+        f"{jobs / wall:.1f} jobs/s",
         ["process", "CPU ms / job", "RSS MiB", "PSS MiB"],
         rows,
     )
     result = {"per_role_ms": dict(per_role), "client_ms": client_ms, "bare_render_ms": bare, "jobs_per_s": jobs / wall}
     result |= {"rss_mib": dict(rss), "pss_mib": dict(pss), "processes": dict(count), "env": env}
+    result["prefer_wait"] = args.prefer_wait
     if args.profile:
         for name in ("api", "worker", "render"):
             raw = args.profile / f"{name}.txt"
