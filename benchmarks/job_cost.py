@@ -57,7 +57,7 @@ async def drive(url: str, data: list[bytes], concurrency: int, prefer_wait: bool
             while job["status"] not in ("done", "failed"):
                 job = (await client.get(f"{url}/v1/jobs/{job['id']}", params={"wait": 10})).json()
             if job["status"] != "done":
-                raise RuntimeError(f"job {job_id} failed: {job['error']}")
+                raise RuntimeError(f"job {job['id']} failed: {job['error']}")
 
     started = time.perf_counter()
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
