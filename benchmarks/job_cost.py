@@ -8,7 +8,9 @@ photo-like JPEGs through it (upload, then `GET /v1/jobs/{id}?wait=`), the client
 API, Redis, worker, render processes and the client, in ms per job; and, after the run, each kind's memory: RSS
 (VmRSS, shared libraries counted in every process) and PSS (shared pages split: the sum is the real footprint).
 Beside it, the same render done bare: pyvips `thumbnail` + `jpegsave` on the same bytes in this process, CPU ms per
-image. The server's overhead per job is its total CPU per job minus that bare image work.
+image. The server's overhead per job is its total CPU per job minus that bare image work. Then the API's floor: the
+CPU of requests that do only the framework's share (an upload of the same size refused once read, a GET of a finished
+job, /healthz), one at a time.
 
 `--profile DIR`: py-spy (`pip install py-spy`) samples the API, the worker and one render process during the run;
 DIR gets a flame graph (SVG) per process and this prints each one's heaviest functions (inclusive share of its
@@ -63,6 +65,29 @@ async def drive(url: str, data: list[bytes], concurrency: int, prefer_wait: bool
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         await asyncio.gather(*(one_client(client) for _ in range(concurrency)))
     return time.perf_counter() - started
+
+
+def floors(url: str, api_pid: int, body: bytes, count: int = 300) -> dict[str, float]:
+    """API CPU ms per request, one at a time, of requests that do only the framework's share of a job's: the same
+    upload refused once read (`quality=0` is judged before the body, which is then drained: 422), a GET of a
+    finished job (one HGETALL, the job's view) and `GET /healthz` (nothing but the framework)."""
+    with httpx.Client(base_url=url, timeout=60) as client:
+        job = client.post("/v1/jobs", files={"file": ("p.jpg", body, "image/jpeg")}, headers={"Prefer": "wait=30"})
+        calls = {
+            "POST, body read and refused": lambda: client.post(
+                "/v1/jobs", params={"quality": "0"}, files={"file": ("p.jpg", body, "image/jpeg")}
+            ),
+            "GET a finished job": lambda: client.get(f"/v1/jobs/{job.json()['id']}"),
+            "GET /healthz": lambda: client.get("/healthz"),
+        }
+        out = {}
+        for name, call in calls.items():
+            call()
+            before = cpu_s(api_pid)
+            for _ in range(count):
+                call()
+            out[name] = (cpu_s(api_pid) - before) / count * 1000
+    return out
 
 
 def bare_render_ms(data: list[bytes]) -> float:
@@ -133,9 +158,8 @@ def main() -> None:
     env = dict(e.split("=", 1) for e in args.env)
 
     with ThumbifyServer(env=env, workers=args.workers) as server:
-        asyncio.run(
-            drive(server.url, data, args.concurrency, args.prefer_wait)
-        )  # warm-up: every process started and warm
+        # Warm-up: every process started and warm.
+        asyncio.run(drive(server.url, data, args.concurrency, args.prefer_wait))
         who = server.roles()
         spies = []
         if args.profile:
@@ -161,6 +185,8 @@ def main() -> None:
             pss[role] += pss_bytes(pid) / 2**20
         for spy in spies:
             spy.wait()
+        api_pid = next(pid for pid, role in who.items() if role.startswith("api"))
+        floor = floors(server.url, api_pid, data[0])
     bare = bare_render_ms(data)
     server_ms = sum(v for k, v in per_role.items())
     count = collections.Counter(who.values())
@@ -178,7 +204,9 @@ def main() -> None:
         ["process", "CPU ms / job", "RSS MiB", "PSS MiB"],
         rows,
     )
+    table("The API's floor: CPU ms per request, one at a time", ["request", "API CPU ms"], list(floor.items()))
     result = {"per_role_ms": dict(per_role), "client_ms": client_ms, "bare_render_ms": bare, "jobs_per_s": jobs / wall}
+    result["api_floor_ms"] = floor
     result |= {"rss_mib": dict(rss), "pss_mib": dict(pss), "processes": dict(count), "env": env}
     result["prefer_wait"] = args.prefer_wait
     if args.profile:
