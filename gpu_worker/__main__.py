@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 
 from gpu_worker.memory import limit_malloc_arenas
@@ -26,10 +25,11 @@ def main() -> None:
 
     from gpu_worker.backend_choice import select_backend
     from gpu_worker.worker import Worker
+    from thumbify import logs
     from thumbify.settings import Settings
 
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure_from(settings, "worker")
     if not settings.redis_url:
         raise SystemExit("THUMBIFY_REDIS_URL is not set: `thumbify serve` sets it for its workers")
     if settings.worker_metrics_port:

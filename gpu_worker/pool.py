@@ -28,7 +28,6 @@ import os
 import pickle
 import signal
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -460,9 +459,11 @@ def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None)
     (None) or the parent goes away. A batch task is answered ("item", index, kind, payload) per image, as each is
     done (kind "refused": payload is the `Refused`), then ("done", None)."""
     from gpu_worker.memory import limit_malloc_arenas
+    from thumbify import logs
     from thumbify.process import die_with_parent
 
     die_with_parent()
+    logs.configure_from(settings, "render")
     if os.getppid() == 1:  # the parent died before the line above took effect
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which decides
@@ -536,7 +537,7 @@ def _reply(result: Result) -> tuple[str, object]:
     if isinstance(result, ThumbifyError):
         return "error", result
     # A bug or an exhausted resource: worth a retry, and a traceback in the log.
-    traceback.print_exception(result)
+    log.error("render failed: %s", result, exc_info=result)
     return "error", RenderFailed(f"{result.__class__.__name__}: {result}")
 
 

@@ -39,6 +39,7 @@ from gpu_worker.backends.base import Backend, Refused, Rendition
 from gpu_worker.backends.route import RoutedBackend, decide, source_size
 from gpu_worker.metrics import BATCH_SIZE, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from gpu_worker.pool import BatchRenderer, RenderPool
+from thumbify import logs
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
 from thumbify.jobs import Job, JobStore, Thumbnail
 from thumbify.keyspace import Keys
@@ -398,6 +399,7 @@ class Worker:
                 delay = min(delay * 2, 2.0)
 
     async def _handle(self, message: Message) -> None:
+        logs.open_context(job_id=message.job_id)  # this task's own context: every line about the job says which
         try:
             await self._handle_one(message)
         except asyncio.CancelledError:
@@ -465,6 +467,7 @@ class Worker:
             return
         self.processed += 1
         JOBS.labels("done", self.backend.name).inc()
+        log.info("job %s done: %d thumbnail(s)", job.id, len(thumbnails))
         if self.settings.delete_originals:
             try:
                 await self.storage.delete_prefix(original_key(job.id))
@@ -472,6 +475,7 @@ class Worker:
                 log.warning("job %s: could not delete the original (%s)", job.id, exc)
 
     async def _process(self, job: Job, message_id: str) -> list[Thumbnail]:
+        logs.bind(request_id=job.request_id)  # the upload's request: its lines and the API's join in one query
         started = time.perf_counter()
         try:
             async with self.storage.local_copy(original_key(job.id)) as path:

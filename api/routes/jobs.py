@@ -10,12 +10,14 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from api import idempotency, upload
+from api.access_log import bind_job
 from api.auth import Caller, Reader, Submitter
 from api.metrics import UPLOAD_BYTES, UPLOADS
 from api.options import collect, openapi_request_body, validate_early
 from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KINDS, problem_responses
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
+from thumbify import logs
 from thumbify.errors import IdempotencyKeyReused, InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
 from thumbify.jobs import Job, decode_cursor, new_job_id
 from thumbify.probe import probe_for
@@ -98,6 +100,7 @@ async def create_job(
     except ThumbifyError as exc:
         UPLOADS.labels(exc.slug).inc()
         raise
+    logs.bind(job_id=job.id)  # a replay's job too
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:
@@ -201,7 +204,8 @@ async def _accept(
         job_id = new_job_id()
         stem = safe_stem(received.filename)
         source = info.public(received.filename or "upload") | {"sha256": received.sha256}
-        record = svc.store.record(job_id, source, spec, stem, owner)
+        logs.bind(job_id=job_id)
+        record = svc.store.record(job_id, source, spec, stem, owner, request_id=logs.current(logs.REQUEST_ID))
         await svc.storage.put_file(original_key(job_id), received.path)
     except BaseException:
         received.discard()
@@ -247,6 +251,7 @@ async def get_job(
         ),
     ] = 0,
 ) -> JobView:
+    bind_job(job_id)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait, svc.settings.max_wait_s)
     with svc.waiter.watch(job_id) as finished:
@@ -307,6 +312,7 @@ async def list_jobs(
     ),
 )
 async def delete_job(job_id: str, svc: Svc, caller: Submitter) -> Response:
+    bind_job(job_id)
     job = await svc.store.get(job_id)
     if job is None or not caller.sees(job.owner) or not await svc.store.delete(job_id):
         raise NotFound(f"no job {job_id}")
