@@ -19,7 +19,7 @@ from api.idempotency import IdempotencyKeys
 from api.routes import health, jobs, thumbnails
 from api.services import Services
 from api.waiter import JobWaiter
-from thumbify import __version__, logs
+from thumbify import __version__, logs, tracing
 from thumbify.jobs import JobStore
 from thumbify.keys import KeyRing
 from thumbify.keyspace import Keys
@@ -87,8 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await waiter.stop()
             await storage.aclose()
             await redis.aclose()
+            tracing.shutdown()
 
     logs.configure_from(settings, "api")
+    tracing.setup("api")
     # One line at every start: whether the API is protected, and by which keys.
     logging.getLogger("thumbify.api").log(logging.INFO if keys else logging.WARNING, keys.describe())
     # /docs (Swagger UI) and /redoc with their scripts and styles served from the app itself (fastapi-offline ships

@@ -39,7 +39,7 @@ from gpu_worker.backends.base import Backend, Refused, Rendition
 from gpu_worker.backends.route import RoutedBackend, decide, source_size
 from gpu_worker.metrics import BATCH_SIZE, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from gpu_worker.pool import BatchRenderer, RenderPool
-from thumbify import logs
+from thumbify import logs, tracing
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
 from thumbify.jobs import Job, JobStore, Thumbnail
 from thumbify.keyspace import Keys
@@ -476,11 +476,16 @@ class Worker:
 
     async def _process(self, job: Job, message_id: str) -> list[Thumbnail]:
         logs.bind(request_id=job.request_id)  # the upload's request: its lines and the API's join in one query
+        with tracing.job_span(job.traceparent, {logs.JOB_ID: job.id, logs.REQUEST_ID: job.request_id}):
+            return await self._process_traced(job, message_id)
+
+    async def _process_traced(self, job: Job, message_id: str) -> list[Thumbnail]:
         started = time.perf_counter()
         try:
             async with self.storage.local_copy(original_key(job.id)) as path:
                 self._preparing.discard(message_id)  # the GPU batch gathering need not wait for this job any more
-                renditions = await self._render(path, job)
+                with tracing.span("render", {"thumbify.backend": self.backend.name}):
+                    renditions = await self._render(path, job)
         except FileNotFoundError as exc:
             raise OriginalMissing("the uploaded original is missing from storage") from exc
         except OSError as exc:
@@ -489,7 +494,8 @@ class Worker:
         thumbnails = []
         for r in renditions:
             try:
-                await self.storage.put_bytes(thumbnail_key(job.id, r.name), r.data)
+                with tracing.span("store", {"thumbify.thumbnail.name": r.name}):
+                    await self.storage.put_bytes(thumbnail_key(job.id, r.name), r.data)
             except OSError as exc:
                 raise StorageFailed(f"could not store thumbnail {r.name}: {exc}") from exc
             thumbnails.append(

@@ -53,6 +53,8 @@ class Job(BaseModel):
     # The id of the request that created it (api/access_log.py), so the worker's log lines join the API's; "" for
     # jobs written before it was kept.
     request_id: str = ""
+    # The upload span's W3C traceparent when tracing is on (thumbify/tracing.py): the worker's job span is its child.
+    traceparent: str = ""
 
 
 def new_job_id() -> str:
@@ -86,9 +88,17 @@ class JobStore:
         self._delete = redis.register_script(state.DELETE)
 
     def record(
-        self, job_id: str, source: dict, spec: ThumbnailSpec, stem: str, owner: str = "", request_id: str = ""
+        self,
+        job_id: str,
+        source: dict,
+        spec: ThumbnailSpec,
+        stem: str,
+        owner: str = "",
+        request_id: str = "",
+        traceparent: str = "",
     ) -> dict[str, str]:
         stamp = now_iso()
+        trace = {"traceparent": traceparent} if traceparent else {}
         return {
             "status": Status.queued.value,
             "attempts": "0",
@@ -101,6 +111,7 @@ class JobStore:
             "stem": stem,
             "owner": owner,
             "request_id": request_id,
+            **trace,
         }
 
     def add_to(self, pipe, job_id: str, record: dict[str, str]) -> None:
@@ -174,4 +185,5 @@ def _job_from(job_id: str, row: dict[str, str]) -> Job:
         stem=row.get("stem", "image"),
         owner=row.get("owner", ""),
         request_id=row.get("request_id", ""),
+        traceparent=row.get("traceparent", ""),
     )

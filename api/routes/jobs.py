@@ -17,7 +17,7 @@ from api.options import collect, openapi_request_body, validate_early
 from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KINDS, problem_responses
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
-from thumbify import logs
+from thumbify import logs, tracing
 from thumbify.errors import IdempotencyKeyReused, InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
 from thumbify.jobs import Job, decode_cursor, new_job_id
 from thumbify.probe import probe_for
@@ -96,7 +96,9 @@ async def create_job(
     ] = None,
 ) -> JobView:
     try:
-        job, negotiated, replayed = await _submit(request, svc, caller)
+        with tracing.span("upload", {logs.REQUEST_ID: logs.current(logs.REQUEST_ID)}) as span:
+            job, negotiated, replayed = await _submit(request, svc, caller)
+            span.set_attribute(logs.JOB_ID, job.id)
     except ThumbifyError as exc:
         UPLOADS.labels(exc.slug).inc()
         raise
@@ -205,7 +207,8 @@ async def _accept(
         stem = safe_stem(received.filename)
         source = info.public(received.filename or "upload") | {"sha256": received.sha256}
         logs.bind(job_id=job_id)
-        record = svc.store.record(job_id, source, spec, stem, owner, request_id=logs.current(logs.REQUEST_ID))
+        request_id, traceparent = logs.current(logs.REQUEST_ID), tracing.traceparent()
+        record = svc.store.record(job_id, source, spec, stem, owner, request_id, traceparent)
         await svc.storage.put_file(original_key(job_id), received.path)
     except BaseException:
         received.discard()
