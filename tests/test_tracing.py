@@ -8,8 +8,11 @@ render processes real processes.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import http.server
 import logging
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import httpx
 import pytest
 import redis
 from support.images import make_jpeg
+from support.service import start_service, stop_service
 
 from thumbify import logs, tracing
 from thumbify.keyspace import Keys
@@ -103,3 +107,61 @@ def test_lines_logged_inside_a_span_carry_its_ids(exporter) -> None:
     (upload,) = exporter.get_finished_spans()
     assert record.__dict__["trace.id"] == f"{upload.context.trace_id:032x}"
     assert record.__dict__["span.id"] == f"{upload.context.span_id:016x}"
+
+
+class _Collector(http.server.ThreadingHTTPServer):
+    """An OTLP/HTTP receiver on loopback: it keeps every span exported to it (what an OpenTelemetry Collector
+    would receive), with its resource's service.name."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, object]] = []
+        super().__init__(("127.0.0.1", 0), _Receive)
+
+
+class _Receive(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            names = [a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"]
+            for scope_spans in resource_spans.scope_spans:
+                self.server.spans += [(names[0], s) for s in scope_spans.spans]
+        reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_service_sends_one_trace_over_otlp(redis_server: str, tmp_path: Path, monkeypatch) -> None:
+    """The real processes (uvicorn, `python -m gpu_worker`, its render processes) with only the variable set: the
+    spans reach an OTLP receiver, the worker's job span a child of the API's upload span."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="the otel extra is not installed")
+    collector = _Collector()
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    monkeypatch.setenv(tracing.ENDPOINT_VAR, f"http://127.0.0.1:{collector.server_address[1]}")
+    try:
+        svc = start_service(tmp_path, redis_server)
+        try:
+            job = svc.run_job(make_jpeg(64, 48), "traced.jpg")
+        finally:
+            stop_service(svc)  # the processes send what they still hold as they stop
+    finally:
+        collector.shutdown()
+        collector.server_close()
+    assert job["status"] == "done"
+    spans = {(service, s.name): s for service, s in collector.spans}
+    stages = ("job", "render", "decode", "resize", "encode", "store")
+    want = {("thumbify-api", "upload")} | {("thumbify-worker", name) for name in stages}
+    assert want <= spans.keys(), sorted(spans)
+    upload, worker_job = spans["thumbify-api", "upload"], spans["thumbify-worker", "job"]
+    assert worker_job.trace_id == upload.trace_id and worker_job.parent_span_id == upload.span_id
+    assert {a.key: a.value.string_value for a in worker_job.attributes}["thumbify.job.id"] == job["id"]
