@@ -20,9 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from thumbify.settings import Settings
 
 CORS_METHODS = ["GET", "POST", "DELETE"]
-CORS_HEADERS = ["Authorization", "X-API-Key", "Idempotency-Key", "Content-Type"]
+CORS_HEADERS = ["Authorization", "X-API-Key", "Idempotency-Key", "Content-Type", "X-Request-ID"]
 # What a browser script may read of an answer beyond the CORS-safelisted headers.
-CORS_EXPOSE = ["Location", "Retry-After", "ETag", "Idempotent-Replayed"]
+CORS_EXPOSE = ["Location", "Retry-After", "ETag", "Idempotent-Replayed", "X-Request-ID"]
 CORS_MAX_AGE = 600
 
 _HEADERS: list[tuple[bytes, bytes]] = [(b"x-content-type-options", b"nosniff")]
