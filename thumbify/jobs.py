@@ -50,6 +50,11 @@ class Job(BaseModel):
     error: dict[str, str] | None
     stem: str
     owner: str = ""  # the name of the API key that created it; "" when authentication is off
+    # The id of the request that created it (api/access_log.py), so the worker's log lines join the API's; "" for
+    # jobs written before it was kept.
+    request_id: str = ""
+    # The upload span's W3C traceparent when tracing is on (thumbify/tracing.py): the worker's job span is its child.
+    traceparent: str = ""
 
 
 def new_job_id() -> str:
@@ -82,8 +87,18 @@ class JobStore:
         self._start = redis.register_script(state.START)
         self._delete = redis.register_script(state.DELETE)
 
-    def record(self, job_id: str, source: dict, spec: ThumbnailSpec, stem: str, owner: str = "") -> dict[str, str]:
+    def record(
+        self,
+        job_id: str,
+        source: dict,
+        spec: ThumbnailSpec,
+        stem: str,
+        owner: str = "",
+        request_id: str = "",
+        traceparent: str = "",
+    ) -> dict[str, str]:
         stamp = now_iso()
+        trace = {"traceparent": traceparent} if traceparent else {}
         return {
             "status": Status.queued.value,
             "attempts": "0",
@@ -95,6 +110,8 @@ class JobStore:
             "error": "null",
             "stem": stem,
             "owner": owner,
+            "request_id": request_id,
+            **trace,
         }
 
     def add_to(self, pipe, job_id: str, record: dict[str, str]) -> None:
@@ -173,4 +190,6 @@ def _job_from(job_id: str, row: dict[str, str]) -> Job:
         error=json.loads(row.get("error", "null")),
         stem=row.get("stem", "image"),
         owner=row.get("owner", ""),
+        request_id=row.get("request_id", ""),
+        traceparent=row.get("traceparent", ""),
     )

@@ -153,6 +153,9 @@ class Settings(BaseSettings):
 
     max_wait_s: float = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "json": one ECS JSON object per line (for Filebeat / Fluent Bit -> Elasticsearch); "console": plain text;
+    # "auto": console on a terminal, JSON otherwise (thumbify/logs.py).
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> Settings:

@@ -12,12 +12,14 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from api import idempotency, upload
 from api import prefer as prefer_header
+from api.access_log import bind_job
 from api.auth import Caller, Reader, Submitter
 from api.metrics import UPLOAD_BYTES, UPLOADS
 from api.options import collect, openapi_request_body, validate_early
 from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KINDS, problem_responses
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
+from thumbify import logs, tracing
 from thumbify.errors import IdempotencyKeyReused, InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
 from thumbify.jobs import Job, decode_cursor, new_job_id
 from thumbify.probe import SNIFF_BYTES, SourceInfo, probe_for, sniff
@@ -118,10 +120,13 @@ async def create_job(
     # Watched before the job exists, so that its end cannot slip by between the enqueue and the wait.
     with svc.waiter.watch(job_id) as finished:
         try:
-            job, negotiated, replayed = await _submit(request, svc, caller, job_id)
+            with tracing.span("upload", {logs.REQUEST_ID: logs.current(logs.REQUEST_ID)}) as span:
+                job, negotiated, replayed = await _submit(request, svc, caller, job_id)
+                span.set_attribute(logs.JOB_ID, job.id)
         except ThumbifyError as exc:
             UPLOADS.labels(exc.slug).inc()
             raise
+        logs.bind(job_id=job.id)  # a replay's job too
         if replayed:
             response.headers["Idempotent-Replayed"] = "true"
         else:
@@ -233,7 +238,9 @@ async def _accept(
         spec, negotiated = ThumbnailSpec.from_options(options, request.headers.get("accept"), info.has_alpha)
         stem = safe_stem(received.filename)
         source = info.public(received.filename or "upload") | {"sha256": received.sha256}
-        record = svc.store.record(job_id, source, spec, stem, owner)
+        logs.bind(job_id=job_id)
+        request_id, traceparent = logs.current(logs.REQUEST_ID), tracing.traceparent()
+        record = svc.store.record(job_id, source, spec, stem, owner, request_id, traceparent)
         if isinstance(received.source, bytes):
             await svc.storage.put_bytes(original_key(job_id), received.source)
         else:
@@ -291,6 +298,7 @@ async def get_job(
         ),
     ] = 0,
 ) -> JobView:
+    bind_job(job_id)
     deadline = asyncio.get_running_loop().time() + min(wait, svc.settings.max_wait_s)
     return job_view(await _read_until_ended(svc, job_id, caller, deadline), svc.link)
 
@@ -363,6 +371,7 @@ async def list_jobs(
     ),
 )
 async def delete_job(job_id: str, svc: Svc, caller: Submitter) -> Response:
+    bind_job(job_id)
     job = await svc.store.get(job_id)
     if job is None or not caller.sees(job.owner) or not await svc.store.delete(job_id):
         raise NotFound(f"no job {job_id}")
