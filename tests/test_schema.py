@@ -192,7 +192,7 @@ def test_every_error_response_has_correct_examples() -> None:
 def test_the_options_and_the_job_are_typed() -> None:
     """Each option documented once, as a form field with its type, choices or bounds; the job's parts are models."""
     post = DOCUMENT["paths"]["/v1/jobs"]["post"]
-    assert [p["name"] for p in post.get("parameters", [])] == ["Idempotency-Key"]
+    assert [p["name"] for p in post.get("parameters", [])] == ["Prefer", "Idempotency-Key"]
     form = post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert form["fit"]["enum"] == ["inside", "cover", "fill", "contain"]
     assert form["crop"]["enum"] == ["centre", "attention", "entropy"]

@@ -136,7 +136,7 @@ async def create_job(
                 job = await _ended(svc, job, finished, deadline) or job
     if replayed and wait_s:
         job = await _read_until_ended(svc, job.id, caller, deadline)
-    if job.status in TERMINAL:
+    if wait_s and job.status in TERMINAL:  # without the preference a replay stays 202, as its first answer was
         response.status_code = 201
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if negotiated:
