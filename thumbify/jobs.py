@@ -50,6 +50,7 @@ class Job(BaseModel):
     error: dict[str, str] | None
     stem: str
     owner: str = ""  # the name of the API key that created it; "" when authentication is off
+    callback: dict[str, Any] | None = None  # {url, state, attempts} (`callback_of`); None without a callback
 
 
 def new_job_id() -> str:
@@ -160,6 +161,22 @@ class JobStore:
         return bool(await self._delete(keys=keys, args=[job_id, self.keys.events]))
 
 
+def callback_fields(url: str) -> dict[str, str]:
+    """What a job with a callback adds to its record at submit."""
+    return {"callback_url": url, "callback_state": "pending", "callback_attempts": "[]"}
+
+
+def callback_of(row: dict[str, str]) -> dict | None:
+    """A record's callback as the job shows it, None if it has none."""
+    if not row.get("callback_url"):
+        return None
+    return {
+        "url": row["callback_url"],
+        "state": row.get("callback_state", "pending"),
+        "attempts": json.loads(row.get("callback_attempts", "[]")),
+    }
+
+
 def _job_from(job_id: str, row: dict[str, str]) -> Job:
     return Job(
         id=job_id,
@@ -173,4 +190,5 @@ def _job_from(job_id: str, row: dict[str, str]) -> Job:
         error=json.loads(row.get("error", "null")),
         stem=row.get("stem", "image"),
         owner=row.get("owner", ""),
+        callback=callback_of(row),
     )
