@@ -17,11 +17,15 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 from support.cli import cli
 from support.images import make_jpeg
 from support.service import PYTHON, Service, start_service, stop_service
+
+from thumbify.redis_conn import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"thumbify-webhook-test-secret-32b").decode()
 # Small so that retries and giving up happen within a test.
@@ -95,6 +99,7 @@ def hooked(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "webhook_retry_max_s": 0.5,
         "webhook_window_s": WINDOW_S,
         "webhook_timeout_s": 2,
+        "worker_metrics_port": free_port(),
     }
     svc = start_service(tmp_path_factory.mktemp("hooked"), redis_server, extra_env=env)
     try:
@@ -131,6 +136,19 @@ def test_a_delivery_is_signed_and_carries_the_job(hooked: Service, receiver) -> 
     # A body changed in transit, or signed with another secret, does not verify.
     with pytest.raises(Exception, match="[Ss]ignature"):
         Webhook(SECRET).verify(body.replace(b"done", b"dune"), headers)
+
+
+def test_the_worker_counts_deliveries_and_their_latency(hooked: Service, receiver) -> None:
+    hook = receiver([200])
+    settled(hooked, hooked.submit_ok(make_jpeg(64, 48), callback_url=hook.url)["id"])
+    port = hooked.env["THUMBIFY_WORKER_METRICS_PORT"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples = {
+        (s.name, s.labels.get("outcome")): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
+    assert samples[("thumbify_webhook_attempts_total", "delivered")] >= 1
+    assert samples[("thumbify_webhook_delivery_seconds_count", None)] >= 1
+    assert ("thumbify_webhook_outbox_depth", None) in samples
 
 
 def test_a_receiver_failing_twice_gets_one_successful_delivery_and_three_attempts(hooked: Service, receiver) -> None:
@@ -235,3 +253,37 @@ def test_a_worker_killed_mid_delivery_delivers_after_restart(hooked: Service, re
     assert {h["webhook-id"] for h, _ in hook.received} == {f"job_{job_id}_done"}
     (attempt,) = job["callback"]["attempts"]
     assert attempt["status"] == 200
+
+
+def test_a_keys_default_callback_is_signed_with_the_keys_own_secret(
+    redis_server: str, receiver, tmp_path: Path
+) -> None:
+    """`keys create --callback-url` gives the key a default callback and a secret of its own (shown once); with no
+    global secret, a key without one cannot ask for a callback."""
+    hook = receiver([200])
+    data_dir = tmp_path / "svc" / "data"
+    keys_file = data_dir / "keys.json"
+    made = cli(
+        "keys", "create", "hooky", "--callback-url", hook.url, "--file", str(keys_file), callback_allow_http=True
+    )
+    assert made.returncode == 0, made.stderr
+    token, secret = made.stdout.split()
+    assert secret.startswith("whsec_") and secret not in made.stderr
+    plain = cli("keys", "create", "plain", "--file", str(keys_file))
+    assert plain.returncode == 0, plain.stderr
+    env = {"callback_allow_http": "true", "callback_allow_hosts": '["127.0.0.1"]', "webhook_retry_base_s": 0.05}
+    svc = start_service(tmp_path / "svc", redis_server, extra_env=env)
+    try:
+        svc.client.headers["Authorization"] = f"Bearer {token}"
+        job_id = svc.submit_ok(make_jpeg(64, 48))["id"]
+        job = settled(svc, job_id)
+        assert job["callback"]["url"] == hook.url and job["callback"]["state"] == "delivered"
+        headers, body = hook.received[0]
+        assert Webhook(secret).verify(body, headers)["data"]["id"] == job_id
+        with pytest.raises(Exception, match="[Ss]ignature"):
+            Webhook(SECRET).verify(body, headers)
+        svc.client.headers["Authorization"] = f"Bearer {plain.stdout.strip()}"
+        r = svc.submit(make_jpeg(64, 48), callback_url=hook.url)
+        assert r.status_code == 422 and "no secret" in r.json()["detail"], r.text
+    finally:
+        stop_service(svc)
