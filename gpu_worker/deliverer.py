@@ -37,6 +37,7 @@ log = logging.getLogger("thumbify.webhooks")
 
 POLL_S = 0.25  # how often due retries are promoted (and how long a read blocks)
 CLAIM_EVERY_S = 2.0
+STOP_GRACE_S = 2.0  # within the worker's wait for its background tasks (thumbify.redis_conn.cancel_and_wait)
 
 
 class NoSecret(Exception):
@@ -64,6 +65,10 @@ class Deliverer:
             try:
                 await self._loop()
             finally:
+                # A stop lets the deliveries in flight finish briefly; those cut short stay pending and are claimed
+                # again after `claim_idle_s` (the receiver may get them twice).
+                if self.inflight:
+                    await asyncio.wait(list(self.inflight), timeout=STOP_GRACE_S)
                 await cancel_and_wait(list(self.inflight))
 
     async def _loop(self) -> None:

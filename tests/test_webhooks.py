@@ -174,6 +174,12 @@ def test_a_receiver_down_for_the_whole_window_ends_failed(hooked: Service, recei
     assert len(hook.received) == len(attempts)
     with hooked.redis() as r:
         assert job_id in r.zrange(hooked.keys.webhooks_failed, 0, -1)
+    # A deleted job's failed webhook is no longer listed, and `webhooks list` drops it from the set.
+    assert hooked.client.delete(f"/v1/jobs/{job_id}").status_code == 204
+    listed = cli("webhooks", "list", "--json", redis_url=hooked.redis_url, key_prefix=hooked.key_prefix)
+    assert listed.returncode == 0 and job_id not in listed.stdout, listed.stderr
+    with hooked.redis() as r:
+        assert job_id not in r.zrange(hooked.keys.webhooks_failed, 0, -1)
 
 
 def test_a_4xx_answer_stops_at_once(hooked: Service, receiver) -> None:

@@ -106,3 +106,11 @@ class Outbox:
             failed, due, entries = await pipe.execute()
         ids = [*failed, *due, *(fields.get("job", "") for _, fields in entries)]
         return list(dict.fromkeys(i for i in ids if i))[:limit]
+
+    async def forget(self, job_ids: list[str]) -> None:
+        """Take deleted jobs out of the failed and due sets (a job's deletion does not know of them)."""
+        if job_ids:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.webhooks_failed, *job_ids)
+                pipe.zrem(self.keys.webhooks_due, *job_ids)
+                await pipe.execute()

@@ -28,8 +28,11 @@ def webhooks_list(
     settings = load_settings()
 
     async def work(redis, keys):
-        ids = await Outbox(redis, keys).open_job_ids(limit)
-        return [j for j in await JobStore(redis, keys).get_many(ids) if j.callback]
+        outbox = Outbox(redis, keys)
+        ids = await outbox.open_job_ids(limit)
+        jobs = await JobStore(redis, keys).get_many(ids)
+        await outbox.forget(sorted(set(ids) - {j.id for j in jobs}))
+        return [j for j in jobs if j.callback]
 
     jobs = with_redis(settings, work)
     rows = []
