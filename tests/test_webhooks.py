@@ -277,6 +277,12 @@ def test_a_keys_default_callback_is_signed_with_the_keys_own_secret(
     assert secret.startswith("whsec_") and secret not in made.stderr
     plain = cli("keys", "create", "plain", "--file", str(keys_file))
     assert plain.returncode == 0, plain.stderr
+    listed = cli("keys", "list", "--json", "--file", str(keys_file))
+    rows = {row["name"]: row for row in map(json.loads, listed.stdout.splitlines())}
+    assert (rows["hooky"]["callback_url"], rows["plain"]["callback_url"]) == (hook.url, None)
+    assert secret not in listed.stdout + listed.stderr
+    refused = cli("keys", "create", "ftp", "--callback-url", "ftp://example.com/x", "--file", str(keys_file))
+    assert refused.returncode == 2 and "must use https" in refused.stderr
     env = {"callback_allow_http": "true", "callback_allow_hosts": '["127.0.0.1"]', "webhook_retry_base_s": 0.05}
     svc = start_service(tmp_path / "svc", redis_server, extra_env=env)
     try:

@@ -82,7 +82,7 @@ def keys_list(
     file: KeysFileOpt = None,
     data_dir: DataOpt = None,
 ) -> None:
-    """The keys in the keys file: name, id, scopes, created (never a secret: only hashes are stored)."""
+    """The keys in the keys file: name, id, scopes, created, callback URL (never a secret)."""
     import json
 
     from thumbify.keys import read_file
@@ -95,16 +95,17 @@ def keys_list(
         raise typer.Exit(2) from exc
     if as_json:
         for k in entries:
-            print(json.dumps({"name": k.name, "id": k.id, "scopes": sorted(k.scopes), "created": k.created or None}))
+            row = {"name": k.name, "id": k.id, "scopes": sorted(k.scopes), "created": k.created or None}
+            print(json.dumps(row | {"callback_url": k.callback_url or None}))
         return
     if not path.exists():
         console.print(f"no keys file at {path}: authentication is off (create a key with `thumbify keys create`)")
         return
     table = Table(title=f"{len(entries)} key(s) in {path}")
-    for column in ("name", "id", "scopes", "created (UTC)"):
+    for column in ("name", "id", "scopes", "created (UTC)", "callback URL"):
         table.add_column(column, no_wrap=True)
     for k in entries:
-        table.add_row(k.name, k.id, ", ".join(sorted(k.scopes)), k.created or "-")
+        table.add_row(k.name, k.id, ", ".join(sorted(k.scopes)), k.created or "-", k.callback_url or "-")
     output().print(table)
 
 
