@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -33,10 +34,10 @@ WINDOW_S = 6.0
 
 
 class Receiver:
-    """An HTTP server on loopback that answers each POST with the next status of `answers` (the last repeats),
-    and keeps what it received. With `hold` set, it answers nothing until the event is set."""
+    """An HTTP server on loopback that answers each POST with the next of `answers` (a status, or a status and
+    headers; the last repeats), and keeps what it received. With `hold` set, it answers nothing until that is set."""
 
-    def __init__(self, answers: list[int], hold: threading.Event | None = None) -> None:
+    def __init__(self, answers: list[int | tuple[int, dict[str, str]]], hold: threading.Event | None = None) -> None:
         self.answers, self.hold = list(answers), hold
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.arrived = threading.Event()
@@ -49,9 +50,12 @@ class Receiver:
                 receiver.arrived.set()
                 if receiver.hold is not None:
                     receiver.hold.wait(60)
-                status = receiver.answers.pop(0) if len(receiver.answers) > 1 else receiver.answers[0]
+                answer = receiver.answers.pop(0) if len(receiver.answers) > 1 else receiver.answers[0]
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
                 try:
                     self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
                     self.send_header("content-length", "0")
                     self.end_headers()
                 except OSError:  # the sender is gone (killed)
@@ -79,7 +83,7 @@ class Receiver:
 def receiver() -> Iterator[type[Receiver]]:
     made: list[Receiver] = []
 
-    def make(answers: list[int], hold: threading.Event | None = None) -> Receiver:
+    def make(answers: list, hold: threading.Event | None = None) -> Receiver:
         made.append(Receiver(answers, hold))
         return made[-1]
 
@@ -162,6 +166,16 @@ def test_a_receiver_failing_twice_gets_one_successful_delivery_and_three_attempt
     assert {h["webhook-id"] for h, _ in hook.received} == {f"job_{job_id}_done"}
     for headers, body in hook.received:
         Webhook(SECRET).verify(body, headers)
+
+
+def test_a_429_is_retried_no_sooner_than_its_retry_after(hooked: Service, receiver) -> None:
+    hook = receiver([(429, {"Retry-After": "2"}), 200])
+    job_id = hooked.submit_ok(make_jpeg(64, 48), callback_url=hook.url)["id"]
+    job = settled(hooked, job_id)
+    first, second = job["callback"]["attempts"]
+    assert (first["status"], second["status"], job["callback"]["state"]) == (429, 200, "delivered")
+    waited = datetime.fromisoformat(second["at"]) - datetime.fromisoformat(first["at"])
+    assert waited.total_seconds() >= 2  # the backoff alone (base 0.05 s) would have tried again at once
 
 
 def test_a_receiver_down_for_the_whole_window_ends_failed(hooked: Service, receiver) -> None:
