@@ -204,6 +204,16 @@ def test_a_4xx_answer_stops_at_once(hooked: Service, receiver) -> None:
     assert [a["status"] for a in job["callback"]["attempts"]] == [410]
 
 
+def test_a_redirect_is_not_followed(hooked: Service, receiver) -> None:
+    elsewhere = receiver([200])
+    hook = receiver([(307, {"Location": elsewhere.url})])
+    job_id = hooked.submit_ok(make_jpeg(64, 48), callback_url=hook.url)["id"]
+    job = settled(hooked, job_id)
+    assert job["callback"]["state"] == "failed"
+    assert [a["status"] for a in job["callback"]["attempts"]] == [307]
+    assert elsewhere.received == []
+
+
 def test_a_failed_job_is_delivered_too(hooked: Service, receiver) -> None:
     hook = receiver([200])
     whole = make_jpeg(640, 480)
