@@ -2,12 +2,12 @@
 
 It reads the outbox (`thumbify.outbox`) through its consumer group, so the workers share the deliveries, at most
 `webhook_concurrency` at once. For each event: the job read, its URL checked again (`thumbify.callback_url`: the
-host may resolve elsewhere now, DNS rebinding), the job POSTed as Standard Webhooks `{type, timestamp, data}` (data:
-the job as `GET /v1/jobs/{id}` shows it), signed with the job's API key's secret, else THUMBIFY_WEBHOOK_SECRET; no
-redirects followed; each attempt bounded by `webhook_timeout_s`. The verdict (`thumbify.webhook_policy`) and the
-attempt are recorded with the ack in one script: delivered, failed, or pending with its retry due later. The
-`webhook-id` is the job and its status, so every attempt of one event (and a redelivery) carries the same id.
-Entries a killed deliverer held are claimed after `claim_idle_s`.
+host may resolve elsewhere now, DNS rebinding) and the job POSTed to the address checked, as Standard Webhooks
+`{type, timestamp, data}` (data: the job as `GET /v1/jobs/{id}` shows it), signed with the job's API key's secret,
+else THUMBIFY_WEBHOOK_SECRET; no redirects followed; each attempt bounded by `webhook_timeout_s`. The verdict
+(`thumbify.webhook_policy`) and the attempt are recorded with the ack in one script: delivered, failed, or pending
+with its retry due later. The `webhook-id` is the job and its status, so every attempt of one event (and a
+redelivery) carries the same id. Entries a killed deliverer held are claimed after `claim_idle_s`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ class Deliverer:
     async def run(self) -> None:
         """Deliver until cancelled; Redis going away (or a bug) is logged and waited out."""
         timeout = httpx.Timeout(self.settings.webhook_timeout_s)
-        limits = httpx.Limits(max_connections=self.settings.webhook_concurrency)
+        # No connection kept alive: each delivery connects to the address it has just checked (a pooled connection,
+        # keyed by address, could carry another host's request over a TLS session verified for the first).
+        limits = httpx.Limits(max_connections=self.settings.webhook_concurrency, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False) as self.client:
             try:
                 await self._loop()
@@ -153,14 +155,15 @@ class Deliverer:
             log.warning("webhook for job %s failed for good: %s", job.id, error or f"HTTP {status}")
 
     async def _post(self, job) -> httpx.Response:
-        url = job.callback["url"]
-        await asyncio.to_thread(callback_url.check, url, self.settings)
+        where = await asyncio.to_thread(callback_url.target, job.callback["url"], self.settings)
         secret = self._secret(job.owner)
         event_type = f"job.{job.status}"
         payload = {"type": event_type, "timestamp": now_iso(), "data": job_view(job, self.link).model_dump(mode="json")}
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = signed_headers(secret, f"job_{job.id}_{job.status}", body, datetime.now(UTC))
-        return await self.client.post(url, content=body, headers=headers)
+        return await self.client.post(
+            where.url, content=body, headers=headers | where.headers, extensions=where.extensions
+        )
 
     def _secret(self, owner: str) -> str:
         key = self.keys.named(owner) if owner else None

@@ -5,15 +5,14 @@
     processing ─ retry_later, release ─► queued
     failed ─ requeue_dead ─► queued
 
-Every change is one script, so the record, its per-status index, the queue message and the event (and, for a
-job with a callback, its webhook on the outbox: `_notify`) stay in step whatever crashes in between. The scripts are built from shared pieces: `guard` (a job deleted meanwhile is never
-brought back by a late worker; a finished one is not changed again), `set_status` (one HSET, the per-status
-index moved, the change announced), `forget` (a record and its index entries gone) and `_ACK` (the message
-acknowledged and deleted); each script takes only the pieces it calls, as their definitions run at every call.
-`JobStore` (thumbify.jobs), `JobQueue` (thumbify.queue), `Outbox` (thumbify.outbox) and `Retention`
-(thumbify.retention) run them with the
-names `Keys` (thumbify.keyspace) gives; the scripts derive `<index>:<status>`, `<index>:owner:<owner>` and
-`<job prefix><id>` themselves, as `Keys` does.
+Every change is one script, so the record, its per-status index, the queue message and the event (and, for a job
+with a callback, its webhook on the outbox: `_notify`) stay in step whatever crashes in between. The scripts are
+built from shared pieces: `guard` (a job deleted meanwhile is never brought back by a late worker; a finished one is
+not changed again), `set_status` (one HSET, the per-status index moved, the change announced), `forget` (a record
+and its index entries gone) and `_ACK` (the message acknowledged and deleted); each script takes only the pieces it
+calls, as their definitions run at every call. `JobStore` (thumbify.jobs), `JobQueue` (thumbify.queue), `Outbox`
+(thumbify.outbox) and `Retention` (thumbify.retention) run them with the names `Keys` (thumbify.keyspace) gives; the
+scripts derive `<index>:<status>`, `<index>:owner:<owner>` and `<job prefix><id>` themselves, as `Keys` does.
 """
 
 from __future__ import annotations
