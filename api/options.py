@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from thumbify.callback_url import MAX_LENGTH
 from thumbify.errors import InvalidOptions
 from thumbify.spec import COLOUR_RE, MAX_SIZES, Crop, Fit, Format, ThumbnailSpec
 
-OPTION_NAMES = ("sizes", "fit", "crop", "format", "quality", "background")
+SPEC_OPTIONS = ("sizes", "fit", "crop", "format", "quality", "background")
+# Options of the job that are not about the thumbnails (api/callbacks.py reads them).
+JOB_OPTIONS = ("callback_url",)
+OPTION_NAMES = SPEC_OPTIONS + JOB_OPTIONS
 
 DESCRIPTIONS = {
     "sizes": "1 to 8 sizes, comma-separated (or the field repeated), each `N` (a longest side: `256` is a 256×256 "
@@ -20,6 +24,8 @@ DESCRIPTIONS = {
     "quality": "Encoder quality 1..100 (default 80).",
     "background": "Colour for `contain` padding and for flattening alpha into JPEG: `#rrggbb` or `#rrggbbaa` "
     "(default `#ffffff`).",
+    "callback_url": "Where to POST the job when it ends (a signed Standard Webhooks delivery, retried; see the "
+    "README): https, to a public address (default: the API key's callback URL, if it has one).",
 }
 EXAMPLES: dict[str, object] = {
     "sizes": "256,640x480",
@@ -28,6 +34,7 @@ EXAMPLES: dict[str, object] = {
     "format": "webp",
     "quality": 80,
     "background": "#ffffff",
+    "callback_url": "https://example.com/thumbify-hook",
 }
 
 
@@ -42,10 +49,15 @@ def collect(query: dict[str, list[str]], form: dict[str, list[str]]) -> dict[str
     return {**query, **form}
 
 
+def spec_options(options: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The options that make the `ThumbnailSpec`."""
+    return {name: values for name, values in options.items() if name in SPEC_OPTIONS}
+
+
 def validate_early(query: dict[str, list[str]]) -> None:
     """Options given in the query are checked before the body is read, so a bad request costs no upload."""
     if query:
-        ThumbnailSpec.from_options(collect(query, {}))
+        ThumbnailSpec.from_options(spec_options(collect(query, {})))
 
 
 # The documented grammar of `sizes` (the parser also takes spaces, `X` and `×`).
@@ -62,6 +74,7 @@ def _option_schemas() -> dict[str, dict]:
         "sizes": {"type": "string", "pattern": SIZES_PATTERN, "default": "256"},
         "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": DEFAULTS["quality"]},
         "background": {"type": "string", "pattern": COLOUR_RE.pattern, "default": DEFAULTS["background"]},
+        "callback_url": {"type": "string", "format": "uri", "maxLength": MAX_LENGTH},
     }
     for name, values in enum.items():
         schemas[name] = {"type": "string", "enum": values, "default": DEFAULTS[name].value}

@@ -106,6 +106,7 @@ UPLOAD_PROBLEM_KINDS: dict[int, tuple[type[ThumbifyError], ...]] = {
         e.TooManyFrames,
         e.CorruptImage,
         e.IdempotencyKeyReused,
+        e.InvalidCallbackUrl,
     ),
     503: (e.QueueFull, e.StorageFailed, e.Unavailable),
 }
@@ -126,6 +127,10 @@ EXAMPLES: dict[type[ThumbifyError], dict[str, Any]] = {
     e.IdempotencyKeyReused: {
         "detail": "this Idempotency-Key was first sent with another request (other options or another file); use a "
         "new key for a new request"
+    },
+    e.InvalidCallbackUrl: {
+        "detail": "callback_url host '10.0.0.7' resolves to 10.0.0.7, an internal address; name it in "
+        "THUMBIFY_CALLBACK_ALLOW_HOSTS to allow it"
     },
     e.MalformedRange: {
         "detail": "the Range header 'bytes=9-2' is malformed: Range header: start must be less than end"

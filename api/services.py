@@ -14,7 +14,7 @@ from thumbify.keys import KeyRing
 from thumbify.queue import JobQueue
 from thumbify.ratelimit import Limits
 from thumbify.settings import Settings
-from thumbify.signing import sign
+from thumbify.signing import linker
 from thumbify.storage import Storage
 
 
@@ -32,8 +32,7 @@ class Services:
 
     def link(self, path: str) -> str:
         """A thumbnail's URL: signed for `signed_url_ttl_s` when a signing secret is set, else the bare path."""
-        secret = self.settings.url_signing_secret.get_secret_value()
-        return sign(secret, path, self.settings.signed_url_ttl_s) if secret else path
+        return linker(self.settings)(path)
 
 
 async def services(request: Request) -> Services:

@@ -25,3 +25,16 @@ RENDER_BATCH = Histogram(
 RENDER_REPLACED = Counter(
     "thumbify_render_processes_replaced_total", "Render processes replaced after an image timed out or the process died"
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "thumbify_webhook_attempts_total",
+    "Webhook delivery attempts by outcome: delivered (2xx), retry (to be tried again), failed (given up)",
+    ["outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "thumbify_webhook_delivery_seconds",
+    "From a job's end to its webhook's delivery (retries included)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+)
+WEBHOOK_OUTBOX = Gauge(
+    "thumbify_webhook_outbox_depth", "Webhook deliveries not yet made (on the outbox or waiting for a retry)"
+)

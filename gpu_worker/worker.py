@@ -15,7 +15,8 @@ What keeps it reliable (README "Reliability"):
 - SIGTERM: stop reading, let in-flight jobs finish within `shutdown_grace_s`, hand the rest back to the queue;
 - Redis going away is waited out with backoff, by every loop and every job's next step; the worker never exits
   for it, and on reconnecting it takes back its own deliveries whose replies were lost;
-- housekeeping: due retries promoted onto the stream, expired jobs swept (`thumbify.retention`).
+- housekeeping: due retries promoted onto the stream, expired jobs swept (`thumbify.retention`);
+- completion webhooks are delivered by a task of their own (`gpu_worker.deliverer`), beside the job loop.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gpu_worker.backends.base import Backend, Refused, Rendition
 from gpu_worker.backends.route import RoutedBackend, decide, source_size
+from gpu_worker.deliverer import Deliverer
 from gpu_worker.metrics import BATCH_SIZE, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify import logs, tracing
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
 from thumbify.jobs import Job, JobStore, Thumbnail
 from thumbify.keyspace import Keys
+from thumbify.outbox import Outbox
 from thumbify.queue import JobQueue, Message, backoff_delay
 from thumbify.redis_conn import cancel_and_wait, connect, raise_if_cancelled
 from thumbify.retention import Retention
@@ -133,6 +136,9 @@ class Worker:
                 asyncio.create_task(self._heartbeat(), name="heartbeat"),
                 asyncio.create_task(self._keep_claims(), name="keep-claims"),
                 asyncio.create_task(self._housekeeping(), name="housekeeping"),
+                asyncio.create_task(
+                    Deliverer(self.settings, self.store, Outbox(self.redis, keys), self.name).run(), name="webhooks"
+                ),
             ]
             await self._consume()
             await self._drain()

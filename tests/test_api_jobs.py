@@ -19,6 +19,7 @@ from support.problems import assert_problem
 from support.service import Service
 
 JOB_FIELDS = {"id", "status", "attempts", "created_at", "updated_at", "source", "spec", "thumbnails", "error"}
+JOB_FIELDS |= {"callback"}  # the completion webhook (null without one)
 THUMB_FIELDS = {"name", "width", "height", "format", "bytes", "url"}
 MEDIA = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png", "avif": "image/avif"}
 EXT = {"jpeg": "jpg", "webp": "webp", "png": "png", "avif": "avif"}

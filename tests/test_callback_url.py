@@ -76,3 +76,26 @@ def test_the_error_is_a_422_problem() -> None:
         callback_url.check("https://10.0.0.1/", _settings())
     assert caught.value.status == 422
     assert caught.value.type_uri.endswith("/invalid-callback-url")
+
+
+def test_a_delivery_connects_to_the_address_it_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`target` pins the POST to the address the check saw (a rebinding after it changes nothing); the Host header
+    and TLS's server name stay the URL's own, so the receiver and its certificate are the ones named."""
+    import ipaddress
+
+    monkeypatch.setattr(callback_url, "resolve", lambda host, port: [ipaddress.ip_address("93.184.216.34")])
+    pinned = callback_url.target("https://hooks.example.com:8443/t?x=1", _settings())
+    assert pinned.url == "https://93.184.216.34:8443/t?x=1"
+    assert pinned.headers == {"host": "hooks.example.com:8443"}
+    assert pinned.extensions == {"sni_hostname": "hooks.example.com"}
+    monkeypatch.setattr(callback_url, "resolve", lambda host, port: [ipaddress.ip_address("2606:2800:220:1::1")])
+    assert callback_url.target("https://hooks.example.com/t", _settings()).url == "https://[2606:2800:220:1::1]/t"
+    # A name that now resolves inside is refused, however it resolved at submit.
+    monkeypatch.setattr(callback_url, "resolve", lambda host, port: [ipaddress.ip_address("10.0.0.5")])
+    with pytest.raises(InvalidCallbackUrl, match="internal address"):
+        callback_url.target("https://hooks.example.com/t", _settings())
+    # An allow-listed host is connected to by name, as given.
+    allowed = callback_url.target(
+        "http://127.0.0.1:9000/t", _settings(callback_allow_http=True, callback_allow_hosts=["127.0.0.1"])
+    )
+    assert (allowed.url, allowed.headers, allowed.extensions) == ("http://127.0.0.1:9000/t", {}, {})

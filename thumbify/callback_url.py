@@ -4,14 +4,15 @@ A callback URL comes from a client, and the server POSTs to it from inside the c
 reach Redis, the metadata service (169.254.169.254) or any private host. So the URL must be https (http only where
 `callback_allow_http`), carry no credentials, and every address its host resolves to must be public. The check runs
 at submit (a clear 422) and again right before each delivery, because a name can resolve elsewhere later (DNS
-rebinding). `callback_allow_hosts` names hosts (or host:port) exempt from the address check, such as a receiver
-inside the cluster or the tests' loopback server.
+rebinding); the delivery then connects to the address it checked (`target`). `callback_allow_hosts` names hosts (or
+host:port) exempt from the address check, such as a receiver inside the cluster or the tests' loopback server.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
 from thumbify.errors import InvalidCallbackUrl
@@ -68,17 +69,44 @@ def resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6
     return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
 
 
-def check(url: str, settings: Settings) -> SplitResult:
-    """The URL's parts if a webhook may be POSTed there now; InvalidCallbackUrl says why not.
-
-    Blocking (it resolves the host): call it off the event loop."""
-    parts = parse(url, settings)
-    if _allow_listed(parts, settings):
-        return parts
-    for address in resolve(parts.hostname or "", _port(parts)):
+def _public_addresses(parts: SplitResult) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    addresses = resolve(parts.hostname or "", _port(parts))
+    for address in addresses:
         if forbidden(address):
             raise InvalidCallbackUrl(
                 f"callback_url host {parts.hostname!r} resolves to {address}, an internal address; "
                 "name it in THUMBIFY_CALLBACK_ALLOW_HOSTS to allow it"
             )
+    return addresses
+
+
+def check(url: str, settings: Settings) -> SplitResult:
+    """The URL's parts if a webhook may be POSTed there now; InvalidCallbackUrl says why not.
+
+    Blocking (it resolves the host): call it off the event loop."""
+    parts = parse(url, settings)
+    if not _allow_listed(parts, settings):
+        _public_addresses(parts)
     return parts
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a delivery connects: the address just checked, not whatever the name resolves to a moment later."""
+
+    url: str  # the URL with its host replaced by that address (the URL itself for an allow-listed host)
+    headers: dict[str, str]  # Host: the URL's own
+    extensions: dict[str, str]  # httpx's `sni_hostname`: TLS sends, and verifies the certificate for, the URL's host
+
+
+def target(url: str, settings: Settings) -> Target:
+    """`check`, and the request pinned to the first address checked, so a name that resolves elsewhere between the
+    check and the connection (DNS rebinding) cannot steer the POST to an internal address. Blocking."""
+    parts = parse(url, settings)
+    if _allow_listed(parts, settings):
+        return Target(url, {}, {})
+    address = _public_addresses(parts)[0]
+    host = f"[{address}]" if address.version == 6 else str(address)
+    pinned = parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
+    sni = {"sni_hostname": parts.hostname or ""} if parts.scheme == "https" else {}
+    return Target(pinned, {"host": parts.netloc}, sni)

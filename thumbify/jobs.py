@@ -55,6 +55,7 @@ class Job(BaseModel):
     request_id: str = ""
     # The upload span's W3C traceparent when tracing is on (thumbify/tracing.py): the worker's job span is its child.
     traceparent: str = ""
+    callback: dict[str, Any] | None = None  # {url, state, attempts} (`callback_of`); None without a callback
 
 
 def new_job_id() -> str:
@@ -177,6 +178,22 @@ class JobStore:
         return bool(await self._delete(keys=keys, args=[job_id, self.keys.events]))
 
 
+def callback_fields(url: str) -> dict[str, str]:
+    """What a job with a callback adds to its record at submit."""
+    return {"callback_url": url, "callback_state": "pending", "callback_attempts": "[]"}
+
+
+def callback_of(row: dict[str, str]) -> dict | None:
+    """A record's callback as the job shows it, None if it has none."""
+    if not row.get("callback_url"):
+        return None
+    return {
+        "url": row["callback_url"],
+        "state": row.get("callback_state", "pending"),
+        "attempts": json.loads(row.get("callback_attempts", "[]")),
+    }
+
+
 def _job_from(job_id: str, row: dict[str, str]) -> Job:
     return Job(
         id=job_id,
@@ -192,4 +209,5 @@ def _job_from(job_id: str, row: dict[str, str]) -> Job:
         owner=row.get("owner", ""),
         request_id=row.get("request_id", ""),
         traceparent=row.get("traceparent", ""),
+        callback=callback_of(row),
     )

@@ -14,6 +14,7 @@ empty one) or the variable holds keys, every request needs a key.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -81,6 +82,11 @@ def new_key(name: str, scopes: list[str]) -> tuple[str, ApiKey]:
     key_id, secret = secrets.token_hex(4), secrets.token_urlsafe(32)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     return f"tfy_{key_id}_{secret}", ApiKey(name, key_id, _digest(secret), frozenset(scopes), created)
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret: "whsec_" and 32 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def _parse(text: str, origin: str) -> list[ApiKey]:
@@ -180,6 +186,11 @@ class KeyRing:
             return f"authentication ON: {len(self)} key(s) from {' and '.join(sources)}"
         where = f"no keys file at {self.file}" if self.file is not None else "no keys file"
         return f"authentication OFF ({where}, THUMBIFY_API_KEYS empty): anyone who can reach the API may use it"
+
+    def named(self, name: str) -> ApiKey | None:
+        """The key with this name (a job's owner): its callback URL and webhook secret."""
+        self.refresh()
+        return next((k for k in self.keys.values() if k.name == name), None)
 
     def verify(self, token: str) -> ApiKey | None:
         self.refresh()

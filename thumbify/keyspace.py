@@ -72,6 +72,23 @@ class Keys:
         """A worker's heartbeat (a key with a short TTL)."""
         return self.worker_prefix + name
 
+    # -- webhooks (thumbify.outbox) ----------------------------------------------------------------------------
+
+    @property
+    def outbox(self) -> str:
+        """Webhook deliveries to make (a stream of `{job}` read by a consumer group), added by the outcome scripts."""
+        return f"{self.prefix}:webhooks"
+
+    @property
+    def webhooks_due(self) -> str:
+        """Job ids whose next delivery attempt waits, scored by when (ms)."""
+        return f"{self.prefix}:webhooks:due"
+
+    @property
+    def webhooks_failed(self) -> str:
+        """Job ids whose delivery failed for good, scored by when (ms): what `thumbify webhooks list` shows."""
+        return f"{self.prefix}:webhooks:failed"
+
     # -- housekeeping and the API's per-client state -----------------------------------------------------------
 
     @property

@@ -5,7 +5,8 @@ in ms) and the dead-letter stream (`Keys.dead`). A message stays in the group's 
 records the outcome; every outcome is one Lua script (thumbify.state) that changes the job and acknowledges (and
 deletes) the message together, so no crash between the two can leave them disagreeing:
 
-- `complete`: job `done` with its thumbnails, message acked;
+- `complete`: job `done` with its thumbnails, message acked (and, for a job with a callback, its webhook added to
+  the outbox, `thumbify.outbox`: so do `fail` and `bury`);
 - `fail`: job `failed` (a permanent error), message acked;
 - `retry_later`: job back to `queued` with its last error, message acked, job id into `delayed`; `promote_due`
   (run by every worker) moves due ids back onto the stream;
@@ -103,11 +104,7 @@ class JobQueue:
         return self._depth + self._added >= cap
 
     async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.keys.stream, self.GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(self.redis, self.keys.stream, self.GROUP)
 
     async def depth(self) -> int:
         return int(await self.redis.xlen(self.keys.stream))
@@ -192,12 +189,12 @@ class JobQueue:
     async def complete(self, message: Message, thumbnails: list[dict]) -> int:
         """Job done with `thumbnails`, message acked: OK, GONE (deleted meanwhile) or BLOCKED (already done)."""
         args = [*self._outcome_args(message), json.dumps(thumbnails)]
-        return int(await self._complete(keys=self._outcome_keys(message), args=args))
+        return int(await self._complete(keys=[*self._outcome_keys(message), self.keys.outbox], args=args))
 
     async def fail(self, message: Message, error: dict[str, str]) -> int:
         """Job failed with `error` (permanent), message acked; a job already done stays done."""
         args = [*self._outcome_args(message), json.dumps(error)]
-        return int(await self._fail(keys=self._outcome_keys(message), args=args))
+        return int(await self._fail(keys=[*self._outcome_keys(message), self.keys.outbox], args=args))
 
     async def retry_later(self, message: Message, delay_s: float, error: dict[str, str]) -> int:
         """Message acked; job back to `queued` with `error`, due on the stream again in `delay_s`."""
@@ -207,7 +204,7 @@ class JobQueue:
 
     async def bury(self, message: Message, error: dict[str, str], attempts: int = 0) -> int:
         """Job failed with `error`; the message moves to the dead-letter stream."""
-        keys = [*self._outcome_keys(message), self.keys.dead]
+        keys = [*self._outcome_keys(message), self.keys.dead, self.keys.outbox]
         slug = error.get("type", "").rsplit("/", 1)[-1]
         args = [*self._outcome_args(message), json.dumps(error), error.get("detail", "")[:500], slug, str(attempts)]
         return int(await self._bury(keys=keys, args=args))
@@ -253,6 +250,15 @@ class JobQueue:
             args=[entry_id, self.keys.job_prefix, now_iso(), self.keys.events],
         )
         return int(code), job_id
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+    """The consumer group on `stream` (and the stream), made unless it exists."""
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
 
 
 _STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")

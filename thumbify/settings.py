@@ -150,6 +150,8 @@ class Settings(BaseSettings):
     webhook_retry_base_s: float = Field(5.0, ge=0)
     webhook_retry_max_s: float = Field(3600.0, ge=0)
     webhook_window_s: float = Field(24 * 3600.0, ge=0)
+    # Deliveries one worker makes at once (beside its rendering, never in its way).
+    webhook_concurrency: int = Field(16, ge=1)
 
     max_wait_s: float = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -7,6 +7,9 @@ import base64
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
+
+from thumbify.settings import Settings
 
 
 def _mac(secret: str, path: str, expires: int) -> str:
@@ -26,3 +29,12 @@ def valid(secret: str, path: str, expires: str, sig: str, now: float | None = No
         return False
     expected = _mac(secret, path, int(expires))
     return hmac.compare_digest(expected, sig) and int(expires) >= (now if now is not None else time.time())
+
+
+def linker(settings: Settings) -> Callable[[str], str]:
+    """How a job's thumbnail paths are shown (the API's answers, webhooks): signed for `signed_url_ttl_s` when a
+    signing secret is set, else the bare path."""
+    secret = settings.url_signing_secret.get_secret_value()
+    if not secret:
+        return str
+    return lambda path: sign(secret, path, settings.signed_url_ttl_s)

@@ -5,14 +5,14 @@
     processing ─ retry_later, release ─► queued
     failed ─ requeue_dead ─► queued
 
-Every change is one script, so the record, its per-status index, the queue message and the event stay in step
-whatever crashes in between. The scripts are built from shared pieces: `guard` (a job deleted meanwhile is never
-brought back by a late worker; a finished one is not changed again), `set_status` (one HSET, the per-status
-index moved, the change announced), `forget` (a record and its index entries gone) and `_ACK` (the message
-acknowledged and deleted); each script takes only the pieces it calls, as their definitions run at every call.
-`JobStore` (thumbify.jobs), `JobQueue` (thumbify.queue) and `Retention` (thumbify.retention) run them with the
-names `Keys` (thumbify.keyspace) gives; the scripts derive `<index>:<status>`, `<index>:owner:<owner>` and
-`<job prefix><id>` themselves, as `Keys` does.
+Every change is one script, so the record, its per-status index, the queue message and the event (and, for a job
+with a callback, its webhook on the outbox: `_notify`) stay in step whatever crashes in between. The scripts are
+built from shared pieces: `guard` (a job deleted meanwhile is never brought back by a late worker; a finished one is
+not changed again), `set_status` (one HSET, the per-status index moved, the change announced), `forget` (a record
+and its index entries gone) and `_ACK` (the message acknowledged and deleted); each script takes only the pieces it
+calls, as their definitions run at every call. `JobStore` (thumbify.jobs), `JobQueue` (thumbify.queue), `Outbox`
+(thumbify.outbox) and `Retention` (thumbify.retention) run them with the names `Keys` (thumbify.keyspace) gives; the
+scripts derive `<index>:<status>`, `<index>:owner:<owner>` and `<job prefix><id>` themselves, as `Keys` does.
 """
 
 from __future__ import annotations
@@ -150,11 +150,25 @@ def _to(status: Status, extra: str) -> str:
     return f"set_status(KEYS[2], KEYS[3], ARGV[5], ARGV[3], old, '{status}', ARGV[4], {extra})"
 
 
-# ARGV[6] thumbnails (JSON). A failed job (a duplicate's timeout) still becomes done: the work succeeded.
-COMPLETE = _outcome(_to(Status.done, "{'thumbnails', ARGV[6], 'error', 'null'}"))
+def _notify(outbox: str) -> str:
+    """A job that ends with a callback: its delivery made `pending` (the job's end time kept on the Redis clock,
+    the delivery window opens then) and announced on the outbox stream (`outbox`: the KEYS entry that names it), in
+    the same script as the status change, so no crash between the two can lose the webhook. Jobs without a
+    callback pay one HEXISTS."""
+    return (
+        "if redis.call('HEXISTS', KEYS[2], 'callback_url') == 1 then\n"
+        + NOW_MS
+        + "redis.call('HSET', KEYS[2], 'callback_state', 'pending', 'callback_ended_ms', now_ms)\n"
+        + f"redis.call('XADD', {outbox}, '*', 'job', ARGV[3])\nend\n"
+    )
 
-# ARGV[6] error (JSON).
-FAIL = _outcome(_to(Status.failed, "{'error', ARGV[6]}"))
+
+# KEYS[4] webhook outbox; ARGV[6] thumbnails (JSON). A failed job (a duplicate's timeout) still becomes done: the
+# work succeeded.
+COMPLETE = _outcome(_to(Status.done, "{'thumbnails', ARGV[6], 'error', 'null'}") + _notify("KEYS[4]"))
+
+# KEYS[4] webhook outbox; ARGV[6] error (JSON).
+FAIL = _outcome(_to(Status.failed, "{'error', ARGV[6]}") + _notify("KEYS[4]"))
 
 # KEYS[4] delayed set; ARGV[6] error (JSON), ARGV[7] delay in ms (measured on the Redis clock, as promotion is).
 RETRY_LATER = _outcome(
@@ -164,10 +178,12 @@ RETRY_LATER = _outcome(
     failed_too=True,
 )
 
-# KEYS[4] dead-letter stream; ARGV[6] error (JSON), ARGV[7] reason, ARGV[8] error type, ARGV[9] attempts.
+# KEYS[4] dead-letter stream, KEYS[5] webhook outbox; ARGV[6] error (JSON), ARGV[7] reason, ARGV[8] error type,
+# ARGV[9] attempts.
 BURY = _outcome(
     "redis.call('XADD', KEYS[4], '*', 'job', ARGV[3], 'reason', ARGV[7], 'type', ARGV[8], 'attempts', ARGV[9])\n"
-    + _to(Status.failed, "{'error', ARGV[6]}"),
+    + _to(Status.failed, "{'error', ARGV[6]}")
+    + _notify("KEYS[5]"),
 )
 
 # -- JobQueue: messages handed back ---------------------------------------------------------------------------------
@@ -285,5 +301,51 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
 end
 return #ids
+"""
+)
+
+# -- Outbox: webhook deliveries (thumbify.outbox) -------------------------------------------------------------------
+
+# KEYS[1] job hash, KEYS[2] outbox, KEYS[3] due set, KEYS[4] failed set; ARGV[1] group, ARGV[2] entry id,
+# ARGV[3] job id, ARGV[4] the attempt (a JSON object), ARGV[5] the callback's new state (pending: try again in
+# ARGV[6] ms, on the Redis clock as promotion is). The outbox entry is acked and deleted; the attempt appended to the
+# job's `callback_attempts` (a JSON array, extended as text: Lua's cjson cannot tell an empty array from an empty
+# object) unless the job is gone. Returns the Redis clock (ms), or 0 when the job is gone.
+RECORD_ATTEMPT = (
+    NOW_MS
+    + """
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  return 0
+end
+local attempts = redis.call('HGET', KEYS[1], 'callback_attempts') or '[]'
+if attempts == '[]' then attempts = '[' .. ARGV[4] .. ']'
+else attempts = string.sub(attempts, 1, -2) .. ',' .. ARGV[4] .. ']' end
+redis.call('HSET', KEYS[1], 'callback_attempts', attempts, 'callback_state', ARGV[5])
+if ARGV[5] == 'pending' then redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[6]), ARGV[3]) end
+if ARGV[5] == 'failed' then redis.call('ZADD', KEYS[4], now_ms, ARGV[3]) else redis.call('ZREM', KEYS[4], ARGV[3]) end
+return now_ms
+"""
+)
+
+# KEYS[1] job hash, KEYS[2] outbox, KEYS[3] due set, KEYS[4] failed set; ARGV[1] job id. An operator's redelivery
+# of a finished job's webhook: pending again, its window reopened from now, a fresh outbox entry (the webhook-id
+# stays the same: a receiver that has it already drops it). Returns 1, 0 if the job has not ended, -1 if it has no
+# callback, -2 if it is gone.
+REDELIVER = (
+    NOW_MS
+    + """
+local row = redis.call('HMGET', KEYS[1], 'status', 'callback_url')
+if not row[1] then return -2 end
+if not row[2] then return -1 end
+if row[1] ~= 'done' and row[1] ~= 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'callback_state', 'pending', 'callback_ended_ms', now_ms)
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
+return 1
 """
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from thumbify_cli import dlq, keys, serve, thumbnail
+from thumbify_cli import dlq, keys, serve, thumbnail, webhooks
 
 app = typer.Typer(
     help="Thumbify: a thumbnail service (API, workers) and a local thumbnailer.",
@@ -18,3 +18,4 @@ app.command()(serve.worker)
 app.command()(thumbnail.thumbnail)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(keys.app, name="keys")
+app.add_typer(webhooks.app, name="webhooks")

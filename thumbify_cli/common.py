@@ -40,3 +40,52 @@ def load_settings():
     from thumbify.settings import Settings
 
     return Settings()
+
+
+def redis_url_of(settings) -> str:
+    """THUMBIFY_REDIS_URL, else the embedded Redis of `thumbify serve` on this data folder."""
+    if settings.redis_url:
+        return settings.redis_url
+    from thumbify.redis_conn import EmbeddedRedis
+
+    embedded = EmbeddedRedis(settings.data_dir / "redis")
+    if embedded.socket.exists():
+        return embedded.url
+    no_service(
+        f"THUMBIFY_REDIS_URL is not set and no `thumbify serve` runs on the data folder {settings.data_dir.resolve()}"
+    )
+
+
+def no_service(why: str) -> None:
+    """Stop, telling the user how to point this command at the running service."""
+    console.print(
+        f"[red]{why}.[/]\nPoint at the running service with [bold]--data-dir DIR[/] (the folder `thumbify serve` "
+        "was given; default ./data) or [bold]THUMBIFY_REDIS_URL[/]=redis://HOST:6379/0 (and THUMBIFY_KEY_PREFIX, "
+        "if it is not `thumbify`)."
+    )
+    raise typer.Exit(2)
+
+
+def with_redis(settings, work):
+    """Run `await work(redis, keys)` against the running service's Redis (operator commands: dlq, webhooks)."""
+    import asyncio
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from thumbify.keyspace import Keys
+    from thumbify.redis_conn import connect
+
+    url = redis_url_of(settings)
+
+    async def run():
+        redis = connect(url)
+        try:
+            return await work(redis, Keys(settings.key_prefix))
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(run())
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        no_service(f"Redis at {url} does not answer ({exc})")

@@ -7,59 +7,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thumbify_cli.common import DataOpt, apply_options, console, load_settings, output
+from thumbify_cli.common import DataOpt, apply_options, console, load_settings, output, with_redis
 
 app = typer.Typer(help="The dead-letter stream: jobs that used up their attempts.", no_args_is_help=True)
 
 
-def _redis_url(settings) -> str:
-    """THUMBIFY_REDIS_URL, else the embedded Redis of `thumbify serve` on this data folder."""
-    if settings.redis_url:
-        return settings.redis_url
-    from thumbify.redis_conn import EmbeddedRedis
-
-    embedded = EmbeddedRedis(settings.data_dir / "redis")
-    if embedded.socket.exists():
-        return embedded.url
-    _no_service(
-        f"THUMBIFY_REDIS_URL is not set and no `thumbify serve` runs on the data folder {settings.data_dir.resolve()}"
-    )
-
-
-def _no_service(why: str) -> None:
-    """Stop, telling the user how to point this command at the running service."""
-    console.print(
-        f"[red]{why}.[/]\nPoint at the running service with [bold]--data-dir DIR[/] (the folder `thumbify serve` "
-        "was given; default ./data) or [bold]THUMBIFY_REDIS_URL[/]=redis://HOST:6379/0 (and THUMBIFY_KEY_PREFIX, "
-        "if it is not `thumbify`)."
-    )
-    raise typer.Exit(2)
-
-
 def _with_queue(settings, work):
     """Run `await work(queue)` against the configured Redis."""
-    import asyncio
-
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    from thumbify.keyspace import Keys
     from thumbify.queue import JobQueue
-    from thumbify.redis_conn import connect
 
-    url = _redis_url(settings)
-
-    async def run():
-        redis = connect(url)
-        try:
-            return await work(JobQueue(redis, Keys(settings.key_prefix)))
-        finally:
-            await redis.aclose()
-
-    try:
-        return asyncio.run(run())
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        _no_service(f"Redis at {url} does not answer ({exc})")
+    return with_redis(settings, lambda redis, keys: work(JobQueue(redis, keys)))
 
 
 @app.command("list")

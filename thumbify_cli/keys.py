@@ -34,24 +34,44 @@ def keys_create(
         list[str] | None,
         typer.Option(metavar="SCOPE", help="submit, read or admin; repeat for several \\[default: submit and read]"),
     ] = None,
+    callback_url: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Where the key's jobs POST their completion webhook unless a job names its own; the key gets a "
+            "webhook signing secret, printed once after the key",
+        ),
+    ] = None,
     file: KeysFileOpt = None,
     data_dir: DataOpt = None,
 ) -> None:
     """Make a key, store its hash in the keys file, print the key once (it is not stored anywhere)."""
-    from thumbify.keys import add_to_file, new_key
+    from dataclasses import replace
+
+    from thumbify import callback_url as callbacks
+    from thumbify.errors import InvalidCallbackUrl
+    from thumbify.keys import add_to_file, new_key, new_webhook_secret
 
     path = _keys_path(file, data_dir)
     try:
         token, key = new_key(name, scope or ["submit", "read"])
+        if callback_url:
+            callbacks.parse(callback_url, load_settings())  # the address is checked when a job is submitted
+            key = replace(key, callback_url=callback_url, webhook_secret=new_webhook_secret())
         add_to_file(path, key)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
+    except (ValueError, InvalidCallbackUrl) as exc:
+        console.print(f"[red]{getattr(exc, 'detail', exc)}[/]")
         raise typer.Exit(2) from exc
     console.print(
         f"key [bold]{name}[/] ({', '.join(sorted(key.scopes))}) added to {path}; it is shown only now. "
         "Servers on this data folder read that file (running ones within seconds): every request now needs a key."
     )
     print(token)
+    if key.webhook_secret:
+        console.print(
+            f"its jobs call back to {key.callback_url}, signed (Standard Webhooks) with this secret, shown only now:"
+        )
+        print(key.webhook_secret)
 
 
 @app.command("list")
@@ -62,7 +82,7 @@ def keys_list(
     file: KeysFileOpt = None,
     data_dir: DataOpt = None,
 ) -> None:
-    """The keys in the keys file: name, id, scopes, created (never a secret: only hashes are stored)."""
+    """The keys in the keys file: name, id, scopes, created, callback URL (never a secret)."""
     import json
 
     from thumbify.keys import read_file
@@ -75,16 +95,17 @@ def keys_list(
         raise typer.Exit(2) from exc
     if as_json:
         for k in entries:
-            print(json.dumps({"name": k.name, "id": k.id, "scopes": sorted(k.scopes), "created": k.created or None}))
+            row = {"name": k.name, "id": k.id, "scopes": sorted(k.scopes), "created": k.created or None}
+            print(json.dumps(row | {"callback_url": k.callback_url or None}))
         return
     if not path.exists():
         console.print(f"no keys file at {path}: authentication is off (create a key with `thumbify keys create`)")
         return
     table = Table(title=f"{len(entries)} key(s) in {path}")
-    for column in ("name", "id", "scopes", "created (UTC)"):
+    for column in ("name", "id", "scopes", "created (UTC)", "callback URL"):
         table.add_column(column, no_wrap=True)
     for k in entries:
-        table.add_row(k.name, k.id, ", ".join(sorted(k.scopes)), k.created or "-")
+        table.add_row(k.name, k.id, ", ".join(sorted(k.scopes)), k.created or "-", k.callback_url or "-")
     output().print(table)
 
 

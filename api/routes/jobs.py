@@ -14,8 +14,9 @@ from api import idempotency, upload
 from api import prefer as prefer_header
 from api.access_log import bind_job
 from api.auth import Caller, Reader, Submitter
+from api.callbacks import callback_for
 from api.metrics import UPLOAD_BYTES, UPLOADS
-from api.options import collect, openapi_request_body, validate_early
+from api.options import collect, openapi_request_body, spec_options, validate_early
 from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KINDS, problem_responses
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
@@ -81,8 +82,8 @@ def _query_options(request: Request) -> dict[str, list[str]]:
                 409: "A request with the same Idempotency-Key is still in progress",
                 413: "Too many bytes",
                 415: "Not an image we accept (judged by its bytes)",
-                422: "Bad options, too many pixels, an unreadable header, a malformed upload, or an Idempotency-Key "
-                "first sent with another request",
+                422: "Bad options, a callback_url we will not post to, too many pixels, an unreadable header, a "
+                "malformed upload, or an Idempotency-Key first sent with another request",
                 429: "Over the key's request rate or concurrent uploads; see Retry-After",
                 503: "The queue is full, or the job store or the storage is unavailable; see Retry-After",
             },
@@ -235,12 +236,14 @@ async def _accept(
     try:
         options = collect(query, received.fields)
         info = await _probe(received.source, settings)
-        spec, negotiated = ThumbnailSpec.from_options(options, request.headers.get("accept"), info.has_alpha)
+        accept = request.headers.get("accept")
+        spec, negotiated = ThumbnailSpec.from_options(spec_options(options), accept, info.has_alpha)
+        callback = await callback_for(options, svc.keys.named(owner) if owner else None, settings)
         stem = safe_stem(received.filename)
         source = info.public(received.filename or "upload") | {"sha256": received.sha256}
         logs.bind(job_id=job_id)
         request_id, traceparent = logs.current(logs.REQUEST_ID), tracing.traceparent()
-        record = svc.store.record(job_id, source, spec, stem, owner, request_id, traceparent)
+        record = svc.store.record(job_id, source, spec, stem, owner, request_id, traceparent) | callback
         if isinstance(received.source, bytes):
             await svc.storage.put_bytes(original_key(job_id), received.source)
         else:
