@@ -94,6 +94,8 @@ class Mode:
     layout: str
     run: Callable[[Corpus], float]
     processes: Callable[[], dict[int, str]]  # its processes, by role, for CPU time
+    # What is undone after a pass, once its time and CPU are read (our server's jobs deleted).
+    cleanup: Callable[[], None] = lambda: None
 
     @property
     def name(self) -> str:
@@ -194,9 +196,7 @@ class Thumbify:
         self.done.append(job["id"])
 
     def run(self, corpus: Corpus, lanes: int, prefer_wait: bool = False) -> float:
-        elapsed = http_pass(corpus.items, [self.address], lanes, lambda c, p: self.one(c, p, corpus, prefer_wait))
-        self.cleanup()
-        return elapsed
+        return http_pass(corpus.items, [self.address], lanes, lambda c, p: self.one(c, p, corpus, prefer_wait))
 
     def cleanup(self) -> None:
         """Delete the pass's jobs (outside the timing) so that storage does not grow round after round."""
@@ -216,6 +216,7 @@ class Thumbify:
                 f"{self.layout}{'pw ' if p == 'prefer' else ''}c{c}",
                 lambda corpus, c=c, p=p: self.run(corpus, c, p == "prefer"),
                 self.processes,
+                self.cleanup,
             )
             for p in protocols
             for c in concurrency
@@ -344,6 +345,7 @@ def timed_pass(mode: Mode, corpus: Corpus, tally: Tally | None) -> float:
             tally.cpu_s[role] += cpu_s(pid) - before[pid]
         tally.images += len(corpus.items)
         tally.rates.append(len(corpus.items) / elapsed)
+    mode.cleanup()
     return len(corpus.items) / elapsed
 
 
