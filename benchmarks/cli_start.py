@@ -1,22 +1,23 @@
 """`thumbify thumbnail` end to end against a bare pyvips pool: whole processes, start-up included.
 
-    python -m benchmarks.cli_start [--corpus DIR] [--files 4,24,96] [--rounds 5] [--before DIR] [--out JSON]
+    python -m benchmarks.cli_start [--corpus DIR] [--files 4,24,96] [--rounds 5] [--before DIR] [--no-floors]
 
 For each file count, every method runs once per round, the order rotating, after one warm-up round that is not
-counted. Each run is a fresh process in its checkout's folder, started and reaped here: CPU is its user + system seconds
-with those of the children it waited for (the render processes; `RUSAGE_CHILDREN` before and after), wall is
-start to reaped. Methods:
+counted. Each run is a fresh process in its checkout's folder, started and reaped here: CPU is its user + system
+seconds with those of the children it waited for (the render processes; `RUSAGE_CHILDREN` before and after), wall
+is start to reaped. Methods:
 
   pool        `benchmarks/bare_pool.py`: one spawned process per core, `Image.thumbnail(file, 256, height=256)` +
               `jpegsave_buffer(Q=80)`, libvips concurrency 1 (the yardstick)
-  cli         `python -m thumbify_cli thumbnail FILE... -o DIR` (fit 256, JPEG q80: the defaults)
+  cli         `python -m thumbify_cli thumbnail -o DIR FILE...` (fit 256, JPEG q80: the defaults)
   cli-script  the same through a `thumbify` console script as pip writes it for this checkout's entry point (a
-              spawned render process re-runs it as its `__main__`; `-m thumbify_cli` children skip that)
-  before      `--before DIR`: `cli` from another checkout (e.g. a `git worktree` of the previous commit)
+              spawned render process would run it again as its `__main__`; under -m it skips that)
+  before      `--before DIR`: `cli` from another checkout (e.g. `git archive HEAD~1 | tar -x -C DIR`)
 
 Ratios are the pool's seconds over the method's, taken within each round (≥ 1: the CLI is at least as fast), and
 their median is reported; the load average is printed beside them. The files are the corpus's 12 MP photos, reused
-through symbolic links under other names where more are asked for than the corpus has.
+through symbolic links under other names where more are asked for than the corpus has. Then the start-up floors:
+the CPU of a whole `python -c` that only imports what each process imports before its first image (FLOORS).
 """
 
 from __future__ import annotations
@@ -63,6 +64,33 @@ def methods(scratch: Path, before: Path | None) -> dict[str, tuple[list[str], Pa
     return found
 
 
+# The start-up floors: what a process imports before its first image, each a whole `python -c` run.
+FLOORS = {
+    "interpreter alone": "pass",
+    "pool parent": "import concurrent.futures.process",
+    "pool render process (spawned)": "import concurrent.futures.process, multiprocessing.spawn, pyvips",
+    "CLI parent, parsing (typer app)": "import thumbify_cli.app",
+    "CLI parent, set up to render (+ settings, backend)": (
+        "import thumbify_cli.app, thumbify_cli.render, concurrent.futures.process, gpu_worker.backends.vips;"
+        "from thumbify.settings import Settings; Settings()"
+    ),
+    "CLI render process if spawned": (
+        "import concurrent.futures.process, multiprocessing.spawn, thumbify_cli.render, gpu_worker.backends.vips"
+    ),
+    "pydantic alone (BaseModel)": "import pydantic; from pydantic import BaseModel",
+    "pydantic-settings (pydantic included)": "import pydantic_settings",
+}
+
+
+def floors(rounds: int) -> dict[str, float]:
+    """Median CPU seconds of each FLOORS import, `rounds` runs each, interleaved."""
+    runs: dict[str, list[float]] = {name: [] for name in FLOORS}
+    for _ in range(rounds):
+        for name, code in FLOORS.items():
+            runs[name].append(run_once([PYTHON, "-c", code], ROOT, [], None)[0])
+    return {name: statistics.median(values) for name, values in runs.items()}
+
+
 def files_of(photos: list[Path], count: int, folder: Path) -> list[Path]:
     """`count` links to the photos, cycling (distinct names, so distinct thumbnails)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,19 +102,21 @@ def files_of(photos: list[Path], count: int, folder: Path) -> list[Path]:
     return links
 
 
-def run_once(argv: list[str], checkout: Path, files: list[Path], out: Path) -> tuple[float, float]:
-    """(CPU seconds with its reaped children, wall seconds) of one whole run; raises if it failed or missed one."""
+def run_once(argv: list[str], checkout: Path, files: list[Path], out: Path | None) -> tuple[float, float]:
+    """(CPU seconds with its reaped children, wall seconds) of one whole run (`-o out FILE...` added where `out`
+    is given); raises if it failed or missed a file."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
-    command = [*argv, "-o", str(out), *map(str, files)]
+    command = [*argv, "-o", str(out), *map(str, files)] if out else argv
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     status = subprocess.run(command, cwd=checkout, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    made = len(list(out.iterdir())) if out.exists() else 0
+    made = len(list(out.iterdir())) if out and out.exists() else 0
     if status.returncode != 0 or made != len(files):
         raise RuntimeError(f"{' '.join(argv)}: exit {status.returncode}, {made}/{len(files)} made")
-    shutil.rmtree(out)
+    if out:
+        shutil.rmtree(out)
     return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, wall
 
 
@@ -97,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per count (default 5), after a warm-up")
     parser.add_argument("--before", type=Path, help="another checkout whose CLI to time beside this one")
     parser.add_argument("--skip", default="", help="comma list of methods to leave out")
+    parser.add_argument("--no-floors", action="store_true", help="skip the start-up floors (imports alone)")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/cli_start.json)")
     args = parser.parse_args(argv)
     photos = corpus_mod.ensure(args.corpus, photos=24, web=False).photos
@@ -151,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     columns = ["files × method", "CPU s", "range", "wall s", "range", "pool/CPU", "pool/wall"]
     table("thumbify thumbnail vs a bare pyvips pool, whole processes", columns, rows, note)
+    note_floors = f"median of {args.rounds} runs each; the imports: FLOORS in benchmarks/cli_start.py"
+    if not args.no_floors:
+        found = results["floors_cpu_s"] = floors(args.rounds)
+        rows = [[name, seconds * 1000] for name, seconds in found.items()]
+        table("Start-up floors: CPU ms of a whole `python -c` that imports …", ["what", "CPU ms"], rows, note_floors)
     results["load_average"] = {"start": load_before, "end": load_after}
     print(f"→ {write_json('cli_start', {'results': results}, args.out)}")
     return 0

@@ -59,7 +59,8 @@ def thumbnail(
         raise typer.Exit(1)
 
 
-# Up to this many files render in the CLI's own process (starting render processes costs more than it saves).
+# Up to this many files render in the CLI's own process alone: even forked, a render process costs CPU (2 × 12 MP
+# photos: 0.373 vs 0.357 s, benchmarks/README.md "cli_start") for at most one image's time saved.
 IN_PROCESS_FILES = 2
 # Files handed to each render process ahead (one rendering, one waiting), so none waits on this process's own.
 AHEAD = 2
