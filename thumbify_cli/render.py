@@ -45,7 +45,8 @@ def start(settings: ProcessSettings) -> None:
     limits, vips_concurrency = settings
     configure_vips(vips_concurrency)
     # No libjpeg-turbo path: it saves ~0.3 ms a web-size image and nothing on 12 MP photos, and its NumPy import
-    # costs ~70 ms in each render process (24 photos: 1.13× the CPU; benchmarks/README.md, "render_cpu").
+    # costs ~70 ms of CPU, which a short run never earns back (24 photos: 1.13× the CPU with spawned render processes,
+    # each importing it; benchmarks/README.md, "render_cpu").
     _state = (limits, VipsBackend(turbo=False))
 
 
