@@ -13,12 +13,13 @@ from fastapi.responses import RedirectResponse
 from fastapi_offline import FastAPIOffline
 
 from api import problems, security, spool
+from api.access_log import AccessLog
 from api.auth import refuse_open_bind
 from api.idempotency import IdempotencyKeys
 from api.routes import health, jobs, thumbnails
 from api.services import Services
 from api.waiter import JobWaiter
-from thumbify import __version__
+from thumbify import __version__, logs, tracing
 from thumbify.jobs import JobStore
 from thumbify.keys import KeyRing
 from thumbify.keyspace import Keys
@@ -86,8 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await waiter.stop()
             await storage.aclose()
             await redis.aclose()
+            tracing.shutdown()
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure_from(settings, "api")
+    tracing.setup("api")
     # One line at every start: whether the API is protected, and by which keys.
     logging.getLogger("thumbify.api").log(logging.INFO if keys else logging.WARNING, keys.describe())
     # /docs (Swagger UI) and /redoc with their scripts and styles served from the app itself (fastapi-offline ships
@@ -97,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
     security.install(app, settings)
+    security.outermost(app, AccessLog)  # outside even the security headers: it times and counts the whole answer
     app.include_router(jobs.router)
     app.include_router(thumbnails.router)
     app.include_router(health.router)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
 from fastapi import FastAPI
@@ -19,9 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from thumbify.settings import Settings
 
 CORS_METHODS = ["GET", "POST", "DELETE"]
-CORS_HEADERS = ["Authorization", "X-API-Key", "Idempotency-Key", "Content-Type"]
+CORS_HEADERS = ["Authorization", "X-API-Key", "Idempotency-Key", "Content-Type", "X-Request-ID"]
 # What a browser script may read of an answer beyond the CORS-safelisted headers.
-CORS_EXPOSE = ["Location", "Retry-After", "ETag", "Idempotent-Replayed"]
+CORS_EXPOSE = ["Location", "Retry-After", "ETag", "Idempotent-Replayed", "X-Request-ID"]
 CORS_MAX_AGE = 600
 
 _HEADERS: list[tuple[bytes, bytes]] = [(b"x-content-type-options", b"nosniff")]
@@ -83,10 +84,15 @@ def install(app: FastAPI, settings: Settings) -> None:
             allow_credentials=False,  # keys travel in headers, never cookies
             max_age=CORS_MAX_AGE,
         )
-    # Outermost: Starlette builds its stack (error middleware first) lazily on the first request; wrapping the
-    # built stack puts these headers on every answer, the error middleware's 500s included.
+    outermost(app, SecurityHeaders)
+
+
+def outermost(app: FastAPI, middleware: Callable[[ASGIApp], ASGIApp]) -> None:
+    """Wrap the whole application in `middleware`, outside what is there already. Starlette builds its stack (error
+    middleware first) lazily on the first request; wrapping the built stack puts the middleware around every
+    answer, the error middleware's 500s included."""
     build = app.build_middleware_stack
-    app.build_middleware_stack = lambda: SecurityHeaders(build())  # type: ignore[method-assign]
+    app.build_middleware_stack = lambda: middleware(build())  # type: ignore[method-assign]
 
 
 # -- download names (RFC 6266) -------------------------------------------------------------------------------------

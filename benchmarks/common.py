@@ -133,6 +133,18 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size (shared pages split between the processes sharing them), from smaps_rollup: summed over
+    a process tree it is the tree's real footprint, where RSS counts every shared library once per process."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of one process (not its children), from /proc/PID/stat; 0 when it is gone."""
     try:

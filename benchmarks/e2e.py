@@ -1,7 +1,8 @@
 """End to end over HTTP: the all-in-one server beside thumbor in its best layout and a bare pyvips pool.
 
     python -m benchmarks.e2e [--corpus DIR] [--photos 24] [--web 60] [--web-repeat 3] [--concurrency 2,4]
-                             [--rounds 3] [--latency 20] [--workers default,2] [--env THUMBIFY_X=Y ...] [--url URL]
+                             [--rounds 3] [--latency 20] [--workers default,2] [--headroom default,1.0]
+                             [--protocols poll,prefer] [--env THUMBIFY_X=Y ...] [--url URL]
                              [--no-thumbor] [--s3] [--quick]
 
 Two corpora: `--photos` 12 MP photo-like JPEGs and `--web` 1024×768 ones (benchmarks.corpus), every file fit inside
@@ -11,8 +12,9 @@ that a pass lasts long enough to time). The client is this process: `--concurren
 keep-alive connection (http.client, as the peer harness's), a fresh connection per pass.
 
 - thumbify: `thumbify serve` (API, embedded Redis, workers) on a free port, one server per `--workers` value
-  (`default`: serve's own default, shown as plain `cN`; `2`: `w2 cN`), or `--url`. POST /v1/jobs (multipart,
-  the bodies built before the pass), then GET /v1/jobs/{id}?wait=30 until done.
+  (`default`: serve's own default, shown as plain `cN`; `2`: `w2 cN`) and `--headroom` value (`h1.0 cN`), or
+  `--url`. POST /v1/jobs (multipart, the bodies built before the pass), then GET /v1/jobs/{id}?wait=30 until done
+  (`--protocols poll`); or one POST with `Prefer: wait=30` (`prefer`, shown as `pw cN`).
 - thumbor 7 (its own venv, THUMBOR_VENV, default /tmp/venv-thumbor): the file loader over the corpus folder, no
   storage, no result storage, quality 80; GET /unsafe/fit-in/256x256/<file>. The peer harness's layouts: one
   process (`p1`), `--processes 2` (`fork2`: forks sharing one socket, whose keep-alive connections the kernel may
@@ -22,7 +24,7 @@ keep-alive connection (http.client, as the peer harness's), a fresh connection p
 
 Reported per corpus: images/s (median over rounds), × thumbor's best layout and × pyvips-pool (median of per-round
 ratios), and CPU ms per image of each process (/proc/PID/stat before and after each pass), the client's included.
-`--latency N`: N single requests one at a time on the idle server and thumbor (p1), p50/p99.
+`--latency N`: N single requests one at a time on the idle server (both protocols) and thumbor (p1), p50/p99.
 Writes benchmarks/results/e2e.json and e2e.png.
 """
 
@@ -174,14 +176,15 @@ class Thumbify:
         self.name, self.server, self.layout = name, server, layout  # layout: how many workers, if not the default
         self.done: list[str] = []
 
-    def one(self, conn: http.client.HTTPConnection, path: Path, corpus: Corpus) -> None:
+    def one(self, conn: http.client.HTTPConnection, path: Path, corpus: Corpus, prefer_wait: bool = False) -> None:
         body, content_type = corpus.uploads[path]
+        headers = {"Content-Type": content_type} | ({"Prefer": "wait=30"} if prefer_wait else {})
         for _ in range(100):
-            status, headers, data = request(conn, "POST", "/v1/jobs", body, {"Content-Type": content_type})
+            status, answer, data = request(conn, "POST", "/v1/jobs", body, headers)
             if status != 503:
                 break
-            time.sleep(float(headers.get("retry-after", "1")))
-        if status != 202:
+            time.sleep(float(answer.get("retry-after", "1")))
+        if status not in (201, 202):
             raise RuntimeError(f"upload {path.name}: {status} {data[:300]!r}")
         job = json.loads(data)
         while job["status"] not in ("done", "failed"):
@@ -190,8 +193,8 @@ class Thumbify:
             raise RuntimeError(f"job for {path.name} failed: {job.get('error')}")
         self.done.append(job["id"])
 
-    def run(self, corpus: Corpus, lanes: int) -> float:
-        elapsed = http_pass(corpus.items, [self.address], lanes, lambda c, p: self.one(c, p, corpus))
+    def run(self, corpus: Corpus, lanes: int, prefer_wait: bool = False) -> float:
+        elapsed = http_pass(corpus.items, [self.address], lanes, lambda c, p: self.one(c, p, corpus, prefer_wait))
         self.cleanup()
         return elapsed
 
@@ -205,9 +208,16 @@ class Thumbify:
     def processes(self) -> dict[int, str]:
         return self.server.roles() if self.server else {}
 
-    def modes(self, concurrency: list[int]) -> list[Mode]:
+    def modes(self, concurrency: list[int], protocols: list[str]) -> list[Mode]:
+        """`poll`: POST, then GET ?wait= (shown as `cN`); `prefer`: one POST with `Prefer: wait=30` (`pw cN`)."""
         return [
-            Mode(self.name, f"{self.layout}c{c}", lambda corpus, c=c: self.run(corpus, c), self.processes)
+            Mode(
+                self.name,
+                f"{self.layout}{'pw ' if p == 'prefer' else ''}c{c}",
+                lambda corpus, c=c, p=p: self.run(corpus, c, p == "prefer"),
+                self.processes,
+            )
+            for p in protocols
             for c in concurrency
         ]
 
@@ -352,6 +362,7 @@ def measure(modes: list[Mode], corpora: list[Corpus], rounds: int) -> dict[str, 
 def single_requests(corpus: Corpus, server: Thumbify, thumbor: Thumbor | None, count: int) -> dict:
     """p50/p99 of `count` requests one at a time on the idle server and thumbor (one process)."""
     samples = {"thumbify": latencies(corpus.files, server.address, count, lambda k, p: server.one(k, p, corpus))}
+    samples["thumbify pw"] = latencies(corpus.files, server.address, count, lambda k, p: server.one(k, p, corpus, True))
     server.cleanup()
     if thumbor:
         address = thumbor.procs["a"][1]
@@ -480,6 +491,10 @@ def parse_args(argv: list[str] | None):
     parser.add_argument(
         "--workers", default="default,2", help="`thumbify serve --workers`, each a server ('default': its own)"
     )
+    parser.add_argument(
+        "--headroom", default="default", help="THUMBIFY_RESAMPLE_HEADROOM values, each a server ('default': 1.9)"
+    )
+    parser.add_argument("--protocols", default="poll,prefer", help="poll (POST + GET ?wait=), prefer (Prefer: wait)")
     parser.add_argument("--env", action="append", default=[], metavar="THUMBIFY_X=Y", help="for `thumbify serve`")
     parser.add_argument("--no-thumbor", action="store_true")
     parser.add_argument("--s3", action="store_true", help="also a server storing in S3 (rclone serve s3)")
@@ -490,6 +505,8 @@ def parse_args(argv: list[str] | None):
         args.photos, args.web, args.rounds, args.latency = 4, 12, 1, 3
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.workers = [None if w == "default" else int(w) for w in args.workers.split(",")]
+    args.headroom = [None if h == "default" else h for h in args.headroom.split(",")]
+    args.protocols = args.protocols.split(",")
     return args
 
 
@@ -498,9 +515,12 @@ def start_servers(args, env: dict[str, str], running: list) -> list[Thumbify]:
         return [Thumbify(args.url)]
     servers = []
     for workers in args.workers:
-        server = ThumbifyServer(env, workers=workers)
-        running.append(server)
-        servers.append(Thumbify(server.start().url, server=server, layout=f"w{workers} " if workers else ""))
+        for headroom in args.headroom:
+            extra = {"THUMBIFY_RESAMPLE_HEADROOM": headroom} if headroom else {}
+            server = ThumbifyServer(env | extra, workers=workers)
+            running.append(server)
+            layout = (f"w{workers} " if workers else "") + (f"h{headroom} " if headroom else "")
+            servers.append(Thumbify(server.start().url, server=server, layout=layout))
     if args.s3:
         from tests.s3server import RcloneS3  # the tests' S3 server: rclone serve s3 over a folder
 
@@ -542,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         thumbor = start_thumbor(args, args.corpus, running, skipped)
         pool = PyvipsPool()
         running.append(pool)
-        modes = [m for s in servers for m in s.modes(args.concurrency)]
+        modes = [m for s in servers for m in s.modes(args.concurrency, args.protocols)]
         modes += thumbor.modes(args.concurrency) if thumbor else []
         modes.append(pool.mode())
         tallies = measure(modes, corpora, args.rounds)

@@ -4,10 +4,10 @@
 
 Each job takes the path a real one takes through Redis, with the same code: the API's transaction (job record,
 indexes, XADD: `JobStore.add_to` + `JobQueue.add_to`), then in a simulated worker `XREADGROUP` (batches of up to
-`--batch`), `JobStore.get`, `JobStore.start` and `JobQueue.complete` (outcome + ack + the event that wakes a
-waiter), with nothing rendered or stored in between. W simulated workers (each its own consumer in the group, as
-a worker process is) run as asyncio tasks spread over `--procs` processes; one redis-server with the append-only
-file on (as `thumbify serve` runs it) on this machine.
+`--batch`), `JobStore.take` (START: marks it processing and returns the record) and `JobQueue.complete`
+(outcome + ack + the event that wakes a waiter), with nothing rendered or stored in between. W simulated workers
+(each its own consumer in the group, as a worker process is) run as asyncio tasks spread over `--procs` processes;
+one redis-server with the append-only file on (as `thumbify serve` runs it) on this machine.
 
 Two phases per W:
 - drain: `--jobs` jobs are enqueued first, then the workers empty the queue: jobs/s, and Redis's own CPU time per
@@ -64,8 +64,7 @@ async def _worker(url: str, prefix: str, name: str, batch: int, until: float, do
             if not messages and not until:
                 return
             for message in messages:
-                job = await store.get(message.job_id)
-                await store.start(message.job_id)
+                _, job = await store.take(message.job_id)
                 await queue.complete(message, THUMBS)
                 now = time.time()
                 done.append((now, now - job.source["t0"]))

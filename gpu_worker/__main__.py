@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 
 from gpu_worker.memory import limit_malloc_arenas
@@ -26,10 +25,12 @@ def main() -> None:
 
     from gpu_worker.backend_choice import select_backend
     from gpu_worker.worker import Worker
+    from thumbify import logs, tracing
     from thumbify.settings import Settings
 
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure_from(settings, "worker")
+    tracing.setup("worker")
     if not settings.redis_url:
         raise SystemExit("THUMBIFY_REDIS_URL is not set: `thumbify serve` sets it for its workers")
     if settings.worker_metrics_port:
@@ -46,7 +47,10 @@ def main() -> None:
             worker.stop()
         await worker.run()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        tracing.shutdown()  # the spans still buffered go out
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def select_backend(settings: Settings) -> Backend:
     mode = settings.backend
     if mode == "cpu":
         log.info("backend: vips (%s; THUMBIFY_BACKEND=cpu)", _libvips())
-        return VipsBackend()
+        return VipsBackend(settings.resample_headroom)
     reason = gpu_unavailable(settings.gpu_device_id)
     if reason is not None:
         if mode == "gpu":
@@ -55,7 +55,7 @@ def select_backend(settings: Settings) -> Backend:
             log.error("%s", message)
             raise BackendUnavailable(message)
         log.info("backend: vips (%s; THUMBIFY_BACKEND=auto): no GPU backends here: %s", _libvips(), reason)
-        return VipsBackend()
+        return VipsBackend(settings.resample_headroom)
     from gpu_worker.backends.route import RoutedBackend
 
     log.info(

@@ -28,7 +28,6 @@ import os
 import pickle
 import signal
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from gpu_worker.backends.base import Backend, BatchBackend, Item, OnResult, Refused, Rendition, Result, Route
 from gpu_worker.metrics import RENDER_BATCH, RENDER_REPLACED
+from thumbify import tracing
 from thumbify.errors import ImageTimeout, RenderFailed, ThumbifyError, WorkerCrashed
 from thumbify.settings import Settings
 from thumbify.spec import ThumbnailSpec
@@ -126,9 +126,10 @@ class RenderPool:
     async def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
         """Render in the next free child, within `image_timeout_s` of handing it over."""
         child = await self._acquire(("render", str(path), fmt, spec, stem))
+        handed_ns = time.time_ns()
         try:
             await _readable(child.conn, self.timeout)
-            kind, payload = child.conn.recv()
+            kind, payload, *stages = child.conn.recv()  # stage timings follow when we trace
         except TimeoutError:
             raise await self._lost(child, True, "the image", self.timeout) from None
         except (EOFError, OSError):
@@ -138,6 +139,8 @@ class RenderPool:
             raise
         child.tasks += 1
         self._idle.put_nowait(child)
+        if stages:
+            tracing.render_stages(stages[0], handed_ns)
         if kind == "ok":
             return payload
         raise payload
@@ -211,7 +214,7 @@ class RenderPool:
         ours, theirs = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=child_main,
-            args=(theirs, self.settings, self._backend_blob),
+            args=(theirs, self.settings, self._backend_blob, tracing.enabled()),
             name=f"thumbify-render-{self.backend_name}",
             daemon=True,
         )
@@ -455,14 +458,17 @@ async def _readable(conn: Connection, timeout: float) -> None:
 # -- the child ----------------------------------------------------------------------------------------------------
 
 
-def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None) -> None:
+def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None, timed: bool = False) -> None:
     """A render process: answer ("ok", renditions) or ("error", ThumbifyError) for each task until told to stop
-    (None) or the parent goes away. A batch task is answered ("item", index, kind, payload) per image, as each is
-    done (kind "refused": payload is the `Refused`), then ("done", None)."""
+    (None) or the parent goes away; with `timed` (the worker traces), the render's stage timings follow (the
+    backends' `timings` hook, plus its "total"). A batch task is answered ("item", index, kind, payload) per image,
+    as each is done (kind "refused": payload is the `Refused`), then ("done", None)."""
     from gpu_worker.memory import limit_malloc_arenas
+    from thumbify import logs
     from thumbify.process import die_with_parent
 
     die_with_parent()
+    logs.configure_from(settings, "render")
     if os.getppid() == 1:  # the parent died before the line above took effect
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which decides
@@ -478,6 +484,9 @@ def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None)
         from gpu_worker.backend_choice import select_backend
 
         backend = select_backend(settings)
+    timings: dict[str, float] | None = {} if timed and not isinstance(backend, BatchBackend) else None
+    if timings is not None:
+        backend.timings = timings  # type: ignore[attr-defined]
     conn.send("ready")
     while True:
         try:
@@ -491,7 +500,13 @@ def child_main(conn: Connection, settings: Settings, backend_blob: bytes | None)
                 return
             continue
         _, path, fmt, spec, stem = task
-        if not _send(conn, _reply(_attempt(backend.render, Path(path), fmt, spec, stem))):
+        if timings is not None:
+            timings.clear()
+        started = time.perf_counter()
+        reply = _reply(_attempt(backend.render, Path(path), fmt, spec, stem))
+        if timings is not None and reply[0] == "ok":
+            reply = (*reply, {**timings, "total": time.perf_counter() - started})
+        if not _send(conn, reply):
             return
 
 
@@ -536,7 +551,7 @@ def _reply(result: Result) -> tuple[str, object]:
     if isinstance(result, ThumbifyError):
         return "error", result
     # A bug or an exhausted resource: worth a retry, and a traceback in the log.
-    traceback.print_exception(result)
+    log.error("render failed: %s", result, exc_info=result)
     return "error", RenderFailed(f"{result.__class__.__name__}: {result}")
 
 

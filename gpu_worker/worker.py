@@ -39,6 +39,7 @@ from gpu_worker.backends.base import Backend, Refused, Rendition
 from gpu_worker.backends.route import RoutedBackend, decide, source_size
 from gpu_worker.metrics import BATCH_SIZE, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from gpu_worker.pool import BatchRenderer, RenderPool
+from thumbify import logs, tracing
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
 from thumbify.jobs import Job, JobStore, Thumbnail
 from thumbify.keyspace import Keys
@@ -46,7 +47,7 @@ from thumbify.queue import JobQueue, Message, backoff_delay
 from thumbify.redis_conn import cancel_and_wait, connect, raise_if_cancelled
 from thumbify.retention import Retention
 from thumbify.settings import Settings
-from thumbify.state import GONE, OK, TERMINAL
+from thumbify.state import GONE, OK
 from thumbify.storage import Storage, open_storage, original_key, thumbnail_key, thumbnails_prefix
 
 log = logging.getLogger("thumbify.worker")
@@ -398,6 +399,7 @@ class Worker:
                 delay = min(delay * 2, 2.0)
 
     async def _handle(self, message: Message) -> None:
+        logs.open_context(job_id=message.job_id)  # this task's own context: every line about the job says which
         try:
             await self._handle_one(message)
         except asyncio.CancelledError:
@@ -408,14 +410,11 @@ class Worker:
 
     async def _handle_one(self, message: Message) -> None:
         job_id = message.job_id
-        job = await self._redis(self.store.get, job_id)
-        if job is None or job.status in TERMINAL:
+        attempts, job = await self._redis(self.store.take, job_id)
+        if job is None:
             await self._redis(self.queue.ack, message)  # deleted, or a duplicate delivery of a finished job
             return
-        attempts = await self._redis(self.store.start, job_id)
-        if attempts < 0:
-            await self._redis(self.queue.ack, message)
-            return
+        logs.bind(request_id=job.request_id)  # the upload's request: its lines and the API's join in one query
         limit = self.settings.max_attempts
         if attempts > limit:
             # Only a try that ended without recording anything gets here: the worker running it died.
@@ -465,6 +464,7 @@ class Worker:
             return
         self.processed += 1
         JOBS.labels("done", self.backend.name).inc()
+        log.info("job %s done: %d thumbnail(s)", job.id, len(thumbnails))
         if self.settings.delete_originals:
             try:
                 await self.storage.delete_prefix(original_key(job.id))
@@ -472,11 +472,16 @@ class Worker:
                 log.warning("job %s: could not delete the original (%s)", job.id, exc)
 
     async def _process(self, job: Job, message_id: str) -> list[Thumbnail]:
+        with tracing.job_span(job.traceparent, {logs.JOB_ID: job.id, logs.REQUEST_ID: job.request_id}):
+            return await self._process_traced(job, message_id)
+
+    async def _process_traced(self, job: Job, message_id: str) -> list[Thumbnail]:
         started = time.perf_counter()
         try:
             async with self.storage.local_copy(original_key(job.id)) as path:
                 self._preparing.discard(message_id)  # the GPU batch gathering need not wait for this job any more
-                renditions = await self._render(path, job)
+                with tracing.span("render", {"thumbify.backend": self.backend.name}):
+                    renditions = await self._render(path, job)
         except FileNotFoundError as exc:
             raise OriginalMissing("the uploaded original is missing from storage") from exc
         except OSError as exc:
@@ -485,7 +490,8 @@ class Worker:
         thumbnails = []
         for r in renditions:
             try:
-                await self.storage.put_bytes(thumbnail_key(job.id, r.name), r.data)
+                with tracing.span("store", {"thumbify.thumbnail.name": r.name}):
+                    await self.storage.put_bytes(thumbnail_key(job.id, r.name), r.data)
             except OSError as exc:
                 raise StorageFailed(f"could not store thumbnail {r.name}: {exc}") from exc
             thumbnails.append(

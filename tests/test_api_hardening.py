@@ -37,10 +37,12 @@ IDLE_TIMEOUT_S = 2.0
 @pytest.fixture
 def keyed(redis_server: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Service, str]]:
     """An API (no worker) with one key allowed 8 uploads at once and upload-slot leases of LEASE_S; more settings
-    by indirect parametrization."""
+    by indirect parametrization. Write chunks of 64 bytes, so that the first bytes of a stalled upload are spooled
+    (a body under one chunk is held in memory) and the spool shows which uploads are in flight."""
     keys_file = tmp_path / "keys.json"
     key = create_key(keys_file, "hasty")
-    env = {"api_keys_file": keys_file, "upload_lease_s": LEASE_S, **getattr(request, "param", {})}
+    env = {"api_keys_file": keys_file, "upload_lease_s": LEASE_S, "upload_chunk_bytes": 64}
+    env |= getattr(request, "param", {})
     svc = start_service(tmp_path, redis_server, extra_env=env, with_worker=False)
     try:
         yield svc, key

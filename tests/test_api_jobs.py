@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import threading
 import time
@@ -137,6 +138,42 @@ def test_wait_returns_the_finished_job(service: Service, jpeg_640: bytes):
     assert body["status"] == "done", body
     assert body["error"] is None
     assert len(body["thumbnails"]) == 1
+
+
+def test_prefer_wait_answers_the_upload_with_the_finished_job(service: Service, jpeg_640: bytes):
+    """One request instead of two: `Prefer: wait=S` (RFC 7240) holds the upload's answer until the job ends."""
+    r = service.submit(jpeg_640, "photo.jpg", headers={"Prefer": "respond-async, wait=30"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["status"] == "done" and body["error"] is None, body
+    assert r.headers["location"] == f"/v1/jobs/{body['id']}"
+    [thumb] = body["thumbnails"]
+    assert service.client.get(thumb["url"]).content[:3] == b"\xff\xd8\xff"
+    assert service.get_job(body["id"]).json() == body
+
+
+def test_prefer_wait_past_its_time_answers_202_with_the_job_as_it_is(service: Service, jpeg_640: bytes):
+    """A job that cannot end in time (the worker is paused, so it stays queued) gets the usual 202 after the wait;
+    a failed job ends the wait as done does."""
+    service.procs["worker"].send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        r = service.submit(jpeg_640, headers={"Prefer": "wait=1"})
+        assert r.status_code == 202 and r.json()["status"] == "queued", r.text
+        assert 1.0 <= time.monotonic() - started < 10
+    finally:
+        service.procs["worker"].send_signal(signal.SIGCONT)
+    assert service.wait(r.json()["id"])["status"] == "done"
+    corrupt = jpeg_640[: len(jpeg_640) // 2]
+    r = service.submit(corrupt, headers={"Prefer": "wait=30"})
+    assert r.status_code == 201 and r.json()["status"] == "failed", r.text
+
+
+@pytest.mark.parametrize("prefer", ["wait=soon", "wait=-1", "return=minimal", "wait"])
+def test_a_prefer_header_without_a_usable_wait_changes_nothing(service: Service, jpeg_640: bytes, prefer: str):
+    r = service.submit(jpeg_640, headers={"Prefer": prefer})
+    assert r.status_code == 202, r.text
+    service.wait(r.json()["id"])
 
 
 @pytest.mark.parametrize("wait", ["31", "-1", "soon"])

@@ -100,7 +100,7 @@ def test_cors_preflight_allows_only_the_configured_origin(cors_service: Service)
     assert r.headers["access-control-allow-origin"] == ALLOWED
     assert {m.strip() for m in r.headers["access-control-allow-methods"].split(",")} == {"GET", "POST", "DELETE"}
     allowed_headers = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
-    assert {"authorization", "x-api-key", "idempotency-key", "content-type"} <= allowed_headers
+    assert {"authorization", "x-api-key", "idempotency-key", "content-type", "x-request-id"} <= allowed_headers
     assert "access-control-allow-credentials" not in r.headers
     assert r.headers.get_list("x-content-type-options") == ["nosniff"]
 
@@ -116,7 +116,7 @@ def test_cors_simple_requests_name_only_the_configured_origin(cors_service: Serv
     c = cors_service.client
     r = c.get("/healthz", headers={"Origin": ALLOWED})
     assert r.headers["access-control-allow-origin"] == ALLOWED
-    assert "Location" in r.headers["access-control-expose-headers"]
+    assert {"Location", "X-Request-ID"} <= {h.strip() for h in r.headers["access-control-expose-headers"].split(",")}
     r = c.get("/v1/jobs/" + "0" * 32, headers={"Origin": ALLOWED})  # problems too, so a page can read them
     assert r.status_code == 404 and r.headers["access-control-allow-origin"] == ALLOWED
     r = c.get("/healthz", headers={"Origin": OTHER})

@@ -30,7 +30,7 @@ from support.service import PYTHON, ROOT, clean_env
 from gpu_worker import backend_choice
 from gpu_worker.backends.base import Refused, Rendition
 from gpu_worker.backends.route import RoutedBackend, decide, route, source_size
-from gpu_worker.backends.vips import VipsBackend, configure_vips
+from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend, configure_vips
 from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify.errors import CorruptImage, ImageTimeout
 from thumbify.probe import probe, sniff
@@ -76,6 +76,13 @@ def test_cpu_runs_vips_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     assert isinstance(backend, VipsBackend)
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backend:")]
     assert "vips" in line and "THUMBIFY_BACKEND=cpu" in line
+
+
+def test_the_resample_headroom_setting_reaches_every_backend() -> None:
+    assert Settings().resample_headroom == DEFAULT_HEADROOM
+    assert backend_choice.select_backend(Settings(backend="cpu", resample_headroom=1.0)).headroom == 1.0
+    routed = RoutedBackend.from_settings(Settings(resample_headroom=1.3), "cpu")
+    assert routed.headroom == routed.vips.headroom == routed.dali_options["headroom"] == 1.3
 
 
 @no_gpu

@@ -70,7 +70,8 @@ def start_api(svc: Service, name: str, port: int) -> str:
 
 
 def test_a_killed_apis_spool_files_go_and_a_live_upload_stays(redis_server: str, tmp_path: Path):
-    svc = start_service(tmp_path, redis_server, with_worker=False)
+    # Chunks of 1 KiB: a stalled upload's first 4 KiB are spooled (a body under one chunk is held in memory).
+    svc = start_service(tmp_path, redis_server, extra_env={"upload_chunk_bytes": 1024}, with_worker=False)
     jpeg = make_jpeg(800, 600)
     try:
         # An upload stalls half-way; the API is killed under it: its spool file stays behind.

@@ -299,3 +299,21 @@ def test_shrink_on_load_holds_45_db_when_sides_are_not_multiples_of_the_shrink(
     full = pyvips.Image.new_from_buffer(data, "").numpy().astype(np.float64)
     score = psnr(pixels(r), lanczos3_reference(full, r.width, r.height))
     assert score >= 45.0, f"{width}x{height} → {r.width}x{r.height}: {score:.1f} dB"
+
+
+def test_a_headroom_of_one_decodes_to_about_the_output_size(tmp_path: Path) -> None:
+    """`THUMBIFY_RESAMPLE_HEADROOM=1.0`, thumbor's trade: 1024x768 → 256 is decoded at 1/4 (the default, 1/2) and
+    barely resampled; the thumbnail is still the right size and close to the reference, if below the 45 dB bar."""
+    configure_vips(1)
+    data = images.photo_like(1024, 768, seed=3, quality=90)
+    path = images.write(tmp_path / "web.jpg", data)
+    spec = ThumbnailSpec(sizes="256", format="png")
+    shrinks = {h: decoding.load_source(context.prepare((path, "jpeg", spec, STEM)), h)[1] for h in (1.0, 1.9)}
+    assert shrinks == {1.0: 4, 1.9: 2}
+    full = pyvips.Image.new_from_buffer(data, "").numpy().astype(np.float64)
+    scores = {}
+    for h in (1.0, 1.9):
+        r = only(VipsBackend(h).render(path, "jpeg", spec, STEM))
+        assert (r.width, r.height) == (256, 192)
+        scores[h] = psnr(pixels(r), lanczos3_reference(full, 256, 192))
+    assert 30.0 <= scores[1.0] < scores[1.9] and scores[1.9] >= 45.0, scores

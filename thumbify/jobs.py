@@ -50,6 +50,11 @@ class Job(BaseModel):
     error: dict[str, str] | None
     stem: str
     owner: str = ""  # the name of the API key that created it; "" when authentication is off
+    # The id of the request that created it (api/access_log.py), so the worker's log lines join the API's; "" for
+    # jobs written before it was kept.
+    request_id: str = ""
+    # The upload span's W3C traceparent when tracing is on (thumbify/tracing.py): the worker's job span is its child.
+    traceparent: str = ""
 
 
 def new_job_id() -> str:
@@ -82,8 +87,18 @@ class JobStore:
         self._start = redis.register_script(state.START)
         self._delete = redis.register_script(state.DELETE)
 
-    def record(self, job_id: str, source: dict, spec: ThumbnailSpec, stem: str, owner: str = "") -> dict[str, str]:
+    def record(
+        self,
+        job_id: str,
+        source: dict,
+        spec: ThumbnailSpec,
+        stem: str,
+        owner: str = "",
+        request_id: str = "",
+        traceparent: str = "",
+    ) -> dict[str, str]:
         stamp = now_iso()
+        trace = {"traceparent": traceparent} if traceparent else {}
         return {
             "status": Status.queued.value,
             "attempts": "0",
@@ -95,6 +110,8 @@ class JobStore:
             "error": "null",
             "stem": stem,
             "owner": owner,
+            "request_id": request_id,
+            **trace,
         }
 
     def add_to(self, pipe, job_id: str, record: dict[str, str]) -> None:
@@ -146,7 +163,13 @@ class JobStore:
 
     async def start(self, job_id: str) -> int:
         """Mark processing and count the attempt: the new count, GONE, or BLOCKED if already finished."""
-        return int(await self._start(keys=[self.keys.job(job_id), self.keys.index], args=[now_iso(), job_id]))
+        return (await self.take(job_id))[0]
+
+    async def take(self, job_id: str) -> tuple[int, Job | None]:
+        """`start`, and the job as it now is (None unless started), in one round trip: what a worker does first."""
+        count, flat = await self._start(keys=[self.keys.job(job_id), self.keys.index], args=[now_iso(), job_id])
+        row = dict(zip(flat[::2], flat[1::2], strict=True))
+        return int(count), _job_from(job_id, row) if row else None
 
     async def delete(self, job_id: str) -> bool:
         """The record and its index entries gone, its waiters told; False if there was none."""
@@ -167,4 +190,6 @@ def _job_from(job_id: str, row: dict[str, str]) -> Job:
         error=json.loads(row.get("error", "null")),
         stem=row.get("stem", "image"),
         owner=row.get("owner", ""),
+        request_id=row.get("request_id", ""),
+        traceparent=row.get("traceparent", ""),
     )

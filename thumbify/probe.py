@@ -122,14 +122,17 @@ def _vips():
     return pyvips
 
 
-def open_image(path: Path | str, fmt: str, **options):
-    """Open with the format's own loader; libvips reads only the header until pixels are asked for."""
-    return getattr(_vips().Image, LOADERS[fmt])(str(path), **options)
+def open_image(source: Path | str | bytes, fmt: str, **options):
+    """Open a file (or bytes in memory) with the format's own loader; libvips reads only the header until pixels are
+    asked for."""
+    if isinstance(source, bytes):
+        return getattr(_vips().Image, f"{LOADERS[fmt]}_buffer")(source, **options)
+    return getattr(_vips().Image, LOADERS[fmt])(str(source), **options)
 
 
-def probe_for(path: Path, settings: Settings) -> SourceInfo:
+def probe_for(source: Path | bytes, settings: Settings) -> SourceInfo:
     """`probe` with every limit taken from the settings."""
-    return probe(path, **probe_limits(settings))
+    return probe(source, **probe_limits(settings))
 
 
 def probe_limits(settings: Settings) -> dict[str, int]:
@@ -146,22 +149,21 @@ def _default(name: str) -> int:
 
 
 def probe(
-    path: Path,
+    source: Path | bytes,
     max_pixels: int,
     *,
     max_side: int | None = None,
     max_frames: int | None = None,
     max_decode_bytes: int | None = None,
 ) -> SourceInfo:
-    """The upload's format and size from its header, or the typed error that refuses it. Limits left at None take
-    the settings' defaults."""
+    """The upload's format and size from its header (a file, or a small upload held in memory), or the typed error
+    that refuses it. Limits left at None take the settings' defaults."""
     max_side = max_side or _default("max_side")
     max_frames = max_frames or _default("max_frames")
     max_decode_bytes = max_decode_bytes or _default("max_decode_bytes")
-    path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(SNIFF_BYTES)
-        size = os.fstat(fh.fileno()).st_size
+    with _contents(source) as buf:
+        head = bytes(buf[:SNIFF_BYTES])
+        size = len(buf)
         if not head:
             raise UnsupportedMedia("the upload is empty")
         fmt = sniff(head)
@@ -169,23 +171,22 @@ def probe(
             raise UnsupportedMedia(
                 "not an image we accept: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content)"
             )
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            # Before libvips opens it: libvips counts a GIF's frames or a TIFF's pages by reading them all, which
-            # for millions of tiny frames costs seconds and hundreds of megabytes.
-            frames = count_frames(buf, fmt, max_frames)
-            if frames > max_frames:
-                raise TooManyFrames(
-                    f"the {NAMES[fmt]} has more than {max_frames:,} {_UNITS.get(fmt, 'frames')} (or more blocks "
-                    f"than that many need); the limit is {max_frames:,}",
-                    limit=max_frames,
-                )
-            damage = png_damage(buf) if fmt == "png" else None
-            if damage:
-                raise CorruptImage(f"the PNG is corrupt: {damage}")
-            layout = _layout(buf, fmt)
+        # Before libvips opens it: libvips counts a GIF's frames or a TIFF's pages by reading them all, which
+        # for millions of tiny frames costs seconds and hundreds of megabytes.
+        frames = count_frames(buf, fmt, max_frames)
+        if frames > max_frames:
+            raise TooManyFrames(
+                f"the {NAMES[fmt]} has more than {max_frames:,} {_UNITS.get(fmt, 'frames')} (or more blocks "
+                f"than that many need); the limit is {max_frames:,}",
+                limit=max_frames,
+            )
+        damage = png_damage(buf) if fmt == "png" else None
+        if damage:
+            raise CorruptImage(f"the PNG is corrupt: {damage}")
+        layout = _layout(buf, fmt)
     pyvips = _vips()
     try:
-        image = open_image(path, fmt, access="sequential")
+        image = open_image(source, fmt, access="sequential")
         width, height = image.width, image.height
         pages = image.get("n-pages") if image.get_typeof("n-pages") else 1
         orientation = image.get("orientation") if image.get_typeof("orientation") else 1
@@ -231,6 +232,20 @@ def vips_message(exc: Exception) -> str:
 
 
 # -- container walks: bounded, stop at the first thing they do not understand (libvips then judges the file) --------
+
+
+@contextlib.contextmanager
+def _contents(source: Path | bytes) -> Iterator[bytes | mmap.mmap]:
+    """The bytes to walk: as given, or the file mapped (an empty file, which mmap refuses, as no bytes)."""
+    if isinstance(source, bytes):
+        yield source
+        return
+    with open(source, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            yield buf
 
 
 def count_frames(buf, fmt: str, limit: int) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -66,12 +67,17 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random 
     return (rng or random).uniform(0.0, backoff_ceiling(attempt, base_s, max_s))
 
 
+# How long a depth read by `JobQueue.full` is trusted.
+DEPTH_TTL_S = 1.0
+
+
 class JobQueue:
     GROUP = "workers"
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
+        self._depth, self._added, self._depth_read_at = 0, 0, -DEPTH_TTL_S  # what `full` last read
         self._complete = redis.register_script(state.COMPLETE)
         self._fail = redis.register_script(state.FAIL)
         self._retry_later = redis.register_script(state.RETRY_LATER)
@@ -85,6 +91,16 @@ class JobQueue:
     def add_to(self, pipe, job_id: str) -> None:
         """Queue the XADD inside the caller's transaction, beside the job record it announces."""
         pipe.xadd(self.keys.stream, {"job": job_id})
+        self._added += 1
+
+    async def full(self, cap: int) -> bool:
+        """Whether the queue holds `cap` or more jobs. A depth read less than DEPTH_TTL_S ago, plus the jobs this
+        process added since, that is under the cap answers without a round trip (every upload asked before); other
+        API processes may then admit up to that long's worth of uploads past the cap, which is a soft bound."""
+        now = time.monotonic()
+        if now - self._depth_read_at >= DEPTH_TTL_S or self._depth + self._added >= cap:
+            self._depth, self._added, self._depth_read_at = await self.depth(), 0, now
+        return self._depth + self._added >= cap
 
     async def ensure_group(self) -> None:
         try:

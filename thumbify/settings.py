@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # Render processes per worker (each image is decoded, resized and encoded in one of them, so a pathological
     # image can be stopped without taking the worker down); 0 = one per core.
     image_processes: int = Field(0, ge=0)
+    # How many times the thumbnail's size a JPEG (DCT scaling) or WebP is decoded at before the final Lanczos-3
+    # step: 1.9 holds >= 45 dB against a full decode (benchmarks/shrink_quality.py); 1.0 decodes to about the output
+    # size and skips most of the resampling, as thumbor's Pillow `draft` does: faster on web-size JPEGs, ~38 dB.
+    resample_headroom: float = Field(1.9, ge=1.0, le=8.0)
     # libvips threads per image; 1 keeps many small images from fighting over the cores.
     vips_concurrency: int = Field(1, ge=0)
     # Which backends this node runs (gpu_worker/backend_choice.py): "cpu" = vips in `image_processes` render processes;
@@ -149,6 +153,9 @@ class Settings(BaseSettings):
 
     max_wait_s: float = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "json": one ECS JSON object per line (for Filebeat / Fluent Bit -> Elasticsearch); "console": plain text;
+    # "auto": console on a terminal, JSON otherwise (thumbify/logs.py).
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> Settings:

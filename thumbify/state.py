@@ -80,16 +80,17 @@ end
 # -- JobStore -------------------------------------------------------------------------------------------------------
 
 # KEYS[1] job hash, KEYS[2] index; ARGV[1] updated_at, ARGV[2] job id. Counts an attempt and marks the job
-# processing; returns the new count, GONE or BLOCKED (finished already).
+# processing; returns {the new count, the record as HGETALL gives it}, or {GONE or BLOCKED (finished already), {}}:
+# a worker takes a job in one round trip.
 START = (
     _GUARD
     + _SET_STATUS
     + """
 local old, refused = guard(KEYS[1], true)
-if not old then return refused end
+if not old then return {refused, {}} end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 set_status(KEYS[1], KEYS[2], nil, ARGV[2], old, 'processing', ARGV[1], {})
-return attempts
+return {attempts, redis.call('HGETALL', KEYS[1])}
 """
 )
 

@@ -10,15 +10,22 @@ from thumbify_cli.common import DataOpt, HostOpt, PortOpt, apply_options, load_s
 
 
 def _api_server(settings):
-    """The API as a uvicorn server; the app is built (from THUMBIFY_* variables) when it starts."""
+    """The API as a uvicorn server; the app is built (from THUMBIFY_* variables) when it starts. Logging is ours
+    (thumbify/logs.py), configured here for what this process logs before the app is built: uvicorn's own
+    configuration and access log are off."""
     import uvicorn
 
+    from thumbify import logs
+
+    logs.configure_from(settings, "api")
     config = uvicorn.Config(
         "api.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
         server_header=False,
         proxy_headers=False,
     )

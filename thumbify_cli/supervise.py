@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import socket
@@ -26,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-
 from thumbify.process import die_with_parent
 from thumbify.redis_conn import EmbeddedRedis
 from thumbify.settings import Settings
@@ -37,7 +36,8 @@ FAILURE_WINDOW_S = 60.0
 WATCH_EVERY_S = 0.2
 GAVE_UP = 1  # the exit code after a child failed too often
 
-console = Console(stderr=True)
+# Its lines go where every process's go (thumbify/logs.py, configured by the command before this runs).
+log = logging.getLogger("thumbify.serve")
 
 
 class FolderInUse(RuntimeError):
@@ -135,19 +135,19 @@ class Supervisor:
                 if proc is not None and proc.poll() is None:  # poll() also reaps a child that exited
                     continue
                 if proc is not None:
-                    console.print(f"[yellow]{child.name} (pid {proc.pid}) exited with {_how(proc.returncode)}[/]")
+                    log.warning("%s (pid %s) exited with %s", child.name, proc.pid, _how(proc.returncode))
                 if child.failed(time.monotonic()):
                     self.gave_up = f"{child.name} failed {MAX_FAILURES} times within {FAILURE_WINDOW_S:g}s; giving up"
-                    console.print(f"[red]{self.gave_up}[/]")
+                    log.error(self.gave_up)
                     self._give_up(self.gave_up)
                     return
                 child.process = None
                 try:
                     child.process = child.start()
                 except Exception as exc:  # counted as a failure at the next look
-                    console.print(f"[red]could not restart {child.name}: {exc}[/]")
+                    log.error("could not restart %s: %s", child.name, exc)
                     continue
-                console.print(f"[green]{child.name} restarted[/] (pid {child.process.pid})")
+                log.info("%s restarted (pid %s)", child.name, child.process.pid)
 
     def stop(self) -> None:
         """Stop watching, then stop the children tier by tier, highest first (workers before the Redis they hand
@@ -165,7 +165,7 @@ class Supervisor:
                 try:
                     child.process.wait(max(0.1, started + child.grace - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    console.print(f"[yellow]{child.name} did not stop within {child.grace:g}s; killing it[/]")
+                    log.warning("%s did not stop within %gs; killing it", child.name, child.grace)
                     child.process.kill()
                     child.process.wait()
 
@@ -187,10 +187,10 @@ def serve(settings: Settings, api) -> int:
     try:
         lock = DataLock(data).acquire()
     except FolderInUse as exc:
-        console.print(f"[red]{exc}[/]")
+        log.error("%s", exc)
         return 2
     if port_in_use(settings.host, settings.port):
-        console.print(f"[red]{settings.host}:{settings.port} is in use; choose another --port[/]")
+        log.error("%s:%s is in use; choose another --port", settings.host, settings.port)
         lock.release()
         return 2
     received: list[int] = []
@@ -221,7 +221,7 @@ def serve(settings: Settings, api) -> int:
             embedded = EmbeddedRedis(data / "redis")
             supervisor.add(Child("redis-server", lambda: embedded.start().process, grace=10.0))
             os.environ["THUMBIFY_REDIS_URL"] = embedded.url
-            console.print(f"[green]embedded redis[/] {embedded.url} (AOF under {embedded.directory})")
+            log.info("embedded redis %s (AOF under %s)", embedded.url, embedded.directory)
             exit_if_signalled()
         env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
 
@@ -234,9 +234,12 @@ def serve(settings: Settings, api) -> int:
             supervisor.add(Child(f"worker {i + 1}", spawn_worker, grace=settings.shutdown_grace_s + 10, tier=1))
             exit_if_signalled()
         supervisor.watch()
-        console.print(
-            f"[green]{settings.workers} worker(s)[/]; API on http://{settings.host}:{settings.port} "
-            f"(docs at /docs); data in {data}"
+        log.info(
+            "%d worker(s); API on http://%s:%s (docs at /docs); data in %s",
+            settings.workers,
+            settings.host,
+            settings.port,
+            data,
         )
         api.run()
         exit_if_signalled()

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from api import idempotency, upload
+from api import prefer as prefer_header
+from api.access_log import bind_job
 from api.auth import Caller, Reader, Submitter
 from api.metrics import UPLOAD_BYTES, UPLOADS
 from api.options import collect, openapi_request_body, validate_early
 from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KINDS, problem_responses
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
+from thumbify import logs, tracing
 from thumbify.errors import IdempotencyKeyReused, InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
 from thumbify.jobs import Job, decode_cursor, new_job_id
-from thumbify.probe import probe_for
+from thumbify.probe import SNIFF_BYTES, SourceInfo, probe_for, sniff
+from thumbify.settings import Settings
 from thumbify.spec import ThumbnailSpec, safe_stem
 from thumbify.state import TERMINAL, Status
 from thumbify.storage import job_prefixes, original_key
@@ -41,7 +46,8 @@ def _query_options(request: Request) -> dict[str, list[str]]:
     "case (`JPEG`, `Cover`). Answers at once with the queued job and its `Location`. With an "
     "`Idempotency-Key` header, a retried request (same key, same client) within the window gets the job the key "
     "first created (header `Idempotent-Replayed: true`) instead of a new one; the same key with another request "
-    "(other options or another file) is 422 `idempotency-key-reused`.",
+    "(other options or another file) is 422 `idempotency-key-reused`. With `Prefer: wait=S` it answers when the "
+    "job ends, within S seconds: 201 with the finished job (else 202 as without it).",
     openapi_extra=openapi_request_body(),
     responses={
         202: {
@@ -52,6 +58,13 @@ def _query_options(request: Request) -> dict[str, list[str]]:
                     "schema": {"type": "string", "enum": ["true"]},
                 },
             }
+        },
+        201: {
+            "description": "The job ended (`done` or `failed`) within the `Prefer: wait`: the finished job",
+            "model": JobView,
+            "headers": {
+                "Location": {"description": "The job's path", "required": True, "schema": {"type": "string"}},
+            },
         },
         **problem_responses(
             *AUTH_PROBLEMS,
@@ -82,6 +95,14 @@ async def create_job(
     response: Response,
     svc: Svc,
     caller: Submitter,
+    prefer: Annotated[
+        str | None,
+        Header(
+            alias=prefer_header.HEADER,
+            description="`wait=S` (RFC 7240, S ≤ 30): answer when the job ends, within S seconds (201 with the "
+            "finished job), else as without it (202). Saves the client a second request for a small image.",
+        ),
+    ] = None,
     # The key is declared for the OpenAPI schema, the options in `openapi_request_body`; `_submit` reads them from
     # the request itself, so that a bad one is judged before the body is read, with our own problem+json.
     idempotency_key: Annotated[
@@ -93,23 +114,37 @@ async def create_job(
         ),
     ] = None,
 ) -> JobView:
-    try:
-        job, negotiated, replayed = await _submit(request, svc, caller)
-    except ThumbifyError as exc:
-        UPLOADS.labels(exc.slug).inc()
-        raise
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    else:
-        UPLOADS.labels("accepted").inc()
-        UPLOAD_BYTES.inc(job.source["bytes"])
+    wait_s = prefer_header.wait_seconds(prefer, svc.settings.max_wait_s)
+    deadline = asyncio.get_running_loop().time() + wait_s
+    job_id = new_job_id()
+    # Watched before the job exists, so that its end cannot slip by between the enqueue and the wait.
+    with svc.waiter.watch(job_id) as finished:
+        try:
+            with tracing.span("upload", {logs.REQUEST_ID: logs.current(logs.REQUEST_ID)}) as span:
+                job, negotiated, replayed = await _submit(request, svc, caller, job_id)
+                span.set_attribute(logs.JOB_ID, job.id)
+        except ThumbifyError as exc:
+            UPLOADS.labels(exc.slug).inc()
+            raise
+        logs.bind(job_id=job.id)  # a replay's job too
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        else:
+            UPLOADS.labels("accepted").inc()
+            UPLOAD_BYTES.inc(job.source["bytes"])
+            if wait_s:
+                job = await _ended(svc, job, finished, deadline) or job
+    if replayed and wait_s:
+        job = await _read_until_ended(svc, job.id, caller, deadline)
+    if job.status in TERMINAL:
+        response.status_code = 201
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if negotiated:
         response.headers["Vary"] = "Accept"
     return job_view(job, svc.link)
 
 
-async def _submit(request: Request, svc: Services, caller: Caller) -> tuple[Job, bool, bool]:
+async def _submit(request: Request, svc: Services, caller: Caller, job_id: str) -> tuple[Job, bool, bool]:
     """Admit the request before reading its body (backpressure, the idempotency key, the key's upload slot), then
     accept the upload. Returns the job, whether its format was negotiated, and whether it is a replay of an earlier
     request."""
@@ -147,7 +182,8 @@ async def _submit(request: Request, svc: Services, caller: Caller) -> tuple[Job,
         )
         if replay is not None:
             return _replayed(query, received, *replay), False, True
-        job, negotiated = await _accept(request, svc, query, received, caller.owner, (client, key) if key else None)
+        idem = (client, key) if key else None
+        job, negotiated = await _accept(request, svc, job_id, query, received, caller.owner, idem)
         return job, negotiated, False
     except BaseException:
         if not reading:  # refused before the body was read: read and drop it, so the client sees our answer
@@ -177,15 +213,17 @@ def _replayed(query: dict[str, list[str]], received: upload.Upload, job: Job, he
 
 
 async def _admit(svc: Services) -> None:
-    """Backpressure: refuse while the queue is over its cap. Also fails fast (503) while Redis is down."""
+    """Backpressure: refuse while the queue is over its cap. Also fails fast (503) while Redis is down, once the
+    depth it knows is a second old."""
     cap = svc.settings.max_queue_depth
-    if cap and await svc.queue.depth() >= cap:
+    if cap and await svc.queue.full(cap):
         raise QueueFull(f"the queue holds {cap:,} or more jobs; retry later")
 
 
 async def _accept(
     request: Request,
     svc: Services,
+    job_id: str,
     query: dict[str, list[str]],
     received: upload.Upload,
     owner: str,
@@ -196,13 +234,17 @@ async def _accept(
     settings = svc.settings
     try:
         options = collect(query, received.fields)
-        info = await anyio.to_thread.run_sync(probe_for, received.path, settings)
+        info = await _probe(received.source, settings)
         spec, negotiated = ThumbnailSpec.from_options(options, request.headers.get("accept"), info.has_alpha)
-        job_id = new_job_id()
         stem = safe_stem(received.filename)
         source = info.public(received.filename or "upload") | {"sha256": received.sha256}
-        record = svc.store.record(job_id, source, spec, stem, owner)
-        await svc.storage.put_file(original_key(job_id), received.path)
+        logs.bind(job_id=job_id)
+        request_id, traceparent = logs.current(logs.REQUEST_ID), tracing.traceparent()
+        record = svc.store.record(job_id, source, spec, stem, owner, request_id, traceparent)
+        if isinstance(received.source, bytes):
+            await svc.storage.put_bytes(original_key(job_id), received.source)
+        else:
+            await svc.storage.put_file(original_key(job_id), received.source)
     except BaseException:
         received.discard()
         raise
@@ -219,6 +261,15 @@ async def _accept(
         raise
     # The job as just written (no read back: the transaction either wrote all of it or raised).
     return svc.store.as_job(job_id, record), negotiated
+
+
+async def _probe(source: Path | bytes, settings: Settings) -> SourceInfo:
+    """The header read: inline for a small JPEG held in memory (its marker walk and header cost a fraction of a
+    millisecond, less than the hop to a thread), in a thread for anything else (a GIF's or WebP's frames are counted
+    block by block in Python, a spooled file may be large)."""
+    if isinstance(source, bytes) and sniff(source[:SNIFF_BYTES]) == "jpeg":
+        return probe_for(source, settings)
+    return await anyio.to_thread.run_sync(probe_for, source, settings)
 
 
 @router.get(
@@ -247,22 +298,35 @@ async def get_job(
         ),
     ] = 0,
 ) -> JobView:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(wait, svc.settings.max_wait_s)
+    bind_job(job_id)
+    deadline = asyncio.get_running_loop().time() + min(wait, svc.settings.max_wait_s)
+    return job_view(await _read_until_ended(svc, job_id, caller, deadline), svc.link)
+
+
+async def _read_until_ended(svc: Services, job_id: str, caller: Caller, deadline: float) -> Job:
+    """The job once it ends or at the deadline (at once without one); NotFound if the caller may not see it or it
+    is deleted meanwhile."""
     with svc.waiter.watch(job_id) as finished:
-        while True:
-            # Clear before reading: an event that lands between the read and the wait then still wakes us.
-            finished.clear()
-            job = await svc.store.get(job_id)
-            if job is None or not caller.sees(job.owner):
-                raise NotFound(f"no job {job_id}")
-            remaining = deadline - loop.time()
-            if job.status in TERMINAL or remaining <= 0:
-                break
-            # Sleep, holding no Redis connection, until the job ends (its event) or the deadline (read once more).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), remaining)
-    return job_view(job, svc.link)
+        job = await svc.store.get(job_id)
+        if job is None or not caller.sees(job.owner):
+            raise NotFound(f"no job {job_id}")
+        job = await _ended(svc, job, finished, deadline)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+async def _ended(svc: Services, job: Job, finished: asyncio.Event, deadline: float) -> Job | None:
+    """`job` (as last read, its `finished` event watched from before that read) once it ends or at the deadline,
+    read again; None if it was deleted. Sleeps on the event, holding no Redis connection."""
+    loop = asyncio.get_running_loop()
+    while job is not None and job.status not in TERMINAL and (remaining := deadline - loop.time()) > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), remaining)
+        # Clear before reading: an event that lands between this read and the next wait then still wakes us.
+        finished.clear()
+        job = await svc.store.get(job.id)
+    return job
 
 
 @router.get(
@@ -307,6 +371,7 @@ async def list_jobs(
     ),
 )
 async def delete_job(job_id: str, svc: Svc, caller: Submitter) -> Response:
+    bind_job(job_id)
     job = await svc.store.get(job_id)
     if job is None or not caller.sees(job.owner) or not await svc.store.delete(job_id):
         raise NotFound(f"no job {job_id}")

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from starlette.responses import MalformedRangeHeader
 from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfiable
 
+from api.access_log import bind_job
 from api.auth import Caller, authenticate
 from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, problem_responses
 from api.security import content_disposition
@@ -121,6 +122,7 @@ async def get_thumbnail(
     expires: Annotated[str | None, Query(description="Expiry (unix seconds) of a signed URL")] = None,
     sig: Annotated[str | None, Query(description="Signature of a signed URL")] = None,
 ) -> Response:
+    bind_job(job_id)
     caller = await _caller(request, svc, expires, sig)
     job = await svc.store.get(job_id)
     if job is not None and caller is not None and not caller.sees(job.owner):

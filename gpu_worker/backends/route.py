@@ -139,6 +139,7 @@ class RoutedBackend:
             preallocate_height_hint=settings.dali_prealloc_height,
             one_shot_max_pixels=settings.one_shot_max_pixels,
             strip_rows=settings.tiles_strip_rows,
+            headroom=settings.resample_headroom,
             defer_vips=defer_vips,
         )
 

@@ -20,9 +20,11 @@ from gpu_worker.backends.plan import intermediate_scale
 from thumbify.probe import configure_vips
 from thumbify.spec import ThumbnailSpec
 
-# Each decoded axis keeps at least this many times the target's pixels before the final Lanczos-3 step.
-# 1.9 keeps 45+ dB against a full-decode Lanczos-3 reference (benchmarks/shrink_quality.py measures it) while
-# letting a 12 MP JPEG → 256 px decode at 1/8, which libvips' own thumbnail only does at a total shrink ≥ 16.
+# Each decoded axis keeps at least this many times the target's pixels before the final Lanczos-3 step
+# (`THUMBIFY_RESAMPLE_HEADROOM`). 1.9 keeps 45+ dB against a full-decode Lanczos-3 reference
+# (benchmarks/shrink_quality.py measures it) while letting a 12 MP JPEG → 256 px decode at 1/8, which libvips' own
+# thumbnail only does at a total shrink ≥ 16.
+# The settings' default (a test holds them equal; this module stays free of pydantic for the CLI's render processes).
 DEFAULT_HEADROOM = 1.9
 
 

@@ -266,12 +266,17 @@ def stop_service(service: Service) -> None:
         stop_process(proc)
 
 
-_TRACEBACK = re.compile(r"^Traceback \(most recent call last\):", re.MULTILINE)
+# A traceback as Python prints it, or inside a JSON log line (ECS `error.stack_trace`, thumbify/logs.py).
+_TRACEBACK = re.compile(r'^Traceback \(most recent call last\):|"stack_trace":', re.MULTILINE)
+
+
+def has_traceback(text: str) -> bool:
+    return bool(_TRACEBACK.search(text))
 
 
 def report_tracebacks(config: pytest.Config, service: Service) -> None:
     """Print the subprocess logs at the end of the run when they hold a traceback (a bug somewhere)."""
-    bad = [p for p in service.logs if p.exists() and _TRACEBACK.search(p.read_text(errors="replace"))]
+    bad = [p for p in service.logs if p.exists() and has_traceback(p.read_text(errors="replace"))]
     if not bad:
         return
     text = "\n".join(f"--- {p} ---\n{log_tail(p, 20000)}" for p in bad)
