@@ -10,6 +10,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from support.cli import cli
+from support.images import make_jpeg
 from support.service import PYTHON, ROOT, clean_env
 
 pytestmark = pytest.mark.service  # it runs processes
@@ -60,3 +62,24 @@ def test_a_spawned_render_process_imports_nothing_of_the_command_line(tmp_path: 
 
 def test_a_render_process_is_forked_where_the_cli_runs_one_thread(tmp_path: Path):
     assert CLI_ONLY <= render_process_modules(tmp_path, threads=False)
+
+
+def test_the_render_settings_reach_every_render_process(tmp_path: Path):
+    """THUMBIFY_RESAMPLE_HEADROOM as the worker reads it: 1.0 decodes a 640×480 JPEG for 256 px at 1/2, 1.9 whole."""
+    files = []
+    for i in range(3):  # past IN_PROCESS_FILES: a render process takes some
+        files.append(tmp_path / f"in{i}.jpg")
+        files[-1].write_bytes(make_jpeg(640, 480))
+    made = {}
+    for headroom in ("1.0", "1.9"):
+        done = cli(
+            "thumbnail",
+            *map(str, files),
+            "-o",
+            str(tmp_path / headroom),
+            image_processes=2,
+            **{"resample_headroom": headroom},
+        )
+        assert done.returncode == 0, done.stderr
+        made[headroom] = [p.read_bytes() for p in sorted((tmp_path / headroom).iterdir())]
+    assert len(made["1.0"]) == 3 and all(a != b for a, b in zip(made["1.0"], made["1.9"], strict=True))

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from thumbify.settings import Settings
     from thumbify.spec import ThumbnailSpec
 
-# What a render process needs of the settings: probe's limits and libvips' threads per image.
-ProcessSettings = tuple[dict[str, int], int]
+# What a render process needs of the settings: probe's limits, libvips' threads per image, the resample headroom.
+ProcessSettings = tuple[dict[str, int], int, float]
 # One file's outcome: (source, thumbnail names, None), or ("", "", the error's detail).
 Outcome = tuple[str, str, str | None]
 
@@ -34,7 +34,7 @@ _state: tuple[dict[str, int], object] | None = None
 def process_settings(settings: Settings) -> ProcessSettings:
     from thumbify.probe import probe_limits
 
-    return probe_limits(settings), settings.vips_concurrency
+    return probe_limits(settings), settings.vips_concurrency, settings.resample_headroom
 
 
 def start(settings: ProcessSettings) -> None:
@@ -42,21 +42,21 @@ def start(settings: ProcessSettings) -> None:
     global _state
     from gpu_worker.backends.vips import VipsBackend, configure_vips
 
-    limits, vips_concurrency = settings
+    limits, vips_concurrency, headroom = settings
     configure_vips(vips_concurrency)
     # No libjpeg-turbo path: it saves ~0.3 ms a web-size image and nothing on 12 MP photos, and its NumPy import
     # costs ~70 ms of CPU, which a short run never earns back (24 photos: 1.13× the CPU with spawned render processes,
     # each importing it; benchmarks/README.md, "render_cpu").
-    _state = (limits, VipsBackend(turbo=False))
+    _state = (limits, VipsBackend(headroom, turbo=False))
 
 
 def pool(processes: int, settings: ProcessSettings) -> ProcessPoolExecutor:
     """`processes` render processes, started now (a no-op task each), before any thread of this process starts.
 
-    Forked where this process runs one thread: a fork costs a millisecond and keeps every import made here, where
-    a spawned process imports again (~150 ms of CPU each, the render of five 12 MP photos); safe, as no
-    other thread can be caught half-way (no libvips operation has run either: libvips' would have left threads).
-    Spawned otherwise, a fresh interpreter as in the worker, from this light module."""
+    Forked where this process runs one thread: a forked process has every import made here already, where a
+    spawned one imports again (~150 ms of CPU each, the render of five 12 MP photos); safe, as no other thread can
+    be caught half-way (no libvips operation has run either: libvips' would have left threads). Spawned otherwise,
+    a fresh interpreter as in the worker, from this light module."""
     method = "fork" if _one_thread() else "spawn"
     executor = ProcessPoolExecutor(
         processes, mp_context=multiprocessing.get_context(method), initializer=start, initargs=(settings,)
