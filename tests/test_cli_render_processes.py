@@ -1,7 +1,7 @@
 """`thumbify thumbnail`'s render processes start cheaply: forked from the CLI once it is set up to render, so they
 inherit its imports; where the CLI runs threads (a fork could catch one half-way), spawned, and then they import
 neither the command line (typer, rich) nor pydantic-settings, even under the console script, whose file a spawned
-process runs again as its own `__main__`."""
+process runs again as its own `__main__`; the settings the render needs reach them as plain values."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_the_render_settings_reach_every_render_process(tmp_path: Path):
             "-o",
             str(tmp_path / headroom),
             image_processes=2,
-            **{"resample_headroom": headroom},
+            resample_headroom=headroom,
         )
         assert done.returncode == 0, done.stderr
         made[headroom] = [p.read_bytes() for p in sorted((tmp_path / headroom).iterdir())]
