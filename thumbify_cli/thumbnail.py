@@ -50,8 +50,9 @@ def thumbnail(
     # (forked from this process once it is set up to render: `render.pool`), while this one parses the options.
     helpers = min(settings.image_process_count(), len(files)) - 1 if len(files) > IN_PROCESS_FILES else 0
     with contextlib.ExitStack() as stack:
-        render.start(render.process_settings(settings))
-        pool = stack.enter_context(render.pool(helpers, render.process_settings(settings))) if helpers > 0 else None
+        process_settings = render.process_settings(settings)
+        render.start(process_settings)
+        pool = stack.enter_context(render.pool(helpers, process_settings)) if helpers > 0 else None
         spec = _spec(size or ["256"], format, fit, crop, quality, background)
         out.mkdir(parents=True, exist_ok=True)
         rows, elapsed = _render_all(files, str(out), spec, pool, AHEAD * helpers)
