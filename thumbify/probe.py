@@ -17,9 +17,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from thumbify.errors import CorruptImage, SideTooLong, TooManyFrames, TooManyPixels, UnsupportedMedia
-from thumbify.settings import Settings
+
+if TYPE_CHECKING:  # render processes import this module, and never pydantic-settings
+    from thumbify.settings import Settings
 
 # libvips reads this when it starts: set before the first `import pyvips` of a process (and inherited by the
 # processes it starts), so loaders libvips marks untrusted (ImageMagick, PDF, Matlab, FITS, ...) stay off even
@@ -53,7 +56,6 @@ _HEIF_BRANDS = {
 SNIFF_BYTES = 32
 NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "tiff": "TIFF", "gif": "GIF", "heif": "HEIF/AVIF"}
 _UNITS = {"tiff": "pages", "heif": "images"}  # frames otherwise
-_DEFAULTS = Settings.model_fields
 # Bytes per pixel a whole-image decode holds (measured with libvips 8.18 on 8000x8000 images: a GIF frame is
 # composited in RGBA next to the previous one for disposal; libheif keeps the YCbCr planes and the RGB result).
 GIF_BYTES_PER_PIXEL = 8
@@ -130,13 +132,20 @@ def open_image(source: Path | str | bytes, fmt: str, **options):
 
 def probe_for(source: Path | bytes, settings: Settings) -> SourceInfo:
     """`probe` with every limit taken from the settings."""
-    return probe(
-        source,
-        settings.max_pixels,
-        max_side=settings.max_side,
-        max_frames=settings.max_frames,
-        max_decode_bytes=settings.max_decode_bytes,
-    )
+    return probe(source, **probe_limits(settings))
+
+
+def probe_limits(settings: Settings) -> dict[str, int]:
+    """`probe`'s limits from the settings, as plain values (what a render process is handed instead of them)."""
+    names = ("max_pixels", "max_side", "max_frames", "max_decode_bytes")
+    return {name: getattr(settings, name) for name in names}
+
+
+def _default(name: str) -> int:
+    """The settings' default for a limit a caller left out (read here, not at import: see the import above)."""
+    from thumbify.settings import Settings
+
+    return Settings.model_fields[name].default
 
 
 def probe(
@@ -149,9 +158,9 @@ def probe(
 ) -> SourceInfo:
     """The upload's format and size from its header (a file, or a small upload held in memory), or the typed error
     that refuses it. Limits left at None take the settings' defaults."""
-    max_side = max_side or _DEFAULTS["max_side"].default
-    max_frames = max_frames or _DEFAULTS["max_frames"].default
-    max_decode_bytes = max_decode_bytes or _DEFAULTS["max_decode_bytes"].default
+    max_side = max_side or _default("max_side")
+    max_frames = max_frames or _default("max_frames")
+    max_decode_bytes = max_decode_bytes or _default("max_decode_bytes")
     with _contents(source) as buf:
         head = bytes(buf[:SNIFF_BYTES])
         size = len(buf)

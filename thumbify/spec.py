@@ -46,7 +46,7 @@ ALPHA_FORMATS = {Format.webp, Format.png, Format.avif}
 class Size(BaseModel):
     """A box. `256` means a 256×256 box, so its longest side is 256 whatever the fit."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first validation: see ThumbnailSpec
     width: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
     height: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
 
@@ -78,7 +78,9 @@ def parse_colour(text: str) -> tuple[int, int, int, int]:
 class ThumbnailSpec(BaseModel):
     """Every backend obeys this object; it is stored in the job as JSON."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The validator is built on first validation, not at import (~20 ms): a render process is handed specs that
+    # were validated already and never validates one.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     sizes: list[Size] = Field(default_factory=lambda: [Size(width=256, height=256)], min_length=1)
     fit: Fit = Fit.inside

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from thumbify_cli.common import DataOpt, apply_options, console, load_settings, output, with_redis
 
@@ -41,6 +40,8 @@ def dlq_list(
             row = {"entry": e.id, "job": e.job_id, "reason": e.reason, "type": e.error_type, "attempts": e.attempts}
             out.print_json(json.dumps(row | {"when": e.when.isoformat()}), indent=None)
         return
+    from rich.table import Table
+
     table = Table(title=f"{total} dead-letter entr{'y' if total == 1 else 'ies'} ({stream})")
     table.add_column("entry id", no_wrap=True)
     table.add_column("job id", no_wrap=True, min_width=32)

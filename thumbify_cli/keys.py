@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from thumbify_cli.common import DataOpt, apply_options, console, load_settings, output
 
@@ -101,6 +100,8 @@ def keys_list(
     if not path.exists():
         console.print(f"no keys file at {path}: authentication is off (create a key with `thumbify keys create`)")
         return
+    from rich.table import Table
+
     table = Table(title=f"{len(entries)} key(s) in {path}")
     for column in ("name", "id", "scopes", "created (UTC)", "callback URL"):
         table.add_column(column, no_wrap=True)

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
 
 from thumbify_cli.common import console, load_settings, output
 
 # The thumbnail table's length before it folds the rest into one line.
 FOLD_ROWS = 20
+# A file's row: file, source, thumbnails, error (None: it worked).
+Row = tuple[str, str, str, str | None]
 
 
 def thumbnail(
@@ -43,94 +42,86 @@ def thumbnail(
     ] = False,
 ) -> None:
     """Thumbnail local files with the service's own pipeline, no server needed."""
+    from thumbify_cli import render
+
+    settings = load_settings()
+    # This process is one of the `image_process_count` renderers (it would only wait otherwise); a handful of files
+    # render here alone, rather than pay for starting render processes. The others start before anything else
+    # (forked from this process once it is set up to render: `render.pool`), while this one parses the options.
+    helpers = min(settings.image_process_count(), len(files)) - 1 if len(files) > IN_PROCESS_FILES else 0
+    with contextlib.ExitStack() as stack:
+        process_settings = render.process_settings(settings)
+        render.start(process_settings)
+        pool = stack.enter_context(render.pool(helpers, process_settings)) if helpers > 0 else None
+        spec = _spec(size or ["256"], format, fit, crop, quality, background)
+        out.mkdir(parents=True, exist_ok=True)
+        rows, elapsed = _render_all(files, str(out), spec, pool, AHEAD * helpers)
+    if _report(rows, elapsed, out, all_rows):
+        raise typer.Exit(1)
+
+
+# Up to this many files render in the CLI's own process alone: even forked, a render process costs CPU (2 × 12 MP
+# photos: 0.373 vs 0.357 s, benchmarks/README.md "cli_start") for at most one image's time saved.
+IN_PROCESS_FILES = 2
+# Files handed to each render process ahead (one rendering, one waiting), so none waits on this process's own.
+AHEAD = 2
+
+
+def _spec(sizes: list[str], format: str, fit: str, crop: str, quality: int, background: str):
+    """The options as the API's own parser reads them (the same rules and messages); exit 2 naming each bad one."""
     from thumbify.errors import InvalidOptions
     from thumbify.spec import ThumbnailSpec
 
-    options = {"sizes": size or ["256"], "format": [format], "fit": [fit], "crop": [crop]}
+    options = {"sizes": sizes, "format": [format], "fit": [fit], "crop": [crop]}
     options |= {"quality": [str(quality)], "background": [background]}
     try:
-        spec, _ = ThumbnailSpec.from_options(options)  # the API's own parser: the same rules and messages
+        return ThumbnailSpec.from_options(options)[0]
     except InvalidOptions as exc:
         for err in exc.extra.get("errors") or [{"field": "options", "message": exc.detail}]:
             console.print(f"{err['field']}: {err['message']}", style="red", markup=False)
         raise typer.Exit(2) from None
-    settings = load_settings()
-    out.mkdir(parents=True, exist_ok=True)
-    # Each image renders in a process of its own at a time, as in the worker: libvips reports the damage it meets in
-    # an image's last strip only in its process-wide error buffer, which threads decoding side by side would share.
-    # A handful of files render here, in this process, rather than pay for starting render processes.
-    processes = min(settings.image_process_count(), len(files))
-    spec_json = spec.model_dump_json()
-    pool = (
-        ProcessPoolExecutor(
-            processes,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_renderer,
-            initargs=(spec_json,),
-        )
-        if processes > 1 and len(files) > IN_PROCESS_FILES
-        else None
-    )
-    if pool is None:
-        _start_renderer(spec_json)
-    rows: list[tuple[str, str, str, str | None]] = []  # file, source, thumbnails, error (None: it worked)
+
+
+def _render_all(files: list[Path], out: str, spec, pool, ahead: int) -> tuple[list[Row], float]:
+    """Every file rendered, by `pool`'s processes (`ahead` files handed to them at a time) and this one alike, one
+    file at a time each, from one queue, so they finish together; (file, source, thumbnails, error or None) per
+    file, and the seconds it took."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from thumbify_cli import render
+
+    rows: list[Row] = []
+    queued = deque(files)
+    running: dict[Future, Path] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     started = time.perf_counter()
-    with Progress(*columns, console=console) as progress, pool or contextlib.nullcontext():
+    with Progress(*columns, console=console) as progress:
         task = progress.add_task("thumbnailing", total=len(files))
-        if pool is None:
-            outcomes = ((f, _render_file(str(f), str(out))) for f in files)
-        else:
-            futures = {pool.submit(_render_file, str(f), str(out)): f for f in files}
-            outcomes = ((futures[f], f.result()) for f in as_completed(futures))
-        for path, (source, names, error) in outcomes:
-            rows.append((str(path), source, names, error))
+
+        def done(path: Path, outcome: render.Outcome) -> None:
+            rows.append((str(path), *outcome))
             progress.advance(task)
-    failed = _report(rows, time.perf_counter() - started, out, all_rows)
-    if failed:
-        raise typer.Exit(1)
+
+        while queued or running:
+            while queued and len(running) < ahead:
+                path = queued.popleft()
+                running[pool.submit(render.render_file, str(path), out, spec)] = path
+            if queued:
+                path = queued.popleft()
+                done(path, render.render_file(str(path), out, spec))
+            else:
+                wait(running, return_when=FIRST_COMPLETED)
+            for future in [f for f in running if f.done()]:
+                done(running.pop(future), future.result())
+    return rows, time.perf_counter() - started
 
 
-# Up to this many files render in the CLI's own process (starting render processes costs more than it saves).
-IN_PROCESS_FILES = 2
-# Set once per render process (and in the CLI's own for a handful of files): the settings, the spec, the backend.
-_renderer: tuple | None = None
-
-
-def _start_renderer(spec_json: str) -> None:
-    """A render process's one-time set-up: the settings read and libvips configured as in the worker, the spec
-    parsed, one backend."""
-    global _renderer
-    from gpu_worker.backends.vips import VipsBackend, configure_vips
-    from thumbify.spec import ThumbnailSpec
-
-    settings = load_settings()
-    configure_vips(settings.vips_concurrency)
-    # No libjpeg-turbo path: it saves ~0.3 ms a web-size image and nothing on 12 MP photos, and its NumPy import
-    # costs ~70 ms in each render process (24 photos: 1.13× the CPU; benchmarks/README.md, "render_cpu").
-    _renderer = (settings, ThumbnailSpec.model_validate_json(spec_json), VipsBackend(turbo=False))
-
-
-def _render_file(path: str, out: str) -> tuple[str, str, str | None]:
-    """Thumbnail one file into `out`: (source, thumbnail names, None) or ("", "", the error's detail)."""
-    from thumbify.errors import ThumbifyError
-    from thumbify.probe import probe_for
-    from thumbify.spec import safe_stem
-
-    settings, spec, backend = _renderer
-    try:
-        info = probe_for(Path(path), settings)
-        renditions = backend.render(Path(path), info.format, spec, safe_stem(Path(path).name))
-        for r in renditions:
-            (Path(out) / r.name).write_bytes(r.data)
-    except ThumbifyError as exc:
-        return "", "", exc.detail
-    return f"{info.width}x{info.height} {info.format}", ", ".join(r.name for r in renditions), None
-
-
-def _report(rows: list[tuple[str, str, str, str | None]], elapsed: float, out: Path, all_rows: bool) -> int:
+def _report(rows: list[Row], elapsed: float, out: Path, all_rows: bool) -> int:
     """The table (failures first, folded past FOLD_ROWS unless `all_rows`) and a closing line that counts both
     outcomes; returns how many failed."""
+    from rich.table import Table
+    from rich.text import Text
+
     failures = sorted(r for r in rows if r[3] is not None)
     ok = sorted(r for r in rows if r[3] is None)
     ordered = failures + ok

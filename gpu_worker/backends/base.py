@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-from thumbify.settings import Settings
 from thumbify.spec import Format, ThumbnailSpec
 
 
@@ -41,8 +40,17 @@ Route = Literal["dali", "tiles", "vips"]
 
 # What DALI's decoders take here. TIFF (endless variants), GIF and HEIF go to libvips.
 DALI_FORMATS = frozenset({"jpeg", "png", "webp"})
-# Past this many pixels an image is not decoded whole in one shot (DALI): the tiles backend streams it in strips.
-ONE_SHOT_MAX_PIXELS: int = Settings.model_fields["one_shot_max_pixels"].default
+
+
+def __getattr__(name: str) -> int:
+    """`ONE_SHOT_MAX_PIXELS`, the settings' default: past this many pixels an image is not decoded whole in one shot
+    (DALI), the tiles backend streams it in strips. Read on first use, not at import: the vips render processes
+    import this module and never pydantic-settings."""
+    if name == "ONE_SHOT_MAX_PIXELS":
+        from thumbify.settings import Settings
+
+        return Settings.model_fields["one_shot_max_pixels"].default
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Backend(Protocol):
