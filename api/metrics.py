@@ -14,4 +14,9 @@ QUEUE_JOBS = Gauge(
     "retried), dead (in the dead-letter stream)",
     ["state"],
 )
+QUEUE_OLDEST = Gauge(
+    "thumbify_queue_oldest_job_seconds",
+    "How long the oldest job still queued or in flight has waited since it was (last) queued, by Redis's clock; 0 "
+    "when there is none",
+)
 REDIS_UP = Gauge("thumbify_redis_up", "1 when Redis answered this API's last scrape, else 0")

@@ -5,6 +5,12 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 JOBS = Counter("thumbify_jobs_total", "Jobs finished by a worker, by outcome and backend", ["outcome", "backend"])
+JOB_ERRORS = Counter(
+    "thumbify_job_errors_total",
+    "Tries of a job that ended in an error, by the error's problem type (corrupt-image, image-timeout, ...), whether "
+    "the job then failed, was retried or went to the dead letters",
+    ["type"],
+)
 JOB_SECONDS = Histogram(
     "thumbify_job_seconds",
     "Image work per job (decode, resize, encode)",

@@ -39,7 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gpu_worker.backends.base import Backend, Refused, Rendition
 from gpu_worker.backends.route import RoutedBackend, decide, source_size
 from gpu_worker.deliverer import Deliverer
-from gpu_worker.metrics import BATCH_SIZE, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
+from gpu_worker.metrics import BATCH_SIZE, JOB_ERRORS, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify import logs, tracing
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
@@ -433,6 +433,7 @@ class Worker:
             await self._redis(self.queue.bury, message, error, attempts - 1)
             log.warning("job %s: %s", job_id, error["detail"])
             JOBS.labels("dead", self.backend.name).inc()
+            JOB_ERRORS.labels(GaveUp.slug).inc()
             return
         try:
             thumbnails = await self._process(job, message.id)
@@ -444,6 +445,7 @@ class Worker:
         else:
             await self._finished(message, job, thumbnails)
             return
+        JOB_ERRORS.labels(failure.slug).inc()
         if failure.permanent:
             log.info("job %s failed: %s", job_id, failure.detail)
             await self._redis(self.queue.fail, message, failure.as_error())

@@ -73,7 +73,7 @@ def exported_names(text: str) -> set[str]:
 @needs_promtool
 def test_the_rules_pass_promtool_check(tmp_path: Path) -> None:
     proc = subprocess.run([PROMTOOL, "check", "rules", str(rules_file(tmp_path))], capture_output=True, text=True)
-    assert proc.returncode == 0 and "SUCCESS: 6 rules found" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "SUCCESS: 7 rules found" in proc.stdout, proc.stdout + proc.stderr
 
 
 @needs_promtool
@@ -101,11 +101,14 @@ def test_every_metric_named_is_exported_by_a_live_api_or_worker(redis_server: st
     svc = start_service(tmp_path / "svc", redis_server, extra_env={"worker_metrics_port": worker_port})
     try:
         assert svc.run_job(make_jpeg(320, 240), "a.jpg")["status"] == "done"
+        truncated = make_jpeg(320, 240)[:-400]
+        assert svc.run_job(truncated, "cut.jpg")["error"]["type"].endswith("/corrupt-image")
         svc.submit(b"not an image", "x.jpg")  # a rejected upload too
         api = svc.client.get("/metrics").text
         worker = httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=10).text
     finally:
         stop_service(svc)
+    assert 'thumbify_job_errors_total{type="corrupt-image"} 1.0' in worker
     exported = exported_names(api) | exported_names(worker)
     rules = yaml.safe_load(rules_file(tmp_path).read_text())
     exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}

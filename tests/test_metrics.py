@@ -34,13 +34,20 @@ def queue_gauges(client: httpx.Client) -> dict[str, float | None]:
     return {**found, "redis_up": gauge(r.text, "thumbify_redis_up")}
 
 
+def oldest_age(client: httpx.Client) -> float | None:
+    return gauge(client.get("/metrics").text, "thumbify_queue_oldest_job_seconds")
+
+
 def test_queue_states_as_the_api_reports_them(redis_server: str, tmp_path: Path) -> None:
     svc = start_service(tmp_path, redis_server, with_worker=False)
     try:
         assert queue_gauges(svc.client) == {"waiting": 0, "in_flight": 0, "delayed": 0, "dead": 0, "redis_up": 1}
+        assert oldest_age(svc.client) == 0
         for i in range(4):
             svc.submit_ok(make_jpeg(64, 48), f"q{i}.jpg")
         assert queue_gauges(svc.client)["waiting"] == 4
+        time.sleep(1.2)
+        assert 1.0 <= oldest_age(svc.client) < 60  # the first job's, by Redis's clock
 
         async def move_some() -> None:
             # What workers do, through the queue's own operations: read two, retry one later, bury one.

@@ -123,6 +123,18 @@ class JobQueue:
             in_flight = 0
         return {"waiting": max(0, length - in_flight), "in_flight": in_flight, "delayed": delayed, "dead": dead}
 
+    async def oldest_age_s(self) -> float:
+        """Seconds since the oldest entry of the stream was added, by Redis's clock (0 for none). Finished messages
+        are deleted, so that is the oldest job still waiting or in flight; a retried job counts from its re-queueing."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xrange(self.keys.stream, count=1)
+            pipe.time()
+            first, (seconds, micros) = await pipe.execute()
+        if not first:
+            return 0.0
+        added_ms = int(first[0][0].split("-", 1)[0])
+        return max(0.0, (seconds * 1000 + micros / 1000 - added_ms) / 1000)
+
     # -- reading -----------------------------------------------------------------------------------------------
 
     async def read(self, consumer: str, count: int, block_ms: int | None) -> list[Message]:

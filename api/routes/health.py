@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.metrics import QUEUE_JOBS, REDIS_UP
+from api.metrics import QUEUE_JOBS, QUEUE_OLDEST, REDIS_UP
 from api.problems import problem_responses
 from api.services import Services, services
 from thumbify.errors import NotReady
@@ -49,10 +49,12 @@ async def metrics(svc: Svc) -> Response:
     away (`thumbify_redis_up` 0 says so, and the queue gauges keep their last values)."""
     try:
         counts = await asyncio.wait_for(svc.queue.counts(), timeout=2.0)
+        oldest = await asyncio.wait_for(svc.queue.oldest_age_s(), timeout=2.0)
     except Exception:  # noqa: BLE001 - down, hung or refusing: all mean "no fresh numbers"
         REDIS_UP.set(0)
     else:
         REDIS_UP.set(1)
         for state, n in counts.items():
             QUEUE_JOBS.labels(state).set(n)
+        QUEUE_OLDEST.set(oldest)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
