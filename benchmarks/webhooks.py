@@ -62,9 +62,8 @@ class Receiver:
                 pass
 
         class Server(ThreadingHTTPServer):
-            request_queue_size = (
-                128  # the default listen backlog, 5, drops SYNs under 16 deliveries at once: 1 s retries
-            )
+            # The default listen backlog, 5, drops connections when 16 deliveries come at once: 1 s SYN retries.
+            request_queue_size = 128
 
         self.server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
