@@ -225,14 +225,24 @@ def test_gpu_workers_and_their_scaling(tmp_path: Path) -> None:
 
 
 def test_secrets_stay_out_of_the_config_map(tmp_path: Path) -> None:
-    values = {**MINIMAL, "auth": {"apiKeys": KEYS, "urlSigningSecret": "sign-me-please"}}
+    hook = "whsec_c2lnbi13ZWJob29rcy1wbGVhc2U="
+    values = {**MINIMAL, "auth": {"apiKeys": KEYS, "urlSigningSecret": "sign-me-please", "webhookSecret": hook}}
     docs = render(values, tmp_path)
     config = by_kind(docs, "ConfigMap")["thumbify"]
     text = json.dumps(config)
-    for secret in ("sign-me-please", "not-a-real-password", "0123abcd"):
+    for secret in ("sign-me-please", "not-a-real-password", "0123abcd", hook):
         assert secret not in text
     [secret] = by_kind(docs, "Secret").values()
     assert set(secret["stringData"]) >= {"api-keys.json", "url-signing-secret", "access-key-id", "secret-access-key"}
+    assert secret["stringData"]["webhook-secret"] == hook
+    # The API (it takes callbacks only with a secret) and every worker (they sign) read it from that Secret.
+    deployments = by_kind(docs, "Deployment")
+    assert set(deployments) == {"thumbify-api", "thumbify-worker-cpu"}
+    for name, deployment in deployments.items():
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        ref = env["THUMBIFY_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": secret["metadata"]["name"], "key": "webhook-secret"}, name
 
 
 @pytest.mark.parametrize(

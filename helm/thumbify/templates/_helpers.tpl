@@ -71,6 +71,14 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end -}}
 
 {{/* Environment every Thumbify container gets besides the ConfigMap. */}}
+{{- /* The webhook secret, for the API (a callback needs a secret to be taken) and the workers (they sign). */ -}}
+{{- define "thumbify.webhookEnv" -}}
+{{- if .Values.auth.webhookSecret }}
+- name: THUMBIFY_WEBHOOK_SECRET
+  valueFrom: {secretKeyRef: {name: {{ include "thumbify.fullname" . }}, key: webhook-secret}}
+{{- end }}
+{{- end }}
+
 {{- define "thumbify.s3Env" -}}
 {{- $secret := include "thumbify.s3Secret" . -}}
 {{- if $secret }}
