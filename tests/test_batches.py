@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from standardwebhooks import Webhook
-from support.images import make_jpeg
+from support.images import jpeg_with_sof_size, make_jpeg
 from support.keys import bearer, create_key
 from support.problems import assert_problem
-from support.service import Service, start_service, stop_service
+from support.service import MAX_UPLOAD_BYTES, Service, start_service, stop_service
 from support.webhooks import Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"thumbify-batches-test-secret-32b").decode()
@@ -134,24 +134,25 @@ def test_a_batch_of_50_with_3_bad_files_ends_47_done_3_failed_and_one_webhook(ba
     assert payload["data"]["counts"] == {"queued": 0, "processing": 0, "done": 47, "failed": 3}
 
 
-def test_batch_events_both_sends_each_jobs_webhook_and_the_batchs(batched, receiver: Receiver) -> None:
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [("both", ["batch.completed", "job.done", "job.done"]), ("jobs", ["job.done", "job.done"])],
+)
+def test_batch_events_chooses_the_webhooks(batched, receiver: Receiver, events: str, expected: list[str]) -> None:
     svc, _ = batched
-    r = submit_batch(
-        svc,
-        [("a.jpg", make_jpeg(40, 30)), ("b.jpg", make_jpeg(30, 40))],
-        callback_url=receiver.url,
-        batch_events="both",
-    )
+    files = [("a.jpg", make_jpeg(40, 30)), ("b.jpg", make_jpeg(30, 40))]
+    r = submit_batch(svc, files, callback_url=receiver.url, batch_events=events)
     assert r.status_code == 202, r.text
     created = r.json()
-    settled(svc, created["id"])
+    batch = settled(svc, created["id"]) if events == "both" else completed(svc, created["id"])
+    assert batch["events"] == events and (batch["callback"] is None) == (events == "jobs")
     for job in created["jobs"]:
         deadline = time.monotonic() + 60
         while svc.wait(job["id"])["callback"]["state"] == "pending":
             assert time.monotonic() < deadline
             time.sleep(0.1)
     types = sorted(Webhook(SECRET).verify(body, headers)["type"] for headers, body in receiver.received)
-    assert types == ["batch.completed", "job.done", "job.done"]
+    assert types == expected
 
 
 def test_get_with_wait_answers_with_the_completed_batch(batched) -> None:
@@ -213,6 +214,25 @@ def test_over_max_batch_files_is_413_and_writes_nothing(batched) -> None:
     body = assert_problem(r, 413, "too-many-files", str(MAX_FILES))
     assert body["limit"] == MAX_FILES
     assert svc.snapshot() == before
+
+
+def test_each_files_limits_are_a_single_uploads_and_refuse_it_alone(batched) -> None:
+    svc, _ = batched
+    too_big = make_jpeg(32, 32) + bytes(MAX_UPLOAD_BYTES)  # a JPEG's magic, past the byte limit
+    huge = jpeg_with_sof_size(20_000, 20_000)  # its header says 400 megapixels
+    files = [("big.jpg", too_big), ("ok.jpg", make_jpeg(32, 32)), ("huge.jpg", huge), ("empty.jpg", b"")]
+    r = submit_batch(svc, files)
+    assert r.status_code == 202, r.text
+    refused = {e["filename"]: e["problem"] for e in r.json()["rejected"]}
+    assert {name: p["type"].rsplit("/", 1)[1] for name, p in refused.items()} == {
+        "big.jpg": "too-large",
+        "huge.jpg": "too-many-pixels",
+        "empty.jpg": "invalid-upload",
+    }
+    assert refused["huge.jpg"]["width"] == 20_000 and refused["big.jpg"]["status"] == 413
+    assert [j["source"]["filename"] for j in r.json()["jobs"]] == ["ok.jpg"]
+    assert completed(svc, r.json()["id"])["counts"] == {"queued": 0, "processing": 0, "done": 1, "failed": 3}
+    assert not svc.spool_files()
 
 
 def test_a_batch_of_only_bad_files_is_422_with_each_files_problem(batched) -> None:
