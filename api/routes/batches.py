@@ -62,7 +62,8 @@ class BatchCreated(BatchView):
     "parameters), plus `batch_events`. Each file becomes an ordinary job that knows its batch (`batch_id`). A file "
     "refused at upload is refused alone: it is listed in `rejected` with its problem and counted `failed`, the "
     "others run. With a `callback_url` (or the key's), one signed `batch.completed` webhook is sent when the last "
-    "job ends (`batch_events=batch`, the default), or each job's own (`jobs`), or both. Answers at once.",
+    "job ends (`batch_events=batch`, the default), or each job's own (`jobs`), or both. Answers at once. (No "
+    "`Idempotency-Key` or `Prefer: wait` here: wait with `GET /v1/batches/{id}?wait=`.)",
     openapi_extra=openapi_request_body(batch=True),
     responses={
         202: {
