@@ -52,7 +52,8 @@ def submit(
 
 
 def _run(client, files: list[Path], form: dict[str, str], batch: bool, wait: bool, deadline: float) -> list[dict]:
-    """Each file's row: {file, id, status, thumbnails, error}, as the uploads (and, with `wait`, the jobs) end."""
+    """Each file's row: {file (its name, as the server knows it), id, status, thumbnails, error}, as the uploads (and,
+    with `wait`, the jobs) end."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -65,7 +66,7 @@ def _run(client, files: list[Path], form: dict[str, str], batch: bool, wait: boo
         else:
             rows = []
             for path in files:
-                rows.append(_job_row(str(path), _post(client, "/v1/jobs", [("file", path)], form)))
+                rows.append(_job_row(path.name, _post(client, "/v1/jobs", [("file", path)], form)))
                 progress.advance(task)
         if wait:
             pending = [row for row in rows if row["status"] not in ("done", "failed", "refused")]
@@ -90,12 +91,12 @@ def _post(client, path: str, files: list[tuple[str, Path]], form: dict[str, str]
 
 def _batch_rows(files: list[Path], answer: dict[str, Any]) -> list[dict]:
     if answer["http_status"] != 202:
-        return [_job_row(str(path), answer) for path in files]  # the batch was refused whole
+        return [_job_row(path.name, answer) for path in files]  # the batch was refused whole
     rows: list[dict | None] = [None] * len(files)
     for entry in answer["rejected"]:
-        rows[entry["index"]] = _job_row(str(files[entry["index"]]), entry["problem"] | {"http_status": 0})
+        rows[entry["index"]] = _job_row(files[entry["index"]].name, entry["problem"] | {"http_status": 0})
     accepted = iter(answer["jobs"])
-    return [row or _job_row(str(path), next(accepted)) for path, row in zip(files, rows, strict=True)]
+    return [row or _job_row(path.name, next(accepted)) for path, row in zip(files, rows, strict=True)]
 
 
 def _job_row(file: str, answer: dict[str, Any]) -> dict:
