@@ -16,10 +16,11 @@ from api import problems, security, spool
 from api.access_log import AccessLog
 from api.auth import refuse_open_bind
 from api.idempotency import IdempotencyKeys
-from api.routes import health, jobs, thumbnails
+from api.routes import batches, health, jobs, thumbnails
 from api.services import Services
 from api.waiter import JobWaiter
 from thumbify import __version__, logs, tracing
+from thumbify.batches import BatchStore
 from thumbify.jobs import JobStore
 from thumbify.keys import KeyRing
 from thumbify.keyspace import Keys
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.max_concurrent_uploads,
                 settings.upload_lease_s,
             ),
+            BatchStore(redis, names),
         )
         # Before the first request: this process's spool files are its own, leftovers of dead ones are gone.
         await anyio.to_thread.run_sync(spool.own, settings.spool_dir)
@@ -102,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     security.install(app, settings)
     security.outermost(app, AccessLog)  # outside even the security headers: it times and counts the whole answer
     app.include_router(jobs.router)
+    app.include_router(batches.router)
     app.include_router(thumbnails.router)
     app.include_router(health.router)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from thumbify.batches import BATCH_EVENTS
 from thumbify.callback_url import MAX_LENGTH
 from thumbify.errors import InvalidOptions
 from thumbify.spec import COLOUR_RE, MAX_SIZES, Crop, Fit, Format, ThumbnailSpec
@@ -10,6 +11,8 @@ SPEC_OPTIONS = ("sizes", "fit", "crop", "format", "quality", "background")
 # Options of the job that are not about the thumbnails (api/callbacks.py reads them).
 JOB_OPTIONS = ("callback_url",)
 OPTION_NAMES = SPEC_OPTIONS + JOB_OPTIONS
+# Options only a batch takes (api/routes/batches.py).
+BATCH_OPTIONS = ("batch_events",)
 
 DESCRIPTIONS = {
     "sizes": "1 to 8 sizes, comma-separated (or the field repeated), each `N` (a longest side: `256` is a 256×256 "
@@ -38,12 +41,16 @@ EXAMPLES: dict[str, object] = {
 }
 
 
-def collect(query: dict[str, list[str]], form: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Form fields win over query parameters of the same name; anything else is a typo worth reporting."""
-    unknown = sorted((set(query) | set(form)) - set(OPTION_NAMES))
+def collect(
+    query: dict[str, list[str]], form: dict[str, list[str]], extra: tuple[str, ...] = ()
+) -> dict[str, list[str]]:
+    """Form fields win over query parameters of the same name; anything but the options (and `extra`, those of
+    the caller's own) is a typo worth reporting."""
+    known = OPTION_NAMES + extra
+    unknown = sorted((set(query) | set(form)) - set(known))
     if unknown:
         raise InvalidOptions(
-            f"unknown option(s): {', '.join(unknown)}; known: {', '.join(OPTION_NAMES)}",
+            f"unknown option(s): {', '.join(unknown)}; known: {', '.join(known)}",
             errors=[{"field": name, "message": "unknown option"} for name in unknown],
         )
     return {**query, **form}
@@ -54,10 +61,10 @@ def spec_options(options: dict[str, list[str]]) -> dict[str, list[str]]:
     return {name: values for name, values in options.items() if name in SPEC_OPTIONS}
 
 
-def validate_early(query: dict[str, list[str]]) -> None:
+def validate_early(query: dict[str, list[str]], extra: tuple[str, ...] = ()) -> None:
     """Options given in the query are checked before the body is read, so a bad request costs no upload."""
     if query:
-        ThumbnailSpec.from_options(spec_options(collect(query, {})))
+        ThumbnailSpec.from_options(spec_options(collect(query, {}, extra)))
 
 
 # The documented grammar of `sizes` (the parser also takes spaces, `X` and `×`).
@@ -82,18 +89,31 @@ def _option_schemas() -> dict[str, dict]:
     return {name: schemas[name] | {key: values[name] for key, values in documented.items()} for name in OPTION_NAMES}
 
 
-def openapi_request_body() -> dict:
+def openapi_request_body(batch: bool = False) -> dict:
     """The upload as OpenAPI documents it: the `file` and each option once, as a form field. (The options are also
     read from the query string, where they are checked before the upload is read; that is said in prose, so that no
-    option is documented twice.)"""
-    props: dict[str, dict] = {
-        "file": {
-            "type": "string",
-            "format": "binary",
-            "description": "The image: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content).",
-        },
-        **_option_schemas(),
+    option is documented twice.) With `batch`, a batch's: several `file` parts, and `batch_events`."""
+    image = {
+        "type": "string",
+        "format": "binary",
+        "description": "The image: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content).",
     }
+    props: dict[str, dict] = {"file": image, **_option_schemas()}
+    if batch:
+        props["file"] = {
+            "type": "array",
+            "items": image,
+            "minItems": 1,
+            "description": "The images, one `file` part each (at most `THUMBIFY_MAX_BATCH_FILES`, default 100); "
+            "each is judged alone.",
+        }
+        props["batch_events"] = {
+            "type": "string",
+            "enum": list(BATCH_EVENTS),
+            "default": "batch",
+            "description": "Which webhooks the callback gets: `batch` (one `batch.completed` when the last job "
+            "ends), `jobs` (each job's `job.done`/`job.failed`), `both`.",
+        }
     return {
         "requestBody": {
             "required": True,

@@ -110,6 +110,12 @@ UPLOAD_PROBLEM_KINDS: dict[int, tuple[type[ThumbifyError], ...]] = {
     ),
     503: (e.QueueFull, e.StorageFailed, e.Unavailable),
 }
+# What refuses a batch as a whole; a file refused alone is one of its `rejected` entries instead.
+BATCH_PROBLEM_KINDS: dict[int, tuple[type[ThumbifyError], ...]] = {
+    413: (e.TooManyFiles, e.TooLarge),
+    422: (e.InvalidOptions, e.InvalidUpload, e.InvalidCallbackUrl),
+    503: (e.QueueFull, e.StorageFailed, e.Unavailable),
+}
 # Operations that touch the stored files can also find the storage failing.
 STORAGE_PROBLEM_KINDS: dict[int, tuple[type[ThumbifyError], ...]] = {503: (e.StorageFailed, e.Unavailable)}
 _SIZES_ERROR = "'0' is not a size: use a longest side like 256 or a box like 320x200"
@@ -137,6 +143,7 @@ EXAMPLES: dict[type[ThumbifyError], dict[str, Any]] = {
     },
     e.RangeNotSatisfiable: {"detail": "the Range 'bytes=5000-' is outside the 2,034 bytes", "size": 2034},
     e.TooLarge: {"detail": "the upload is larger than the limit of 209,715,200 bytes"},
+    e.TooManyFiles: {"detail": "a batch takes at most 100 files", "limit": 100},
     e.UnsupportedMedia: {
         "detail": "not an image we accept: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content)"
     },
@@ -212,11 +219,21 @@ def _document(app: FastAPI) -> None:
 
 
 def problem(status: int, slug: str, title: str, detail: str, instance: str | None = None, headers=None, **extra):
+    body = problem_body(status, slug, title, detail, instance, **extra)
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def problem_body(status: int, slug: str, title: str, detail: str, instance: str | None = None, **extra) -> dict:
     body = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
     if instance:
         body["instance"] = instance
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    return body
+
+
+def problem_of(exc: ThumbifyError, instance: str | None = None) -> dict[str, Any]:
+    """The problem+json body that answers `exc`."""
+    return problem_body(exc.status, exc.slug, exc.title, exc.detail, instance, **exc.extra)
 
 
 def _field(loc: tuple) -> str:
@@ -229,7 +246,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ThumbifyError)
     async def _thumbify(request: Request, exc: ThumbifyError):
-        return problem(exc.status, exc.slug, exc.title, exc.detail, request.url.path, exc.headers(), **exc.extra)
+        body = problem_of(exc, request.url.path)
+        return JSONResponse(body, status_code=exc.status, media_type=MEDIA_TYPE, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from api.idempotency import IdempotencyKeys
 from api.waiter import JobWaiter
+from thumbify.batches import BatchStore
 from thumbify.jobs import JobStore
 from thumbify.keys import KeyRing
 from thumbify.queue import JobQueue
@@ -29,6 +30,7 @@ class Services:
     idempotency: IdempotencyKeys
     keys: KeyRing
     limits: Limits
+    batches: BatchStore
 
     def link(self, path: str) -> str:
         """A thumbnail's URL: signed for `signed_url_ttl_s` when a signing secret is set, else the bare path."""

@@ -1,13 +1,14 @@
 """The webhook delivery loop: a task of the worker process, beside the job loop and never in its way.
 
 It reads the outbox (`thumbify.outbox`) through its consumer group, so the workers share the deliveries, at most
-`webhook_concurrency` at once. For each event: the job read, its URL checked again (`thumbify.callback_url`: the
-host may resolve elsewhere now, DNS rebinding) and the job POSTed to the address checked, as Standard Webhooks
-`{type, timestamp, data}` (data: the job as `GET /v1/jobs/{id}` shows it), signed with the job's API key's secret,
-else THUMBIFY_WEBHOOK_SECRET; no redirects followed; each attempt bounded by `webhook_timeout_s`. The verdict
-(`thumbify.webhook_policy`) and the attempt are recorded with the ack in one script: delivered, failed, or pending
-with its retry due later. The `webhook-id` is the job and its status, so every attempt of one event (and a
-redelivery) carries the same id. Entries a killed deliverer held are claimed after `claim_idle_s`.
+`webhook_concurrency` at once. For each event: the job (or the batch, for `batch.completed`) read, its URL checked
+again (`thumbify.callback_url`: the host may resolve elsewhere now, DNS rebinding) and the job POSTed to the address
+checked, as Standard Webhooks `{type, timestamp, data}` (data: the job as `GET /v1/jobs/{id}` shows it, or the batch
+as `GET /v1/batches/{id}` does), signed with the API key's secret, else THUMBIFY_WEBHOOK_SECRET; no redirects
+followed; each attempt bounded by `webhook_timeout_s`. The verdict (`thumbify.webhook_policy`) and the attempt are
+recorded with the ack in one script: delivered, failed, or pending with its retry due later. The `webhook-id` is the
+job and its status (or the batch and `completed`), so every attempt of one event (and a redelivery) carries the same
+id. Entries a killed deliverer held are claimed after `claim_idle_s`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
 from gpu_worker.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_LATENCY, WEBHOOK_OUTBOX
-from thumbify import callback_url
+from thumbify import batches, callback_url
 from thumbify.errors import InvalidCallbackUrl
 from thumbify.jobs import JobStore, now_iso
 from thumbify.keys import KeyRing
@@ -30,7 +33,7 @@ from thumbify.redis_conn import cancel_and_wait
 from thumbify.settings import Settings
 from thumbify.signing import linker
 from thumbify.state import TERMINAL
-from thumbify.views import job_view
+from thumbify.views import batch_view, job_view
 from thumbify.webhook_policy import Verdict, gives_up, judge, next_delay_s, retry_after_s, signed_headers
 
 log = logging.getLogger("thumbify.webhooks")
@@ -38,6 +41,19 @@ log = logging.getLogger("thumbify.webhooks")
 POLL_S = 0.25  # how often due retries are promoted (and how long a read blocks)
 CLAIM_EVERY_S = 2.0
 STOP_GRACE_S = 2.0  # within the worker's wait for its background tasks (thumbify.redis_conn.cancel_and_wait)
+
+
+@dataclass(frozen=True)
+class _Webhook:
+    """One delivery to make: the record it is kept on (a job's or a batch's), whose key signs it, where it goes
+    (`callback`), and what is sent: `{type, timestamp, data}` under `webhook_id` (the same for every attempt)."""
+
+    row: dict[str, str]
+    owner: str
+    callback: dict[str, Any]
+    type: str
+    webhook_id: str
+    data: dict[str, Any]
 
 
 class NoSecret(Exception):
@@ -119,16 +135,15 @@ class Deliverer:
             log.exception("webhook for job %s: unexpected error; it will be tried again", event.job_id)
 
     async def _deliver_one(self, event: Event) -> None:
-        row = await self.store.redis.hgetall(self.store.keys.job(event.job_id))
-        job = JobStore.as_job(event.job_id, row) if row else None
-        if job is None or job.callback is None or job.status not in TERMINAL or job.callback["state"] != "pending":
+        hook = await self._due(event)
+        if hook is None:
             await self.outbox.ack(event)  # gone, requeued, or delivered already (a duplicate event)
             return
         at, started = now_iso(), time.monotonic()
         status, error, retry_after, verdict = None, None, None, None
         try:
             async with asyncio.timeout(self.settings.webhook_timeout_s):
-                response = await self._post(job)
+                response = await self._post(hook)
             status = response.status_code
             retry_after = retry_after_s(response.headers.get("retry-after"), datetime.now(UTC))
         except NoSecret as exc:
@@ -140,27 +155,46 @@ class Deliverer:
         attempt = Attempt(at, status, error, round((time.monotonic() - started) * 1000))
         verdict = verdict or judge(status)
         retry_in = 0.0
+        ended_ms = hook.row.get("callback_ended_ms")
         if verdict == Verdict.RETRY:
-            retry_in = next_delay_s(len(job.callback["attempts"]) + 1, self.settings, retry_after)
+            retry_in = next_delay_s(len(hook.callback["attempts"]) + 1, self.settings, retry_after)
             now_s = await self.outbox.now_ms() / 1000
-            ended_s = int(row.get("callback_ended_ms") or 0) / 1000 or now_s
+            ended_s = int(ended_ms or 0) / 1000 or now_s
             if gives_up(ended_s, now_s + retry_in, self.settings):
                 verdict = Verdict.FAILED
         state = {Verdict.DELIVERED: "delivered", Verdict.FAILED: "failed", Verdict.RETRY: "pending"}[verdict]
         now_ms = await self.outbox.record(event, attempt, state, retry_in)
         WEBHOOK_ATTEMPTS.labels(verdict.value).inc()
-        if verdict == Verdict.DELIVERED and now_ms and row.get("callback_ended_ms"):
-            WEBHOOK_LATENCY.observe(max(0.0, (now_ms - int(row["callback_ended_ms"])) / 1000))
+        if verdict == Verdict.DELIVERED and now_ms and ended_ms:
+            WEBHOOK_LATENCY.observe(max(0.0, (now_ms - int(ended_ms)) / 1000))
         if verdict == Verdict.FAILED:
-            log.warning("webhook for job %s failed for good: %s", job.id, error or f"HTTP {status}")
+            log.warning("webhook for %s failed for good: %s", event.job_id, error or f"HTTP {status}")
 
-    async def _post(self, job) -> httpx.Response:
-        where = await asyncio.to_thread(callback_url.target, job.callback["url"], self.settings)
-        secret = self._secret(job.owner)
-        event_type = f"job.{job.status}"
-        payload = {"type": event_type, "timestamp": now_iso(), "data": job_view(job, self.link).model_dump(mode="json")}
+    async def _due(self, event: Event) -> _Webhook | None:
+        """The webhook the outbox entry stands for, if it is still to be sent: its job ended (or its batch
+        completed) with the callback pending."""
+        redis = self.store.redis
+        batch_id = batches.batch_of(event.job_id)
+        if batch_id is not None:
+            row = await redis.hgetall(self.store.keys.batch(batch_id))
+            batch = batches.as_batch(batch_id, row) if row else None
+            if batch is None or batch.callback is None or not batch.completed or batch.callback["state"] != "pending":
+                return None
+            data = batch_view(batch).model_dump(mode="json")
+            return _Webhook(row, batch.owner, batch.callback, "batch.completed", f"batch_{batch_id}_completed", data)
+        row = await redis.hgetall(self.store.keys.job(event.job_id))
+        job = JobStore.as_job(event.job_id, row) if row else None
+        if job is None or job.callback is None or job.status not in TERMINAL or job.callback["state"] != "pending":
+            return None
+        data = job_view(job, self.link).model_dump(mode="json")
+        return _Webhook(row, job.owner, job.callback, f"job.{job.status}", f"job_{job.id}_{job.status}", data)
+
+    async def _post(self, hook: _Webhook) -> httpx.Response:
+        where = await asyncio.to_thread(callback_url.target, hook.callback["url"], self.settings)
+        secret = self._secret(hook.owner)
+        payload = {"type": hook.type, "timestamp": now_iso(), "data": hook.data}
         body = json.dumps(payload, separators=(",", ":")).encode()
-        headers = signed_headers(secret, f"job_{job.id}_{job.status}", body, datetime.now(UTC))
+        headers = signed_headers(secret, hook.webhook_id, body, datetime.now(UTC))
         return await self.client.post(
             where.url, content=body, headers=headers | where.headers, extensions=where.extensions
         )

@@ -20,6 +20,7 @@ from support.service import Service
 
 JOB_FIELDS = {"id", "status", "attempts", "created_at", "updated_at", "source", "spec", "thumbnails", "error"}
 JOB_FIELDS |= {"callback"}  # the completion webhook (null without one)
+JOB_FIELDS |= {"batch_id"}  # the batch it was submitted in (null for a job of its own)
 THUMB_FIELDS = {"name", "width", "height", "format", "bytes", "url"}
 MEDIA = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png", "avif": "image/avif"}
 EXT = {"jpeg": "jpg", "webp": "webp", "png": "png", "avif": "avif"}

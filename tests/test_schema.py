@@ -51,6 +51,10 @@ OPERATIONS = {
     "GET /v1/jobs",
     "GET /v1/jobs/{job_id}",
     "DELETE /v1/jobs/{job_id}",
+    "POST /v1/batches",
+    "GET /v1/batches/{batch_id}",
+    "GET /v1/batches/{batch_id}/jobs",
+    "DELETE /v1/batches/{batch_id}",
     "GET /v1/thumbnails/{job_id}/{name}",
     "HEAD /v1/thumbnails/{job_id}/{name}",
     "GET /healthz",
@@ -281,6 +285,17 @@ def test_success_paths_conform(keyed: tuple[Service, dict[str, str]]) -> None:
     check("GET", "/v1/jobs/{job_id}", 404, path_parameters={"job_id": job_id})
     check("DELETE", "/v1/jobs/{job_id}", 404, path_parameters={"job_id": job_id})
     check("GET", "/v1/thumbnails/{job_id}/{name}", 404, **at)
+
+    # A batch: one file accepted, one refused alone; its counts once it completes, its jobs, its deletion.
+    files = {"file": [make_jpeg(48, 32), b"not an image at all"], "sizes": "32"}
+    batch = check("POST", "/v1/batches", 202, body=files, media_type="multipart/form-data").json()
+    assert [r["index"] for r in batch["rejected"]] == [1] and len(batch["jobs"]) == 1, batch
+    of_batch = {"path_parameters": {"batch_id": batch["id"]}}
+    ended = check("GET", "/v1/batches/{batch_id}", 200, query={"wait": 30}, **of_batch).json()
+    assert ended["status"] == "completed" and ended["counts"]["done"] == ended["counts"]["failed"] == 1, ended
+    check("GET", "/v1/batches/{batch_id}/jobs", 200, query={"limit": 1}, **of_batch)
+    check("DELETE", "/v1/batches/{batch_id}", 204, **of_batch)
+    check("GET", "/v1/batches/{batch_id}", 404, **of_batch)
 
     # Rejected uploads: each documented status, each problem+json.
     check("POST", "/v1/jobs", 415, body={"file": b"not an image at all"}, media_type="multipart/form-data")

@@ -41,6 +41,12 @@ class TooLarge(ThumbifyError):
     slug, title, status, permanent = "too-large", "Upload too large", 413, True
 
 
+class TooManyFiles(ThumbifyError):
+    """A batch of more `file` parts than `max_batch_files`: the request is refused whole (413, as too many bytes)."""
+
+    slug, title, status, permanent = "too-many-files", "Too many files", 413, True
+
+
 class TooManyPixels(ThumbifyError):
     slug, title, status, permanent = "too-many-pixels", "Image has too many pixels", 422, True
 

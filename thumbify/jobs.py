@@ -56,6 +56,7 @@ class Job(BaseModel):
     # The upload span's W3C traceparent when tracing is on (thumbify/tracing.py): the worker's job span is its child.
     traceparent: str = ""
     callback: dict[str, Any] | None = None  # {url, state, attempts} (`callback_of`); None without a callback
+    batch_id: str = ""  # the batch it was submitted in (thumbify.batches); "" for a job of its own
 
 
 def new_job_id() -> str:
@@ -63,7 +64,12 @@ def new_job_id() -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(datetime.now(UTC))
+
+
+def iso(moment: datetime) -> str:
+    """A UTC time as the records write it (ISO 8601, milliseconds, `Z`)."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def encode_cursor(job_id: str) -> str:
@@ -141,13 +147,14 @@ class JobStore:
         return [_job_from(job_id, raw) for job_id, raw in zip(job_ids, rows, strict=True) if raw]
 
     async def page(
-        self, limit: int, cursor: str | None, status: Status | None, owner: str | None = None
+        self, limit: int, cursor: str | None, status: Status | None, owner: str | None = None, index: str = ""
     ) -> tuple[list[Job], str | None]:
-        """Newest first after `cursor`; only `owner`'s jobs unless None. One owner's jobs of one status are found by
-        reading that owner's index and filtering, batch by batch, until the page is full."""
-        if owner is not None:
+        """Newest first after `cursor`; only `owner`'s jobs unless None, only those of `index` (a batch's) if given.
+        One owner's (or batch's) jobs of one status are found by reading its index and filtering, batch by batch,
+        until the page is full."""
+        if not index and owner is not None:
             index = self.keys.owner_index(owner)
-        else:
+        elif not index:
             index = self.keys.index_of(status) if status else self.keys.index
         jobs: list[Job] = []
         after = cursor
@@ -210,4 +217,5 @@ def _job_from(job_id: str, row: dict[str, str]) -> Job:
         request_id=row.get("request_id", ""),
         traceparent=row.get("traceparent", ""),
         callback=callback_of(row),
+        batch_id=row.get("batch_id", ""),
     )

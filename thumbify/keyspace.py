@@ -2,7 +2,8 @@
 
 The names are the data's format: a server restarted on an existing Redis finds its jobs by them, so they never
 change. The Lua scripts (`thumbify.scripts`) derive two kinds of name themselves, from what they are passed, the
-way `index_of` and `job` do here: `<index>:<status>` and `<job prefix><id>`.
+way `index_of` and `job` do here: `<index>:<status>` and `<job prefix><id>`, and a job's batch's names from the index
+(`<prefix>:batch:<id>`, as `batch` does).
 """
 
 from __future__ import annotations
@@ -42,6 +43,16 @@ class Keys:
     def events(self) -> str:
         """The pub/sub channel that says `<job id> <status>` (or `deleted`) at each change."""
         return f"{self.prefix}:events"
+
+    # -- batches (thumbify.batches) -------------------------------------------------------------------------------
+
+    def batch(self, batch_id: str) -> str:
+        """A batch's record (a hash: its counts, kept by the scripts, `thumbify.state.batch_moved`)."""
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:
+        """The ids of a batch's jobs (a sorted set read by lexicographic range, as `index` is)."""
+        return f"{self.batch(batch_id)}:jobs"
 
     # -- the queue (thumbify.queue) ----------------------------------------------------------------------------
 

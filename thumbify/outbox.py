@@ -6,7 +6,9 @@ dead) also adds `{job}` to the outbox stream (`Keys.outbox`) in the same atomic 
 a job that ended always has its webhook sent. Deliverers read the stream through one consumer group, so several
 workers share the deliveries; each attempt is recorded together with the ack (`record`): a retry waits in a sorted
 set of due times (`Keys.webhooks_due`) that `promote_due` moves back onto the stream, as the job queue's delayed
-retries are; a delivery that failed for good is listed in `Keys.webhooks_failed`. A deliverer killed between
+retries are; a delivery that failed for good is listed in `Keys.webhooks_failed`. A batch's `batch.completed` takes
+the same path, its entries naming `batch:<id>` where a job's name its id (`thumbify.batches.subject`), its attempts
+kept on the batch's record. A deliverer killed between
 reading an entry and recording its attempt leaves the entry pending: another (or the restarted one) claims it
 with `claim_stale`, and the receiver may get that webhook twice (at least once: it dedupes by `webhook-id`).
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from thumbify import state
+from thumbify.batches import batch_of
 from thumbify.keyspace import Keys
 from thumbify.queue import Message as Event
 from thumbify.queue import ensure_group
@@ -61,10 +64,16 @@ class Outbox:
             await self.redis.xack(self.keys.outbox, self.GROUP, *gone)
         return [Event(entry_id, fields["job"]) for entry_id, fields in reply[1] if fields]
 
+    def record_key(self, subject: str) -> str:
+        """The record an entry's deliveries are kept on: its job's, or its batch's (`batch:<id>`)."""
+        batch_id = batch_of(subject)
+        return self.keys.batch(batch_id) if batch_id is not None else self.keys.job(subject)
+
     async def record(self, event: Event, attempt: Attempt, state_: str, retry_in_s: float = 0.0) -> int:
-        """One attempt recorded on the job and its entry acked, atomically; `state_` is the callback's new state
-        (pending: the next attempt is due in `retry_in_s`). Returns the Redis clock in ms, 0 if the job is gone."""
-        keys = [self.keys.job(event.job_id), self.keys.outbox, self.keys.webhooks_due, self.keys.webhooks_failed]
+        """One attempt recorded on the job (or batch) and its entry acked, atomically; `state_` is the callback's new
+        state (pending: the next attempt is due in `retry_in_s`). Returns the Redis clock in ms, 0 if the record is
+        gone."""
+        keys = [self.record_key(event.job_id), self.keys.outbox, self.keys.webhooks_due, self.keys.webhooks_failed]
         args = [self.GROUP, event.id, event.job_id, attempt.as_json(), state_, str(max(0, round(retry_in_s * 1000)))]
         return int(await self._record(keys=keys, args=args))
 
@@ -98,14 +107,15 @@ class Outbox:
         return int(await self._redeliver(keys=keys, args=[job_id]))
 
     async def open_job_ids(self, limit: int = 1000) -> list[str]:
-        """Jobs whose webhook is not delivered: failed for good, waiting for a retry, or on the outbox."""
+        """Jobs whose webhook is not delivered: failed for good, waiting for a retry, or on the outbox (batches'
+        `batch.completed` webhooks are left out)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrange(self.keys.webhooks_failed, 0, limit - 1)
             pipe.zrange(self.keys.webhooks_due, 0, limit - 1)
             pipe.xrange(self.keys.outbox, "-", "+", count=limit)
             failed, due, entries = await pipe.execute()
         ids = [*failed, *due, *(fields.get("job", "") for _, fields in entries)]
-        return list(dict.fromkeys(i for i in ids if i))[:limit]
+        return list(dict.fromkeys(i for i in ids if i and batch_of(i) is None))[:limit]
 
     async def forget(self, job_ids: list[str]) -> None:
         """Take deleted jobs out of the failed and due sets (a job's deletion does not know of them)."""

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # Backpressure: above this many queued or in-flight jobs `POST /v1/jobs` answers 503 before reading the body
     # (0 = no cap).
     max_queue_depth: int = Field(10_000, ge=0)
+    # Files one `POST /v1/batches` may carry (each within the limits above); more is 413 too-many-files.
+    max_batch_files: int = Field(100, ge=1, le=10_000)
     # How long an `Idempotency-Key` returns the job it first created.
     idempotency_window_s: int = Field(24 * 3600, ge=1)
 

@@ -6,13 +6,15 @@
     failed ─ requeue_dead ─► queued
 
 Every change is one script, so the record, its per-status index, the queue message and the event (and, for a job
-with a callback, its webhook on the outbox: `_notify`) stay in step whatever crashes in between. The scripts are
-built from shared pieces: `guard` (a job deleted meanwhile is never brought back by a late worker; a finished one is
-not changed again), `set_status` (one HSET, the per-status index moved, the change announced), `forget` (a record
-and its index entries gone) and `_ACK` (the message acknowledged and deleted); each script takes only the pieces it
-calls, as their definitions run at every call. `JobStore` (thumbify.jobs), `JobQueue` (thumbify.queue), `Outbox`
-(thumbify.outbox) and `Retention` (thumbify.retention) run them with the names `Keys` (thumbify.keyspace) gives; the
-scripts derive `<index>:<status>`, `<index>:owner:<owner>` and `<job prefix><id>` themselves, as `Keys` does.
+with a callback, its webhook on the outbox: `_notify`; for a job of a batch, the batch's counts: `batch_moved`) stay
+in step whatever crashes in between. The scripts are built from shared pieces: `guard` (a job deleted meanwhile is
+never brought back by a late worker; a finished one is not changed again), `set_status` (one HSET, the per-status
+index moved, the batch told, the change announced), `forget` (a record and its index entries gone, its batch told),
+`webhook_due` (a webhook put on the outbox) and `_ACK` (the message acknowledged and deleted); each script takes
+only the pieces it calls, as their definitions run at every call. `JobStore` (thumbify.jobs), `JobQueue`
+(thumbify.queue), `Outbox` (thumbify.outbox) and `Retention` (thumbify.retention) run them with the names `Keys`
+(thumbify.keyspace) gives; the scripts derive `<index>:<status>`, `<index>:owner:<owner>` and `<job prefix><id>`
+themselves, as `Keys` does, and `batch_moved` a batch's names (see there).
 """
 
 from __future__ import annotations
@@ -53,22 +55,82 @@ local function guard(job_key, failed_too)
 end
 """
 
-_SET_STATUS = """
--- `old` to `new`: one HSET (status, updated_at and the field/value pairs in `extra`), the per-status index moved,
--- and the change announced on `events` (it wakes the API's waiters) unless that is nil.
+# The one name of a batch as an outbox entry and an events channel word see it (`batch:<id>`), beside job ids.
+BATCH_SUBJECT = "batch:"
+# What the events channel says when a batch's last job has ended (its waiters answer then).
+COMPLETED = "completed"
+
+# A record's webhook made due: `pending`, the end time kept on the Redis clock (the delivery window opens then), and
+# `subject` (a job id, or `batch:<id>`) put on the outbox stream.
+_WEBHOOK = (
+    "local function webhook_due(record_key, outbox, subject)"
+    + NOW_MS
+    + """  redis.call('HSET', record_key, 'callback_state', 'pending', 'callback_ended_ms', now_ms)
+  redis.call('XADD', outbox, '*', 'job', subject)
+end
+"""
+)
+
+# A job of a batch (its record's `batch_id`) moved from `old` to `new` (nil: deleted). The batch's counts (its hash,
+# `Keys.batch`) follow in the same step; a deleted job leaves its set of jobs, and a batch left without jobs is
+# deleted. When nothing of it is queued or processing any more it has completed: marked once (`completed_ms`),
+# announced on the events channel, and its webhook (if it has a callback) made due. The names are derived from the
+# index (`<prefix>:index`) as `Keys` names them: `<prefix>:batch:<id>`, its `:jobs`, `<prefix>:events`,
+# `<prefix>:webhooks`. A batch deleted first (DELETE /v1/batches) is left alone.
+_BATCH = (
+    _WEBHOOK
+    + f"""
+local function batch_moved(job_key, index, job_id, old, new)
+  local batch_id = redis.call('HGET', job_key, 'batch_id')
+  if not batch_id or batch_id == '' then return end
+  local base = string.sub(index, 1, -6)
+  local batch_key = base .. 'batch:' .. batch_id
+  local subject = '{BATCH_SUBJECT}' .. batch_id
+  if redis.call('EXISTS', batch_key) == 0 then return end
+  if old then redis.call('HINCRBY', batch_key, old, -1) end
+  if new then
+    redis.call('HINCRBY', batch_key, new, 1)
+  else
+    redis.call('ZREM', batch_key .. ':jobs', job_id)
+    if redis.call('ZCARD', batch_key .. ':jobs') == 0 then
+      redis.call('DEL', batch_key)
+      redis.call('PUBLISH', base .. 'events', subject .. ' {DELETED}')
+      return
+    end
+  end
+  local row = redis.call('HMGET', batch_key, 'queued', 'processing', 'completed_ms', 'callback_url')
+  if tonumber(row[1] or '0') + tonumber(row[2] or '0') > 0 or row[3] then return end
+{NOW_MS}  redis.call('HSET', batch_key, 'completed_ms', now_ms)
+  redis.call('PUBLISH', base .. 'events', subject .. ' {COMPLETED}')
+  if row[4] then webhook_due(batch_key, base .. 'webhooks', subject) end
+end
+"""
+)
+
+_SET_STATUS = (
+    _BATCH
+    + """
+-- `old` to `new`: one HSET (status, updated_at and the field/value pairs in `extra`), the per-status index moved
+-- (and the job's batch, if any, told), and the change announced on `events` (it wakes the API's waiters) unless that
+-- is nil.
 local function set_status(job_key, index, events, job_id, old, new, stamp, extra)
   redis.call('HSET', job_key, 'status', new, 'updated_at', stamp, unpack(extra))
   if old ~= new then
     redis.call('ZREM', index .. ':' .. old, job_id)
     redis.call('ZADD', index .. ':' .. new, 0, job_id)
+    batch_moved(job_key, index, job_id, old, new)
   end
   if events then redis.call('PUBLISH', events, job_id .. ' ' .. new) end
 end
 """
+)
 
-_FORGET = f"""
--- The record deleted, and its entries in every index `JobStore` keeps (all jobs, per status, per owner).
+_FORGET = _BATCH + (
+    f"""
+-- The record deleted, and its entries in every index `JobStore` keeps (all jobs, per status, per owner), and in its
+-- batch.
 local function forget(job_key, index, job_id, owner)
+  batch_moved(job_key, index, job_id, redis.call('HGET', job_key, 'status'), nil)
   local deleted = redis.call('DEL', job_key)
   redis.call('ZREM', index, job_id)
   redis.call('ZREM', index .. ':owner:' .. owner, job_id)
@@ -76,6 +138,7 @@ local function forget(job_key, index, job_id, owner)
   return deleted
 end
 """
+)
 
 # -- JobStore -------------------------------------------------------------------------------------------------------
 
@@ -151,16 +214,12 @@ def _to(status: Status, extra: str) -> str:
 
 
 def _notify(outbox: str) -> str:
-    """A job that ends with a callback: its delivery made `pending` (the job's end time kept on the Redis clock,
-    the delivery window opens then) and announced on the outbox stream (`outbox`: the KEYS entry that names it), in
-    the same script as the status change, so no crash between the two can lose the webhook. Jobs without a
-    callback pay one HEXISTS."""
-    return (
-        "if redis.call('HEXISTS', KEYS[2], 'callback_url') == 1 then\n"
-        + NOW_MS
-        + "redis.call('HSET', KEYS[2], 'callback_state', 'pending', 'callback_ended_ms', now_ms)\n"
-        + f"redis.call('XADD', {outbox}, '*', 'job', ARGV[3])\nend\n"
-    )
+    """A job that ends with a callback: its webhook made due (`webhook_due`) on the outbox stream (`outbox`: the KEYS
+    entry that names it), in the same script as the status change, so no crash between the two can lose the webhook.
+    Jobs without a callback pay one HEXISTS."""
+    return f"""
+if redis.call('HEXISTS', KEYS[2], 'callback_url') == 1 then webhook_due(KEYS[2], {outbox}, ARGV[3]) end
+"""
 
 
 # KEYS[4] webhook outbox; ARGV[6] thumbnails (JSON). A failed job (a duplicate's timeout) still becomes done: the

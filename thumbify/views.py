@@ -4,11 +4,13 @@ core, which the API and the worker share)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from thumbify.jobs import Job
+from thumbify.batches import Batch, BatchEvents
+from thumbify.jobs import Job, iso
 from thumbify.spec import Crop, Fit, Format
 from thumbify.state import Status
 
@@ -81,6 +83,7 @@ class JobView(BaseModel):
     thumbnails: list[ThumbnailView] = Field(description="In the order the sizes were asked (once each)")
     error: ErrorView | None
     callback: CallbackView | None = Field(None, description="The completion webhook; null when the job has none")
+    batch_id: str | None = Field(None, description="The batch it was submitted in; null for a job of its own")
 
 
 class JobPage(BaseModel):
@@ -116,4 +119,54 @@ def job_view(job: Job, link: Callable[[str], str] = str) -> JobView:
         ],
         error=ErrorView(**job.error) if job.error else None,
         callback=CallbackView.model_validate(job.callback) if job.callback else None,
+        batch_id=job.batch_id or None,
+    )
+
+
+class BatchCounts(BaseModel):
+    """The batch's files by status; a file refused at upload counts as `failed`."""
+
+    queued: int
+    processing: int
+    done: int
+    failed: int
+
+
+class RejectedFile(BaseModel):
+    """A file of the batch refused at upload (no job was made of it): why, as the problem a single upload gets."""
+
+    index: int = Field(description="Its position among the request's `file` parts, from 0")
+    filename: str
+    problem: dict[str, Any] = Field(description="RFC 9457 problem details: `type`, `title`, `status`, `detail`")
+
+
+class BatchView(BaseModel):
+    id: str
+    status: Literal["queued", "processing", "completed"] = Field(
+        description="`completed` once every file has ended (`done` or `failed`)"
+    )
+    created_at: str
+    completed_at: str | None = Field(description="When its last job ended; null before")
+    counts: BatchCounts
+    rejected: list[RejectedFile] = Field(description="Files refused at upload, each with its problem")
+    events: BatchEvents = Field(
+        description="The webhooks its callback gets: `batch` (one `batch.completed`), `jobs` (each job's), `both`"
+    )
+    callback: CallbackView | None = Field(description="The `batch.completed` webhook; null when there is none")
+
+
+def batch_view(batch: Batch) -> BatchView:
+    counts = batch.counts
+    started = counts["processing"] + counts["done"] + counts["failed"] > len(batch.rejected)
+    status = "completed" if batch.completed else "processing" if started else "queued"
+    ended = batch.completed_ms if batch.completed and batch.completed_ms else None
+    return BatchView(
+        id=batch.id,
+        status=status,
+        created_at=batch.created_at,
+        completed_at=iso(datetime.fromtimestamp(ended / 1000, UTC)) if ended else None,
+        counts=BatchCounts(**counts),
+        rejected=[RejectedFile.model_validate(r) for r in batch.rejected],
+        events=batch.events,
+        callback=CallbackView.model_validate(batch.callback) if batch.callback else None,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +22,7 @@ from api.options import collect, openapi_request_body, spec_options, validate_ea
 from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KINDS, problem_responses
 from api.services import Services, services
 from api.views import JobPage, JobView, job_view
+from api.waiter import read_until
 from thumbify import logs, tracing
 from thumbify.errors import IdempotencyKeyReused, InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
 from thumbify.jobs import Job, decode_cursor, new_job_id
@@ -33,7 +36,37 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 Svc = Annotated[Services, Depends(services)]
 
 
-def _query_options(request: Request) -> dict[str, list[str]]:
+@dataclass(frozen=True)
+class Page:
+    limit: int
+    after: str | None  # the job id the page starts after
+    status: Status | None
+
+
+async def page_query(
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size, 1..200.")] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    status: Annotated[Status | None, Query(description="Only jobs in this status.")] = None,
+) -> Page:
+    """The query parameters of a page of jobs (the job list's, a batch's); 422 for a cursor this API did not give
+    out."""
+    try:
+        after = decode_cursor(cursor) if cursor else None
+    except ValueError as exc:
+        raise InvalidOptions(f"cursor: {exc}", errors=[{"field": "cursor", "message": str(exc)}]) from exc
+    return Page(limit, after, status)
+
+
+PageQuery = Annotated[Page, Depends(page_query)]
+
+
+def wait_query(until: str):
+    """The `wait` query parameter of a read that may wait for `until`."""
+    description = f"Wait up to this many seconds (max 30) for {until}; answers as soon as it does."
+    return Query(ge=0, le=30, description=description)
+
+
+def query_options(request: Request) -> dict[str, list[str]]:
     return {key: request.query_params.getlist(key) for key in request.query_params.keys()}
 
 
@@ -154,9 +187,8 @@ async def _submit(request: Request, svc: Services, caller: Caller, job_id: str) 
     client = caller.owner or idempotency.client_of(request)
     claimed = reading = False
     replay: tuple[Job, idempotency.Held] | None = None
-    slot = None
     try:
-        await _admit(svc)
+        await admit(svc)
         while key and not claimed and replay is None:
             held = await svc.idempotency.claim(client, key)
             if held is None:
@@ -165,27 +197,22 @@ async def _submit(request: Request, svc: Services, caller: Caller, job_id: str) 
                 replay = job, held
             else:
                 await svc.idempotency.forget(client, key, held.job_id)  # its job was deleted since: start afresh
-        if caller.owner:
-            slot = await svc.limits.enter_upload(caller.owner)
-            if slot is None:
-                raise RateLimited(
-                    f"the key {caller.owner!r} already has {svc.limits.max_uploads} uploads in flight", retry_after=1
-                )
-        query = _query_options(request)
-        validate_early(query)
-        reading = True
-        received = await upload.receive(
-            request,
-            settings.spool_dir,
-            settings.max_upload_bytes,
-            settings.upload_chunk_bytes,
-            settings.upload_idle_timeout_s,
-        )
-        if replay is not None:
-            return _replayed(query, received, *replay), False, True
-        idem = (client, key) if key else None
-        job, negotiated = await _accept(request, svc, job_id, query, received, caller.owner, idem)
-        return job, negotiated, False
+        async with upload_slot(svc, caller):
+            query = query_options(request)
+            validate_early(query)
+            reading = True
+            received = await upload.receive(
+                request,
+                settings.spool_dir,
+                settings.max_upload_bytes,
+                settings.upload_chunk_bytes,
+                settings.upload_idle_timeout_s,
+            )
+            if replay is not None:
+                return _replayed(query, received, *replay), False, True
+            idem = (client, key) if key else None
+            job, negotiated = await _accept(request, svc, job_id, query, received, caller.owner, idem)
+            return job, negotiated, False
     except BaseException:
         if not reading:  # refused before the body was read: read and drop it, so the client sees our answer
             await upload.drain(request, settings.upload_idle_timeout_s)
@@ -193,6 +220,19 @@ async def _submit(request: Request, svc: Services, caller: Caller, job_id: str) 
             with contextlib.suppress(Exception):
                 await asyncio.shield(svc.idempotency.forget(client, key))
         raise
+
+
+@contextlib.asynccontextmanager
+async def upload_slot(svc: Services, caller: Caller) -> AsyncIterator[None]:
+    """One of the key's concurrent upload slots, held while its upload is read and accepted (429 when it has none
+    free); no slot without a key."""
+    slot = await svc.limits.enter_upload(caller.owner) if caller.owner else None
+    if caller.owner and slot is None:
+        raise RateLimited(
+            f"the key {caller.owner!r} already has {svc.limits.max_uploads} uploads in flight", retry_after=1
+        )
+    try:
+        yield
     finally:
         if slot is not None:
             with contextlib.suppress(Exception):
@@ -213,7 +253,7 @@ def _replayed(query: dict[str, list[str]], received: upload.Upload, job: Job, he
     return job
 
 
-async def _admit(svc: Services) -> None:
+async def admit(svc: Services) -> None:
     """Backpressure: refuse while the queue is over its cap. Also fails fast (503) while Redis is down, once the
     depth it knows is a second old."""
     cap = svc.settings.max_queue_depth
@@ -235,19 +275,10 @@ async def _accept(
     settings = svc.settings
     try:
         options = collect(query, received.fields)
-        info = await _probe(received.source, settings)
-        accept = request.headers.get("accept")
-        spec, negotiated = ThumbnailSpec.from_options(spec_options(options), accept, info.has_alpha)
+        info, spec, negotiated = await checked(request, settings, options, received)
         callback = await callback_for(options, svc.keys.named(owner) if owner else None, settings)
-        stem = safe_stem(received.filename)
-        source = info.public(received.filename or "upload") | {"sha256": received.sha256}
         logs.bind(job_id=job_id)
-        request_id, traceparent = logs.current(logs.REQUEST_ID), tracing.traceparent()
-        record = svc.store.record(job_id, source, spec, stem, owner, request_id, traceparent) | callback
-        if isinstance(received.source, bytes):
-            await svc.storage.put_bytes(original_key(job_id), received.source)
-        else:
-            await svc.storage.put_file(original_key(job_id), received.source)
+        record = await stored(svc, job_id, received, info, spec, owner, callback)
     except BaseException:
         received.discard()
         raise
@@ -264,6 +295,38 @@ async def _accept(
         raise
     # The job as just written (no read back: the transaction either wrote all of it or raised).
     return svc.store.as_job(job_id, record), negotiated
+
+
+async def checked(
+    request: Request, settings: Settings, options: dict[str, list[str]], received: upload.Upload
+) -> tuple[SourceInfo, ThumbnailSpec, bool]:
+    """The upload's header read and judged against the limits, and the spec its options make for it (`format=auto`
+    weighs its alpha); whether the format was negotiated."""
+    info = await _probe(received.source, settings)
+    accept = request.headers.get("accept")
+    spec, negotiated = ThumbnailSpec.from_options(spec_options(options), accept, info.has_alpha)
+    return info, spec, negotiated
+
+
+async def stored(
+    svc: Services,
+    job_id: str,
+    received: upload.Upload,
+    info: SourceInfo,
+    spec: ThumbnailSpec,
+    owner: str,
+    extra: dict[str, str],
+) -> dict[str, str]:
+    """The job's record (plus the `extra` fields), not yet written; its original put in storage."""
+    stem = safe_stem(received.filename)
+    source = info.public(received.filename or "upload") | {"sha256": received.sha256}
+    request_id, traceparent = logs.current(logs.REQUEST_ID), tracing.traceparent()
+    record = svc.store.record(job_id, source, spec, stem, owner, request_id, traceparent) | extra
+    if isinstance(received.source, bytes):
+        await svc.storage.put_bytes(original_key(job_id), received.source)
+    else:
+        await svc.storage.put_file(original_key(job_id), received.source)
+    return record
 
 
 async def _probe(source: Path | bytes, settings: Settings) -> SourceInfo:
@@ -291,15 +354,7 @@ async def get_job(
     job_id: str,
     svc: Svc,
     caller: Reader,
-    wait: Annotated[
-        float,
-        Query(
-            ge=0,
-            le=30,
-            description="Wait up to this many seconds (max 30) for the job "
-            "to end `done` or `failed`; answers as soon as it does.",
-        ),
-    ] = 0,
+    wait: Annotated[float, wait_query("the job to end `done` or `failed`")] = 0,
 ) -> JobView:
     bind_job(job_id)
     deadline = asyncio.get_running_loop().time() + min(wait, svc.settings.max_wait_s)
@@ -321,15 +376,8 @@ async def _read_until_ended(svc: Services, job_id: str, caller: Caller, deadline
 
 async def _ended(svc: Services, job: Job, finished: asyncio.Event, deadline: float) -> Job | None:
     """`job` (as last read, its `finished` event watched from before that read) once it ends or at the deadline,
-    read again; None if it was deleted. Sleeps on the event, holding no Redis connection."""
-    loop = asyncio.get_running_loop()
-    while job is not None and job.status not in TERMINAL and (remaining := deadline - loop.time()) > 0:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(finished.wait(), remaining)
-        # Clear before reading: an event that lands between this read and the next wait then still wakes us.
-        finished.clear()
-        job = await svc.store.get(job.id)
-    return job
+    read again; None if it was deleted."""
+    return await read_until(job, finished, deadline, lambda: svc.store.get(job.id), lambda j: j.status in TERMINAL)
 
 
 @router.get(
@@ -343,20 +391,13 @@ async def _ended(svc: Services, job: Job, finished: asyncio.Event, deadline: flo
         descriptions={403: "The key lacks the `read` scope", 422: "Bad `limit`, `cursor` or `status`"},
     ),
 )
-async def list_jobs(
-    svc: Svc,
-    caller: Reader,
-    limit: Annotated[int, Query(ge=1, le=200, description="Page size, 1..200.")] = 50,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
-    status: Annotated[Status | None, Query(description="Only jobs in this status.")] = None,
-) -> JobPage:
-    after = None
-    if cursor:
-        try:
-            after = decode_cursor(cursor)
-        except ValueError as exc:
-            raise InvalidOptions(f"cursor: {exc}", errors=[{"field": "cursor", "message": str(exc)}]) from exc
-    jobs, next_cursor = await svc.store.page(limit, after, status, None if caller.admin else caller.owner)
+async def list_jobs(svc: Svc, caller: Reader, page: PageQuery) -> JobPage:
+    return await job_page(svc, page, owner=None if caller.admin else caller.owner)
+
+
+async def job_page(svc: Services, page: Page, owner: str | None = None, index: str = "") -> JobPage:
+    """One page of jobs (`JobStore.page`: one owner's, or one index's), as the client sees them."""
+    jobs, next_cursor = await svc.store.page(page.limit, page.after, page.status, owner, index)
     return JobPage(items=[job_view(j, svc.link) for j in jobs], next_cursor=next_cursor)
 
 
@@ -376,9 +417,16 @@ async def list_jobs(
 async def delete_job(job_id: str, svc: Svc, caller: Submitter) -> Response:
     bind_job(job_id)
     job = await svc.store.get(job_id)
-    if job is None or not caller.sees(job.owner) or not await svc.store.delete(job_id):
+    if job is None or not caller.sees(job.owner) or not await delete(svc, job_id):
         raise NotFound(f"no job {job_id}")
-    # The record goes first: a worker still busy with the job then sees it gone and removes what it wrote.
+    return Response(status_code=204)
+
+
+async def delete(svc: Services, job_id: str) -> bool:
+    """A job, its original and its thumbnails deleted; False if there was no such job. The record goes first: a
+    worker still busy with the job then sees it gone and removes what it wrote."""
+    if not await svc.store.delete(job_id):
+        return False
     for prefix in job_prefixes(job_id):
         await svc.storage.delete_prefix(prefix)
-    return Response(status_code=204)
+    return True
