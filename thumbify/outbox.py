@@ -24,7 +24,7 @@ from thumbify import state
 from thumbify.batches import batch_of
 from thumbify.keyspace import Keys
 from thumbify.queue import Message as Event
-from thumbify.queue import ensure_group
+from thumbify.queue import ack_and_delete, ensure_group, messages_of
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Outbox:
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Event]:
         reply = await self.redis.xreadgroup(self.GROUP, consumer, {self.keys.outbox: ">"}, count=count, block=block_ms)
-        return [Event(entry_id, fields["job"]) for _, entries in reply or [] for entry_id, fields in entries if fields]
+        return messages_of(reply)
 
     async def claim_stale(self, consumer: str, idle_ms: int, count: int) -> list[Event]:
         """Entries another deliverer has held longer than `idle_ms` (it died mid-delivery). Entries deleted from
@@ -79,10 +79,7 @@ class Outbox:
 
     async def ack(self, event: Event) -> None:
         """Drop an entry that needs no delivery (its job is gone, has no callback, or was delivered already)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.keys.outbox, self.GROUP, event.id)
-            pipe.xdel(self.keys.outbox, event.id)
-            await pipe.execute()
+        await ack_and_delete(self.redis, self.keys.outbox, self.GROUP, event.id)
 
     async def now_ms(self) -> int:
         """The Redis clock, which the job's end time (`callback_ended_ms`) and the due times are read on."""

@@ -140,7 +140,7 @@ class JobQueue:
     async def read(self, consumer: str, count: int, block_ms: int | None) -> list[Message]:
         """New messages for `consumer`; `block_ms=None` answers at once (no BLOCK), even when there are none."""
         reply = await self.redis.xreadgroup(self.GROUP, consumer, {self.keys.stream: ">"}, count=count, block=block_ms)
-        return _messages(reply)
+        return messages_of(reply)
 
     async def read_own_pending(self, consumer: str, count: int) -> list[Message]:
         """The messages delivered to `consumer` and not yet acked (its pending list), oldest first. Entries deleted
@@ -149,7 +149,7 @@ class JobQueue:
         gone = [entry_id for _, entries in reply or [] for entry_id, fields in entries if not fields]
         if gone:
             await self.redis.xack(self.keys.stream, self.GROUP, *gone)
-        return _messages(reply)
+        return messages_of(reply)
 
     async def claim_stale(self, consumer: str, idle_ms: int, count: int) -> list[Message]:
         """Take over messages another consumer has held longer than `idle_ms` (it died or hung)."""
@@ -193,10 +193,7 @@ class JobQueue:
         return [self.GROUP, message.id, message.job_id, now_iso(), self.keys.events]
 
     async def ack(self, message: Message) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.keys.stream, self.GROUP, message.id)
-            pipe.xdel(self.keys.stream, message.id)
-            await pipe.execute()
+        await ack_and_delete(self.redis, self.keys.stream, self.GROUP, message.id)
 
     async def complete(self, message: Message, thumbnails: list[dict]) -> int:
         """Job done with `thumbnails`, message acked: OK, GONE (deleted meanwhile) or BLOCKED (already done)."""
@@ -273,6 +270,14 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
             raise
 
 
+async def ack_and_delete(redis: Redis, stream: str, group: str, entry_id: str) -> None:
+    """An entry acked and deleted in one transaction: finished entries leave the stream (its length is the backlog)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xack(stream, group, entry_id)
+        pipe.xdel(stream, entry_id)
+        await pipe.execute()
+
+
 _STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 
 
@@ -282,7 +287,8 @@ def is_stream_id(text: str) -> bool:
     return match is not None and all(int(part) < 2**64 for part in match.groups() if part)
 
 
-def _messages(reply) -> list[Message]:
+def messages_of(reply) -> list[Message]:
+    """The entries of an XREADGROUP reply (`{job}` each), leaving out those deleted from the stream meanwhile."""
     return [Message(entry_id, fields["job"]) for _, entries in reply or [] for entry_id, fields in entries if fields]
 
 

@@ -395,16 +395,15 @@ return now_ms
 # stays the same: a receiver that has it already drops it). Returns 1, 0 if the job has not ended, -1 if it has no
 # callback, -2 if it is gone.
 REDELIVER = (
-    NOW_MS
+    _WEBHOOK
     + """
 local row = redis.call('HMGET', KEYS[1], 'status', 'callback_url')
 if not row[1] then return -2 end
 if not row[2] then return -1 end
 if row[1] ~= 'done' and row[1] ~= 'failed' then return 0 end
-redis.call('HSET', KEYS[1], 'callback_state', 'pending', 'callback_ended_ms', now_ms)
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
+webhook_due(KEYS[1], KEYS[2], ARGV[1])
 return 1
 """
 )
