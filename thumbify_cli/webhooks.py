@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from thumbify_cli.common import DataOpt, apply_options, console, load_settings, output, with_redis
 
@@ -20,6 +19,8 @@ def webhooks_list(
 ) -> None:
     """Jobs whose webhook is not delivered: failed for good, or still pending (due, or waiting for a retry)."""
     import json
+
+    from rich.table import Table  # here, not at import: every command loads this module
 
     from thumbify.jobs import JobStore
     from thumbify.outbox import Outbox

@@ -33,7 +33,6 @@ from api.routes.jobs import (
     wait_query,
 )
 from api.services import Services, services
-from api.views import JobPage, JobView, job_view
 from api.waiter import read_until
 from thumbify import batches
 from thumbify.batches import BATCH_EVENTS, Batch
@@ -41,7 +40,7 @@ from thumbify.errors import InvalidOptions, InvalidUpload, NotFound, ThumbifyErr
 from thumbify.jobs import new_job_id, now_iso
 from thumbify.spec import ThumbnailSpec
 from thumbify.storage import original_key
-from thumbify.views import BatchView, batch_view
+from thumbify.views import BatchView, JobPage, JobView, batch_view, job_view
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 Svc = Annotated[Services, Depends(services)]

@@ -21,7 +21,6 @@ from api.metrics import UPLOAD_BYTES, UPLOADS
 from api.options import collect, openapi_request_body, spec_options, validate_early
 from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KINDS, problem_responses
 from api.services import Services, services
-from api.views import JobPage, JobView, job_view
 from api.waiter import read_until
 from thumbify import logs, tracing
 from thumbify.errors import IdempotencyKeyReused, InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
@@ -31,6 +30,7 @@ from thumbify.settings import Settings
 from thumbify.spec import ThumbnailSpec, safe_stem
 from thumbify.state import TERMINAL, Status
 from thumbify.storage import job_prefixes, original_key
+from thumbify.views import JobPage, JobView, job_view
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 Svc = Annotated[Services, Depends(services)]
