@@ -29,7 +29,7 @@ from thumbify.errors import InvalidCallbackUrl
 from thumbify.jobs import JobStore, now_iso
 from thumbify.keys import KeyRing
 from thumbify.outbox import Attempt, Event, Outbox
-from thumbify.redis_conn import cancel_and_wait
+from thumbify.redis_conn import cancel_and_wait, raise_if_cancelled
 from thumbify.settings import Settings
 from thumbify.signing import linker
 from thumbify.state import TERMINAL
@@ -93,6 +93,7 @@ class Deliverer:
         last_claim = 0.0
         delay = 0.2
         while True:
+            raise_if_cancelled()  # redis-py can swallow a cancel that lands mid-command (thumbify.redis_conn)
             try:
                 if last_claim == 0.0:  # at start, and after Redis came back (it may have lost the group)
                     await self.outbox.ensure_group()
@@ -114,6 +115,7 @@ class Deliverer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away or refusing, or a bug: never let it take the worker down
+                raise_if_cancelled()  # a cancel redis-py turned into a connection error is still a cancel
                 log.warning("webhook delivery loop: %s; retrying in %.1fs", exc, delay)
                 last_claim = 0.0  # the group may be gone with Redis's data: make it again
                 await asyncio.sleep(delay)

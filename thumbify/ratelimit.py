@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from thumbify.keyspace import Keys
+from thumbify.redis_conn import raise_if_cancelled
 from thumbify.state import NOW_MS
 
 log = logging.getLogger("thumbify.api")
@@ -90,6 +91,7 @@ class UploadSlot:
                 await renew(keys=[self.key], args=[lease_ms, self.upload_id])
             except RedisError as exc:  # Redis away for a moment: try again before the lease ends
                 log.warning("could not renew an upload lease: %s", exc)
+            raise_if_cancelled()  # a cancel redis-py swallowed mid-command must still end the renewals
 
     async def release(self) -> None:
         self._renewing.cancel()
