@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -9,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,24 @@ def machine() -> dict:
     except OSError:
         pass
     return info
+
+
+def one_core_args(
+    doc: str | None, argv: list[str] | None, photos: int, rounds: int, add: Callable[[argparse.ArgumentParser], None]
+) -> argparse.Namespace:
+    """The flags of the benchmarks that time renders in this process (`--corpus`, `--photos` 12 MP photos,
+    `--rounds`) and the script's own (`add(parser)`), parsed; libvips is held to one thread, so their figures are CPU
+    per image."""
+    import pyvips
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--photos", type=int, default=photos)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    add(ap)
+    args = ap.parse_args(argv)
+    pyvips.concurrency_set(1)
+    return args
 
 
 def write_json(name: str, data: dict, out: Path | None = None) -> Path:
@@ -356,9 +375,16 @@ class ThumbifyServer:
 
 
 def bar_plot(
-    name: str, title: str, labels: list[str], values: list[float], xlabel: str, notes: list[str] | None = None
+    name: str,
+    title: str,
+    labels: list[str],
+    values: list[float],
+    xlabel: str,
+    notes: list[str] | None = None,
+    log: bool = False,
 ):
-    """A horizontal bar chart to results/<name>.png when matplotlib is installed (the `bench` extra); else None."""
+    """A horizontal bar chart to results/<name>.png when matplotlib is installed (the `bench` extra); else None.
+    `log`: a logarithmic axis, for values orders of magnitude apart."""
     try:
         import matplotlib
 
@@ -374,7 +400,11 @@ def bar_plot(
     ax.set_title(title, fontsize=10)
     for yi, v, note in zip(y, values, notes or [""] * len(values), strict=True):
         ax.text(v, yi, f" {v:.1f} {note}", va="center", fontsize=8)
-    ax.set_xlim(0, max(values) * 1.35 if values else 1)
+    if log and values:
+        ax.set_xscale("log")
+        ax.set_xlim(min(values) / 2, max(values) * 8)
+    else:
+        ax.set_xlim(0, max(values) * 1.35 if values else 1)
     fig.tight_layout()
     path = RESULTS / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

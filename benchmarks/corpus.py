@@ -9,6 +9,8 @@
 - `DIR/web/`: a mix of web-size images (JPEG at 85 in several sizes and aspect ratios, one with EXIF orientation 6,
   one PNG, one WebP), made the same way.
 - `DIR/jpeg_1024x768/img_NNN.jpg`: uniform web-size JPEGs, quality 88 (`make_sized`; used by `benchmarks.e2e`).
+- `DIR/tiff/noise_8192.tif`: 8192×8192 RGB uncompressed TIFF of noise, 201 MB (`make_tiff`; used by
+  `benchmarks.direct_upload`).
 - `DIR/huge/huge_30000.jpg`: 30000×30000 (900 MP). It is a lazy libvips pipeline (a small photo-like tile enlarged
   10× plus position-seeded noise) written by `jpegsave`, which pulls it strip by strip, so generating it stays
   within a few hundred MB.
@@ -199,24 +201,44 @@ def make_sized(root: Path, count: int, width: int = 1024, height: int = 768, log
     return paths
 
 
-def make_huge(root: Path, side: int = HUGE_SIDE, log=print) -> Path:
-    """side×side JPEG from a lazy pipeline that `jpegsave` pulls sequentially: memory stays bounded by strips."""
-    pyvips = _vips()
-    out = root / "huge"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"huge_{side}.jpg"
+def _made_once(path: Path, save, log) -> Path:
+    """`path`, unless it exists: `save(tmp)` writes it under a temporary name that is then renamed."""
     if path.exists():
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    tile = photo(9000, side // 10, side // 10)
-    big = tile.resize(10, kernel="linear")  # smooth structure at the large scale
-    grain = pyvips.Image.gaussnoise(side, side, sigma=6.0, mean=0, seed=9001)  # positional: no big buffer
-    img = (big + grain).cast("uchar").copy(interpretation="srgb")
     tmp = path.with_name(f".{path.name}.part")
-    img.jpegsave(str(tmp), Q=85, subsample_mode="on", keep="none")
+    save(tmp)
     os.replace(tmp, path)
     log(f"  {path.name}: {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t:.0f}s")
     return path
+
+
+def make_huge(root: Path, side: int = HUGE_SIDE, log=print) -> Path:
+    """side×side JPEG from a lazy pipeline that `jpegsave` pulls sequentially: memory stays bounded by strips."""
+
+    def save(tmp: Path) -> None:
+        pyvips = _vips()
+        tile = photo(9000, side // 10, side // 10)
+        big = tile.resize(10, kernel="linear")  # smooth structure at the large scale
+        grain = pyvips.Image.gaussnoise(side, side, sigma=6.0, mean=0, seed=9001)  # positional: no big buffer
+        img = (big + grain).cast("uchar").copy(interpretation="srgb")
+        img.jpegsave(str(tmp), Q=85, subsample_mode="on", keep="none")
+
+    return _made_once(root / "huge" / f"huge_{side}.jpg", save, log)
+
+
+def make_tiff(root: Path, side: int = 8192, log=print) -> Path:
+    """side×side RGB uncompressed (stripped) TIFF of seeded noise: 8192 → 201,326,592 bytes of pixels, a "200 MB"
+    original just under the default upload limit of 200 MiB (209,715,200 bytes). Written strip by strip."""
+
+    def save(tmp: Path) -> None:
+        pyvips = _vips()
+        bands = [pyvips.Image.gaussnoise(side, side, sigma=40.0, mean=128, seed=8100 + b) for b in range(3)]
+        img = bands[0].bandjoin(bands[1:]).cast("uchar").copy(interpretation="srgb")
+        img.tiffsave(str(tmp), compression="none", keep="none")
+
+    return _made_once(root / "tiff" / f"noise_{side}.tif", save, log)
 
 
 def ensure(root: Path, photos: int = 48, web: bool = True, huge: bool = False, log=print) -> Corpus:

@@ -34,6 +34,7 @@ import argparse
 import collections
 import http.client
 import json
+import mimetypes
 import multiprocessing
 import os
 import queue
@@ -68,6 +69,7 @@ from benchmarks.common import (
 from thumbify.redis_conn import free_port
 
 SIZE, QUALITY = 256, 80
+OPTIONS = {"sizes": str(SIZE), "format": "jpeg", "quality": str(QUALITY)}  # every job's, as form fields
 THUMBOR_VENV = Path(os.environ.get("THUMBOR_VENV", "/tmp/venv-thumbor"))
 THUMBOR_PATH = f"/unsafe/fit-in/{SIZE}x{SIZE}"
 Address = tuple[str, int]
@@ -149,15 +151,14 @@ def latencies(items: list, address: Address, count: int, one: Callable) -> list[
 
 
 def multipart(path: Path) -> tuple[bytes, str]:
-    """The upload body of one file with the job's options: fit in 256×256, JPEG q80."""
+    """The upload body of one file with the job's options (OPTIONS: fit in 256×256, JPEG q80)."""
     boundary = uuid.uuid4().hex
-    fields = {"sizes": str(SIZE), "format": "jpeg", "quality": str(QUALITY)}
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
-    ]
+    form_field = '--{}\r\nContent-Disposition: form-data; name="{}"\r\n\r\n{}\r\n'
+    parts = [form_field.format(boundary, k, v).encode() for k, v in OPTIONS.items()]
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     parts.append(
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n".encode()
+        f"Content-Type: {kind}\r\n\r\n".encode()
         + path.read_bytes()
         + f"\r\n--{boundary}--\r\n".encode()
     )
@@ -181,18 +182,28 @@ class Thumbify:
     def one(self, conn: http.client.HTTPConnection, path: Path, corpus: Corpus, prefer_wait: bool = False) -> None:
         body, content_type = corpus.uploads[path]
         headers = {"Content-Type": content_type} | ({"Prefer": "wait=30"} if prefer_wait else {})
+        self.finish(conn, path.name, self.post(conn, "/v1/jobs", body, headers, path.name))
+
+    @staticmethod
+    def post(conn: http.client.HTTPConnection, target: str, body, headers: dict, name: str) -> bytes:
+        """POST (again after Retry-After while the API answers 503: its queue or upload slots full); the answer's
+        body, which must be a 201 or 202."""
         for _ in range(100):
-            status, answer, data = request(conn, "POST", "/v1/jobs", body, headers)
+            status, answer, data = request(conn, "POST", target, body, headers)
             if status != 503:
                 break
             time.sleep(float(answer.get("retry-after", "1")))
         if status not in (201, 202):
-            raise RuntimeError(f"upload {path.name}: {status} {data[:300]!r}")
-        job = json.loads(data)
+            raise RuntimeError(f"{name}: POST {target.split('?')[0]}: {status} {data[:300]!r}")
+        return data
+
+    def finish(self, conn: http.client.HTTPConnection, name: str, answer: bytes) -> None:
+        """The job in `answer` waited for (GET ?wait=) until it ends; it must be done."""
+        job = json.loads(answer)
         while job["status"] not in ("done", "failed"):
             job = json.loads(request(conn, "GET", f"/v1/jobs/{job['id']}?wait=30")[2])
         if job["status"] != "done":
-            raise RuntimeError(f"job for {path.name} failed: {job.get('error')}")
+            raise RuntimeError(f"job for {name} failed: {job.get('error')}")
         self.done.append(job["id"])
 
     def run(self, corpus: Corpus, lanes: int, prefer_wait: bool = False) -> float:
@@ -524,7 +535,7 @@ def start_servers(args, env: dict[str, str], running: list) -> list[Thumbify]:
             layout = (f"w{workers} " if workers else "") + (f"h{headroom} " if headroom else "")
             servers.append(Thumbify(server.start().url, server=server, layout=layout))
     if args.s3:
-        from tests.s3server import RcloneS3  # the tests' S3 server: rclone serve s3 over a folder
+        from tests.support.s3server import RcloneS3  # the tests' S3 server: rclone serve s3 over a folder
 
         root = Path(tempfile.mkdtemp(prefix="thumbify-bench-s3-"))
         rclone = RcloneS3(root / "root", root / "rclone.log")

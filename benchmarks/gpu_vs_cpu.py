@@ -175,7 +175,7 @@ def vips_stage_pass(items: list) -> dict[str, float]:
         t1 = time.perf_counter()
         small = resize(image, target_w / source.extent_w, target_h / source.extent_h).copy_memory()
         t2 = time.perf_counter()
-        encode(small.colourspace("srgb") if small.bands < 3 else small, ctx.spec.format, ctx.spec.quality)
+        encode(small.colourspace("srgb") if small.bands < 3 else small, ctx.spec)
         t3 = time.perf_counter()
         totals["decode"] += t1 - t0
         totals["resize"] += t2 - t1
