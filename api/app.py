@@ -16,19 +16,21 @@ from api import problems, security, spool
 from api.access_log import AccessLog
 from api.auth import refuse_open_bind
 from api.idempotency import IdempotencyKeys
-from api.routes import batches, health, jobs, thumbnails
-from api.services import Services
+from api.routes import batches, health, jobs, presets, thumbnails, uploads
+from api.services import INGEST_MEMORY_S, Services, presigner_for
 from api.waiter import JobWaiter
 from thumbify import __version__, logs, tracing
 from thumbify.batches import BatchStore
 from thumbify.jobs import JobStore
 from thumbify.keys import KeyRing
 from thumbify.keyspace import Keys
+from thumbify.presets import Presets
 from thumbify.queue import JobQueue
 from thumbify.ratelimit import Limits
 from thumbify.redis_conn import connect
 from thumbify.settings import Settings
 from thumbify.storage import open_storage
+from thumbify.uploads import UploadStore
 
 DESCRIPTION = """
 Upload an image, get a job id at once; the thumbnails are made by workers and fetched from here.
@@ -51,11 +53,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     keys = KeyRing.for_settings(settings)
     refuse_open_bind(settings, keys)
+    preset_book = Presets.for_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         redis = connect(settings.redis_url, max_connections=settings.redis_max_connections)
         storage = open_storage(settings)
+        presigner = presigner_for(storage, settings)
         names = Keys(settings.key_prefix)
         waiter = JobWaiter(redis, names.events)
         app.state.services = Services(
@@ -76,6 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.upload_lease_s,
             ),
             BatchStore(redis, names),
+            UploadStore(redis, names),
+            presigner,
+            IdempotencyKeys(redis, names, int(settings.retention_s) or INGEST_MEMORY_S),
+            preset_book,
         )
         # Before the first request: this process's spool files are its own, leftovers of dead ones are gone.
         await anyio.to_thread.run_sync(spool.own, settings.spool_dir)
@@ -87,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             sweeper.cancel()
             await waiter.stop()
+            if presigner is not None:
+                await presigner.aclose()
             await storage.aclose()
             await redis.aclose()
             tracing.shutdown()
@@ -105,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     security.outermost(app, AccessLog)  # outside even the security headers: it times and counts the whole answer
     app.include_router(jobs.router)
     app.include_router(batches.router)
+    app.include_router(uploads.router)
+    app.include_router(presets.router)
     app.include_router(thumbnails.router)
     app.include_router(health.router)
 

@@ -29,6 +29,8 @@ _HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API k
 class Caller:
     owner: str  # the key's name; "" when authentication is off
     admin: bool
+    source_prefixes: tuple[str, ...] = ()  # where in the bucket it may make jobs from (thumbify.sources)
+    presets_only: bool = False  # may only send `preset=NAME` (thumbify.presets)
 
     def sees(self, owner: str) -> bool:
         return self.admin or owner == self.owner
@@ -41,8 +43,9 @@ def _token(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-async def authenticate(request: Request, svc: Services, scope: str) -> Caller:
-    """The caller, if its key is valid, has `scope` and is under its rate limit; else 401, 403 or 429."""
+async def authenticate(request: Request, svc: Services, scope: str, *alternatives: str) -> Caller:
+    """The caller, if its key is valid, has `scope` (or one of the `alternatives`) and is under its rate limit; else
+    401, 403 or 429."""
     if not svc.keys:
         return Caller("", admin=True)
     token = _token(request)
@@ -51,28 +54,31 @@ async def authenticate(request: Request, svc: Services, scope: str) -> Caller:
     key = svc.keys.verify(token)
     if key is None:
         raise Unauthorized("the API key is not valid")
-    if not key.allows(scope):
-        raise Forbidden(f"the key {key.name!r} lacks the {scope!r} scope")
+    if not any(key.allows(s) for s in (scope, *alternatives)):
+        wanted = " or ".join(repr(s) for s in (scope, *alternatives))
+        raise Forbidden(f"the key {key.name!r} lacks the {wanted} scope")
     wait = await svc.limits.take(key.id)
     if wait:
         raise RateLimited(f"the key {key.name!r} is over its request rate; retry in {wait:.0f}s", retry_after=wait)
-    return Caller(key.name, key.admin)
+    return Caller(key.name, key.admin, key.source_prefixes, key.presets_only)
 
 
-def _requires(scope: str):
+def _requires(scope: str, *alternatives: str):
     async def dependency(
         request: Request,
         svc: Annotated[Services, Depends(services)],
         _bearer: Annotated[object, Depends(_BEARER)] = None,
         _header: Annotated[object, Depends(_HEADER)] = None,
     ) -> Caller:
-        return await authenticate(request, svc, scope)
+        return await authenticate(request, svc, scope, *alternatives)
 
     return dependency
 
 
 Submitter = Annotated[Caller, Depends(_requires("submit"))]
 Reader = Annotated[Caller, Depends(_requires("read"))]
+# Either: what a client needs to know before submitting (the presets).
+Client = Annotated[Caller, Depends(_requires("submit", "read"))]
 
 
 def is_loopback(host: str) -> bool:

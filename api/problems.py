@@ -74,9 +74,11 @@ PROBLEM_DESCRIPTIONS = {
     409: "Conflict",
     413: "Too many bytes",
     415: "Not a media type we accept",
+    410: "Gone",
     416: "Range not satisfiable",
     422: "Invalid request: bad options or parameters",
     429: "Over the key's request rate; see Retry-After",
+    501: "Needs S3 storage: this server keeps its files in a local folder",
     503: "The job store is unavailable; see Retry-After",
 }
 AUTH_PROBLEMS = (401, 403, 429)
@@ -89,11 +91,13 @@ PROBLEM_KINDS: dict[int, tuple[type[ThumbifyError], ...]] = {
     406: (e.NotAcceptable,),
     408: (e.UploadTimeout,),
     409: (e.Conflict,),
+    410: (e.UploadExpired,),
     413: (e.TooLarge,),
     415: (e.UnsupportedMedia,),
     416: (e.RangeNotSatisfiable,),
     422: (e.InvalidOptions,),
     429: (e.RateLimited,),
+    501: (e.DirectUploadsUnavailable,),
     503: (e.Unavailable,),
 }
 # What refuses an upload, beyond those.
@@ -104,9 +108,11 @@ UPLOAD_PROBLEM_KINDS: dict[int, tuple[type[ThumbifyError], ...]] = {
         e.TooManyPixels,
         e.SideTooLong,
         e.TooManyFrames,
+        e.AnimationTooLarge,
         e.CorruptImage,
         e.IdempotencyKeyReused,
         e.InvalidCallbackUrl,
+        e.SourceMissing,
     ),
     503: (e.QueueFull, e.StorageFailed, e.Unavailable),
 }
@@ -159,12 +165,30 @@ EXAMPLES: dict[type[ThumbifyError], dict[str, Any]] = {
         "height": 8,
     },
     e.TooManyFrames: {"detail": "the GIF has 2,000 frames; the limit is 1,000", "frames": 2000, "limit": 1000},
+    e.AnimationTooLarge: {
+        "detail": "animated=true: 200 frames at 640x640 make 81,920,000 output pixels; the limit is 40,000,000 "
+        "(fewer or smaller sizes, or animated=false for the first frame)",
+        "pixels": 81920000,
+        "limit": 40000000,
+    },
     e.CorruptImage: {"detail": "cannot read the jpeg header: VipsJpeg: Premature end of input file"},
     e.InvalidUpload: {"detail": "send the image as multipart/form-data with a `file` part"},
     e.RateLimited: {"detail": "the key 'ci' is over its request rate; retry in 1s"},
     e.QueueFull: {"detail": "the queue holds 10,000 or more jobs; retry later"},
     e.Unavailable: {"detail": "the job store is unavailable; retry shortly"},
     e.StorageFailed: {"detail": "S3 write of 'originals/019b3a5c9d2e4f60718293a4b5c6d7e8' failed: SlowDown: slow down"},
+    e.DirectUploadsUnavailable: {
+        "detail": "direct uploads and jobs from stored objects need S3 storage (THUMBIFY_STORAGE=s3); POST the file "
+        "to /v1/jobs instead"
+    },
+    e.UploadNotReceived: {
+        "detail": "the file is not in the bucket yet: send it as POST /v1/uploads said, then complete"
+    },
+    e.UploadExpired: {"detail": "the upload's URLs expired at 2026-12-05T12:15:00.000Z; start a new upload"},
+    e.SourceMissing: {
+        "detail": "no object 'photos/2024/a.jpg' in the bucket",
+        "errors": [{"field": "source_key", "message": "no object 'photos/2024/a.jpg' in the bucket"}],
+    },
     e.NotReady: {
         "detail": "redis: ok; storage: error: PermissionError: [Errno 13] Permission denied",
         "checks": {"redis": "ok", "storage": "error: PermissionError: [Errno 13] Permission denied"},
@@ -257,6 +281,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a JSON body that is not UTF-8: a bad body, as any other (422 naming it).
+            errors = [{"field": "body", "message": "not a JSON document (or not UTF-8)"}]
+            invalid = invalid_options(errors)
+            return problem(invalid.status, invalid.slug, invalid.title, invalid.detail, request.url.path, errors=errors)
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         return problem(exc.status_code, slug, str(exc.detail), str(exc.detail), request.url.path, exc.headers)
 

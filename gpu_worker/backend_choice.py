@@ -16,6 +16,7 @@ import logging
 from gpu_worker.backends.base import Backend
 from gpu_worker.backends.devices import cupy_unavailable
 from gpu_worker.backends.vips import VipsBackend, configure_vips
+from thumbify.animation import AnimationLimits
 from thumbify.settings import Settings
 
 log = logging.getLogger("thumbify.worker")
@@ -45,9 +46,10 @@ def select_backend(settings: Settings) -> Backend:
     render processes (`defer_vips`)."""
     configure_vips(settings.vips_concurrency)
     mode = settings.backend
+    vips = VipsBackend(settings.resample_headroom, animation=AnimationLimits.from_settings(settings))
     if mode == "cpu":
         log.info("backend: vips (%s; THUMBIFY_BACKEND=cpu)", _libvips())
-        return VipsBackend(settings.resample_headroom)
+        return vips
     reason = gpu_unavailable(settings.gpu_device_id)
     if reason is not None:
         if mode == "gpu":
@@ -55,7 +57,7 @@ def select_backend(settings: Settings) -> Backend:
             log.error("%s", message)
             raise BackendUnavailable(message)
         log.info("backend: vips (%s; THUMBIFY_BACKEND=auto): no GPU backends here: %s", _libvips(), reason)
-        return VipsBackend(settings.resample_headroom)
+        return vips
     from gpu_worker.backends.route import RoutedBackend
 
     log.info(

@@ -46,6 +46,7 @@ from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyErro
 from thumbify.jobs import Job, JobStore, Thumbnail
 from thumbify.keyspace import Keys
 from thumbify.outbox import Outbox
+from thumbify.probe import probe_for
 from thumbify.queue import JobQueue, Message, backoff_delay
 from thumbify.redis_conn import cancel_and_wait, connect, raise_if_cancelled
 from thumbify.retention import Retention
@@ -464,7 +465,8 @@ class Worker:
             JOBS.labels("retry", self.backend.name).inc()
 
     async def _finished(self, message: Message, job: Job, thumbnails: list[Thumbnail]) -> None:
-        outcome = await self._redis(self.queue.complete, message, [t.model_dump() for t in thumbnails])
+        source = job.source if "facts" in job.source else None
+        outcome = await self._redis(self.queue.complete, message, [t.model_dump() for t in thumbnails], source)
         if outcome == GONE:  # deleted while we worked: take back what we wrote
             await self.storage.delete_prefix(thumbnails_prefix(job.id))
             return
@@ -486,8 +488,11 @@ class Worker:
     async def _process_traced(self, job: Job, message_id: str) -> list[Thumbnail]:
         started = time.perf_counter()
         try:
-            async with self.storage.local_copy(original_key(job.id)) as path:
+            async with self.storage.local_copy(job.original_key or original_key(job.id), job.original_etag) as path:
                 self._preparing.discard(message_id)  # the GPU batch gathering need not wait for this job any more
+                if job.verify:  # the API judged only its header (a large direct upload, an object in the bucket)
+                    with tracing.span("verify"):
+                        await asyncio.to_thread(probe_for, path, self.settings)
                 with tracing.span("render", {"thumbify.backend": self.backend.name}):
                     renditions = await self._render(path, job)
         except FileNotFoundError as exc:
@@ -495,6 +500,9 @@ class Worker:
         except OSError as exc:
             raise StorageFailed(f"could not read the original: {exc}") from exc
         JOB_SECONDS.labels(self.backend.name).observe(time.perf_counter() - started)
+        facts = next((r.facts for r in renditions if r.facts), None)
+        if facts:  # stored with the outcome (`_finished`): the job's source as GET /v1/jobs and webhooks show it
+            job.source["facts"] = facts
         thumbnails = []
         for r in renditions:
             try:

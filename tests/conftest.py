@@ -2,9 +2,10 @@
 
 Nothing here is mocked. `redis_server` is one `EmbeddedRedis` for the session; `service` is uvicorn serving
 `api.app:create_app` plus one `python -m gpu_worker`, both pointed at that Redis and at a temporary data folder
-(support/service.py). Every process started here is stopped (and waited for) on teardown; the subprocess logs are
-written to files and attached to the report of any test that fails, and printed at the end of the session if they
-hold a traceback.
+(support/service.py); `localstack` is one LocalStack S3 for the session and `direct` a keyed Thumbify on it per
+module (support/localstack.py, support/direct.py). Every process started here is stopped (and waited for) on
+teardown; the subprocess logs are written to files and attached to the report of any test that fails, and printed
+at the end of the session if they hold a traceback.
 
 Every test gets one tier, assigned here (`pytest_collection_modifyitems`), so that a run can pick one:
 - `service`: it starts processes or servers: it uses a fixture that does (`SERVICE_FIXTURES`, or one built on them),
@@ -28,14 +29,16 @@ import pytest
 import pyvips
 from support import images
 from support.backends import backend_params, opened
+from support.direct import Direct, direct_service
 from support.images import make_jpeg
+from support.localstack import LocalStackS3, missing_reason
 from support.service import Service, port_is_free, report_tracebacks, start_service, stop_service
 
 from thumbify.redis_conn import EmbeddedRedis, free_port
 
 # Fixtures that start a process or a server (those built on them are found through each test's fixture closure; a
 # fixture that asks for one by name, with `request.getfixturevalue`, is listed itself, or marks its parameter).
-SERVICE_FIXTURES = {"redis_server", "own_redis", "s3", "rendered", "mode"}
+SERVICE_FIXTURES = {"redis_server", "own_redis", "s3", "localstack", "rendered", "mode"}
 _NO_GPU = re.compile(r"\bno GPU\b")
 # Audit events of a process being started. multiprocessing's spawn (a render pool) raises none: the tests that start
 # render processes are marked `service` by hand.
@@ -122,13 +125,33 @@ def service(
         assert port_is_free(port), f"API port {port} is still bound after stop"
 
 
+@pytest.fixture(scope="session")
+def localstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStackS3]:
+    """LocalStack's S3, one for the session (about 10 s to start): the server that checks presigned URLs and POST
+    policies. Skipped, saying why, where scripts/get-localstack.sh found no Python 3.13+ to install it with."""
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("localstack")
+    with LocalStackS3(base / "root", base / "localstack.log").start() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def direct(localstack: LocalStackS3, redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
+    """A Thumbify (API and worker) on LocalStack's S3 with API keys (support/direct.py), one per test module."""
+    with direct_service(tmp_path_factory.mktemp("direct"), redis_server, localstack) as running:
+        yield running
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """A failing test that used `service` gets the subprocess logs in its report."""
+    """A failing test that used `service` (or `direct`) gets the subprocess logs in its report."""
     outcome = yield
     report = outcome.get_result()
     if report.failed:
-        svc = getattr(item, "funcargs", {}).get("service")
+        funcargs = getattr(item, "funcargs", {})
+        svc = funcargs["direct"].svc if isinstance(funcargs.get("direct"), Direct) else funcargs.get("service")
         if isinstance(svc, Service):
             report.sections.append(("service logs", svc.log_text()))
 

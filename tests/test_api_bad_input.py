@@ -11,6 +11,7 @@ import time
 import zlib
 
 import pytest
+from support import images
 from support.images import make_jpeg
 from support.problems import assert_problem, is_failed_corrupt
 from support.service import MAX_PIXELS, MAX_UPLOAD_BYTES, Service
@@ -50,6 +51,44 @@ def test_not_an_image_is_415(service: Service, kind: str):
     body = assert_problem(r, 415, "unsupported-media", "not an image")
     assert "JPEG" in body["detail"]  # says what is accepted
     assert_nothing_left(service, before)
+
+
+def test_hevc_heic_is_415_naming_the_missing_decoder(service: Service):
+    """A phone's HEIC (HEVC): this libvips reads its header but has no HEVC decoder, so the upload is refused, not
+    turned into a job that fails. The file itself is sound: libheif with libde265 (pillow-heif) decodes it."""
+    import pillow_heif
+
+    data = images.hevc_heic(96, 64)
+    assert data[4:12] == b"ftypheic"
+    decoded = pillow_heif.open_heif(data)
+    assert decoded.size == (96, 64) and decoded.info.get("bit_depth", 8) == 8
+    before = service.snapshot()
+    r = service.submit(data, "IMG_0001.HEIC", content_type="image/heic")
+    body = assert_problem(r, 415, "unsupported-media", "HEVC", "libde265")
+    assert (body["compression"], body["missing_decoder"]) == ("hevc", "libde265"), body
+    assert_nothing_left(service, before)
+    # HEIF with AV1 (AVIF), which this libvips decodes, is still taken.
+    avif = images.photo_like_image(96, 64, seed=3).heifsave_buffer(compression="av1")
+    assert service.submit(avif, "photo.avif").status_code == 202
+
+
+def test_a_large_first_heif_of_a_codec_is_not_decoded_to_learn_it(monkeypatch: pytest.MonkeyPatch):
+    """The API learns whether it decodes a HEIF codec from one pixel of the codec's first image, never of a large one
+    (an image without a grid, most AVIFs, decodes whole): that one decides nothing, the next smaller one does."""
+    import pyvips
+
+    from thumbify import probe
+    from thumbify.errors import UnsupportedMedia
+
+    heic = pyvips.Image.new_from_buffer(images.hevc_heic(96, 64), "")
+    monkeypatch.setattr(probe, "_HEIF_DECODES", {})
+    monkeypatch.setattr(probe, "CODEC_PROBE_MAX_PIXELS", 96 * 64 - 1)
+    probe.check_heif_codec(heic)
+    assert probe._HEIF_DECODES == {}
+    monkeypatch.setattr(probe, "CODEC_PROBE_MAX_PIXELS", 96 * 64)
+    with pytest.raises(UnsupportedMedia):
+        probe.check_heif_codec(heic)
+    assert probe._HEIF_DECODES == {"hevc": False}
 
 
 # -- images that cannot be decoded -----------------------------------------------------------------------------------
@@ -180,7 +219,7 @@ BAD_OPTIONS = [
     ({"sizes": "big"}, "sizes"),
     ({"quality": "500"}, "quality"),
     ({"quality": "high"}, "quality"),
-    ({"format": "gif"}, "format"),
+    ({"format": "bmp"}, "format"),
     ({"fit": "stretch"}, "fit"),
     ({"crop": "middle"}, "crop"),
     ({"background": "red"}, "background"),

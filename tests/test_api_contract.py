@@ -4,11 +4,15 @@ words, and `If-Modified-Since` answered from a `Last-Modified` every API replica
 
 from __future__ import annotations
 
+import base64
+import re
 from datetime import timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 
 import httpx
 import pytest
+import pyvips
+from support import images
 from support.images import make_jpeg, make_png
 from support.problems import PROBLEM_BASE
 from support.service import PYTHON, Service, stop_process, wait_ready
@@ -62,8 +66,86 @@ def test_the_spec_shows_the_defaults_as_documented(service: Service, jpeg: bytes
         "format": "jpeg",
         "quality": 80,
         "background": "#ffffff",
+        "progressive": False,
+        "keep": "none",
+        "optimize_coding": True,
+        "effort": None,
+        "preset": None,
+        "facts": False,
+        "animated": False,
+        "fx": None,
+        "fy": None,
     }
     assert service.submit_ok(jpeg, "bg.jpg", background="#FF000080")["spec"]["background"] == "#ff000080"
+    # WebP and AVIF show the effort they are encoded with.
+    assert service.submit_ok(jpeg, "w.jpg", format="webp")["spec"]["effort"] == 4
+    assert service.submit_ok(jpeg, "a.jpg", format="avif")["spec"]["effort"] == 2
+
+
+def test_focal_crop_reaches_the_spec_and_the_pixels(service: Service) -> None:
+    source = images.marker_at(400, 200, 0.8, 0.2, 40, (220, 30, 30)).jpegsave_buffer(Q=95)
+    options = {"sizes": "100", "fit": "cover", "crop": "focal", "fx": "0.8", "fy": "0.2", "format": "png"}
+    job = service.run_job(source, "focal.jpg", **options)
+    assert job["status"] == "done", job
+    assert (job["spec"]["crop"], job["spec"]["fx"], job["spec"]["fy"]) == ("focal", 0.8, 0.2)
+    thumb = pyvips.Image.new_from_buffer(service.client.get(job["thumbnails"][0]["url"]).content, "")
+    assert thumb.getpoint(60, 20)[0] > 170 and thumb.getpoint(60, 20)[1] < 90  # the red marker, kept in frame
+
+
+def test_encoder_options_reach_the_spec_and_the_bytes(service: Service, jpeg: bytes) -> None:
+    options = {"sizes": "64", "progressive": "true", "keep": "ICC", "optimize_coding": "false"}
+    job = service.run_job(jpeg, "enc.jpg", **options)
+    assert job["status"] == "done", job
+    spec = job["spec"]
+    assert (spec["progressive"], spec["keep"], spec["optimize_coding"]) == (True, "icc", False)
+    data = service.client.get(job["thumbnails"][0]["url"]).content
+    assert images.jpeg_sof(data) == 0xC2
+    assert pyvips.Image.new_from_buffer(data, "").get_typeof("icc-profile-data")
+    job = service.run_job(jpeg, "enc.png", params={"sizes": "64", "format": "png", "progressive": "1", "effort": "3"})
+    assert job["spec"]["effort"] is None  # PNG has no effort: ignored, as documented
+    assert images.png_interlace(service.client.get(job["thumbnails"][0]["url"]).content) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"format": "webp", "effort": "7"}, "effort"),
+        ({"format": "avif", "effort": "10"}, "effort"),
+        ({"format": "webp", "effort": "-1"}, "effort"),
+        ({"keep": "gps"}, "keep"),
+        ({"keep": "all"}, "keep"),
+        ({"progressive": "sometimes"}, "progressive"),
+        ({"optimize_coding": "2"}, "optimize_coding"),
+        ({"facts": "maybe"}, "facts"),
+        ({"crop": "focal", "fx": "1.5"}, "fx"),
+        ({"crop": "focal", "fy": "x"}, "fy"),
+        ({"fx": "0.5"}, "fx"),
+        ({"crop": "eyes"}, "crop"),
+    ],
+)
+def test_bad_encoder_options_are_422_naming_the_field(service: Service, jpeg: bytes, options: dict, field: str) -> None:
+    body = problem_of(service.submit(jpeg, "bad.jpg", **options), 422, "invalid-options")
+    assert [e["field"] for e in body["errors"]] == [field], body
+
+
+def test_facts_are_in_the_jobs_source_when_asked_and_null_otherwise(service: Service) -> None:
+    """A 12-colour photo-like JPEG: the facts as documented (formats, lengths), read off its pixels; a PNG with a clear
+    half is `transparent`, with its opaque half's colour; without `facts` the field is null."""
+    job = service.run_job(images.photo_like(400, 300, seed=5), "facts.jpg", sizes="256,64", facts="true")
+    assert job["status"] == "done", job
+    assert job["spec"]["facts"] is True
+    facts = job["source"]["facts"]
+    assert set(facts) == {"blurhash", "thumbhash", "dominant_color", "average_color", "dhash", "transparent"}
+    assert len(facts["blurhash"]) == 28 and re.fullmatch(r"[0-9a-f]{16}", facts["dhash"])
+    assert re.fullmatch(r"#[0-9a-f]{6}", facts["dominant_color"]) and facts["transparent"] is False
+    assert len(base64.b64decode(facts["thumbhash"])) >= 5
+    again = service.client.get(f"/v1/jobs/{job['id']}").json()  # read back from Redis, not the worker's copy
+    assert again["source"]["facts"] == facts
+    png = images.rgba_png(200, 100, (40, 90, 200))
+    clear = service.run_job(png, "clear.png", sizes="64", format="png", facts="1")["source"]["facts"]
+    assert clear["transparent"] is True and clear["dominant_color"] == clear["average_color"] == "#285ac8"
+    plain = service.run_job(images.photo_like(400, 300, seed=5), "plain.jpg", sizes="64")
+    assert plain["status"] == "done" and plain["source"]["facts"] is None and plain["spec"]["facts"] is False
 
 
 # -- negotiation --------------------------------------------------------------------------------------------------

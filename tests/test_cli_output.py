@@ -4,10 +4,13 @@ to point at it; lines are not cut at 80 columns when the output is a file."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+import pyvips
+from support import images
 from support.cli import cli
 from support.images import make_jpeg, truncated_jpeg
 
@@ -95,3 +98,52 @@ def test_bad_options_are_told_in_plain_words(mixed_files: list[Path], tmp_path: 
     # Option names match in any case, as in the API.
     assert cli("thumbnail", str(mixed_files[3]), "--format", "WEBP", "-o", str(tmp_path)).returncode == 0
     assert [p.suffix for p in tmp_path.iterdir()] == [".webp"]
+
+
+def test_thumbnail_takes_the_encoder_options(mixed_files: list[Path], tmp_path: Path):
+    flags = ["--progressive", "--keep", "icc", "--size", "64"]
+    assert cli("thumbnail", str(mixed_files[3]), *flags, "-o", str(tmp_path / "jpeg")).returncode == 0
+    (out,) = (tmp_path / "jpeg").iterdir()
+    data = out.read_bytes()
+    assert images.jpeg_sof(data) == 0xC2 and pyvips.Image.new_from_buffer(data, "").get_typeof("icc-profile-data")
+    png = cli("thumbnail", str(mixed_files[3]), "--format", "png", "--progressive", "-o", str(tmp_path / "png"))
+    assert png.returncode == 0 and images.png_interlace(next((tmp_path / "png").iterdir()).read_bytes()) == 1
+    done = cli("thumbnail", str(mixed_files[3]), "--format", "avif", "--effort", "10", "-o", str(tmp_path / "x"))
+    assert done.returncode == 2 and "effort: " in done.stdout + done.stderr
+
+
+def test_thumbnail_facts_go_beside_the_thumbnails(tmp_path: Path):
+    """`--facts`: a JSON file per image, as the job's `source.facts`; none without the flag."""
+    source = images.write(tmp_path / "clear.png", images.rgba_png(200, 100, (40, 90, 200)))
+    done = cli("thumbnail", str(source), "--facts", "--size", "64", "--format", "png", "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    facts = json.loads((tmp_path / "out" / "thumb_clear.facts.json").read_text())
+    assert facts["transparent"] is True and facts["dominant_color"] == "#285ac8" and len(facts["dhash"]) == 16
+    assert cli("thumbnail", str(source), "--size", "64", "-o", str(tmp_path / "plain")).returncode == 0
+    assert [p.suffix for p in (tmp_path / "plain").iterdir()] == [".jpg"]
+
+
+def test_thumbnail_animated_keeps_the_frames(tmp_path: Path):
+    source = images.write(tmp_path / "anim.gif", images.animated("gif", delays=[40, 80, 120], loop=2))
+    for out, fmt in (("webp", "webp"), ("gif", "gif")):
+        done = cli("thumbnail", str(source), "--animated", "--format", fmt, "--size", "32", "-o", str(tmp_path / out))
+        assert done.returncode == 0, done.stdout + done.stderr
+        (thumb,) = (tmp_path / out).iterdir()
+        image = pyvips.Image.new_from_buffer(thumb.read_bytes(), "", n=-1)
+        assert (image.get("n-pages"), image.get("delay"), image.get("loop")) == (3, [40, 80, 120], 2)
+    # Without the flag: the first frame, as before.
+    assert cli("thumbnail", str(source), "--format", "webp", "-o", str(tmp_path / "still")).returncode == 0
+    (still,) = (tmp_path / "still").iterdir()
+    assert not pyvips.Image.new_from_buffer(still.read_bytes(), "", n=-1).get_typeof("n-pages")  # one frame
+
+
+def test_thumbnail_takes_the_focal_point(tmp_path: Path):
+    source = images.write(tmp_path / "marker.jpg", images.marker_at(400, 200, 0.8, 0.2, 40).jpegsave_buffer(Q=95))
+    flags = ["--size", "100", "--fit", "cover", "--crop", "focal", "--fx", "0.8", "--fy", "0.2", "--format", "png"]
+    done = cli("thumbnail", str(source), *flags, "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    (out,) = (tmp_path / "out").iterdir()
+    red = pyvips.Image.new_from_file(str(out)).getpoint(60, 20)
+    assert red[0] > 170 and red[1] < 90, red  # the marker, where the focal window puts it
+    bad = cli("thumbnail", str(source), "--crop", "focal", "--fx", "1.5", "-o", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "fx: " in bad.stdout + bad.stderr

@@ -15,6 +15,7 @@ import pytest
 from support.chart import CHART, HELM, by_kind, helm, render
 
 from thumbify.keyspace import Keys
+from thumbify.presets import Presets
 from thumbify.queue import JobQueue
 from thumbify.settings import Settings
 
@@ -45,6 +46,10 @@ FULL = {
         "rate_limit_per_s": 12.5,
         "cors_origins": ["https://app.example"],
         "delete_originals": True,
+    },
+    "presets": {
+        "avatar": {"sizes": [64, 128], "fit": "cover", "format": "webp", "quality": 70},
+        "banner": {"sizes": "1200x300", "format": "auto", "progressive": True},
     },
 }
 # KEDA's and the Prometheus Operator's: not in Kubernetes' schemas (the rules are checked by tests/test_alerts.py).
@@ -224,6 +229,28 @@ def test_gpu_workers_and_their_scaling(tmp_path: Path) -> None:
     assert obj["spec"]["minReplicaCount"] == 0  # GPU nodes cost money when idle
 
 
+def test_presets_are_a_config_map_the_api_mounts_and_reads(tmp_path: Path) -> None:
+    docs = render(FULL, tmp_path)
+    config = by_kind(docs, "ConfigMap")["thumbify-presets"]
+    api = by_kind(docs, "Deployment")["thumbify-api"]
+    c = container(api)
+    path = Path(env_of(c)["THUMBIFY_PRESETS_FILE"])
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "presets"]
+    assert (Path(mount["mountPath"]), mount["readOnly"]) == (path.parent, True)
+    [volume] = [v for v in api["spec"]["template"]["spec"]["volumes"] if v["name"] == "presets"]
+    assert volume["configMap"]["name"] == "thumbify-presets"
+    assert set(config["data"]) == {path.name}
+    (tmp_path / path.name).write_text(config["data"][path.name])
+    presets = Presets.load(tmp_path / path.name)  # as the API reads it: every preset valid
+    assert presets.items["avatar"] == {"sizes": ["64", "128"], "fit": ["cover"], "format": ["webp"], "quality": ["70"]}
+    assert presets.items["banner"]["progressive"] == ["true"]
+    # Workers do not read presets; without any, nothing is rendered or mounted.
+    assert "THUMBIFY_PRESETS_FILE" not in env_of(container(by_kind(docs, "Deployment")["thumbify-worker-cpu"]))
+    plain = render(MINIMAL, tmp_path)
+    assert "thumbify-presets" not in by_kind(plain, "ConfigMap")
+    assert "THUMBIFY_PRESETS_FILE" not in env_of(container(by_kind(plain, "Deployment")["thumbify-api"]))
+
+
 def test_secrets_stay_out_of_the_config_map(tmp_path: Path) -> None:
     hook = "whsec_c2lnbi13ZWJob29rcy1wbGVhc2U="
     values = {**MINIMAL, "auth": {"apiKeys": KEYS, "urlSigningSecret": "sign-me-please", "webhookSecret": hook}}
@@ -256,6 +283,8 @@ def test_secrets_stay_out_of_the_config_map(tmp_path: Path) -> None:
         ({**MINIMAL, "keda": {"enabled": True}, "redis": {"enabled": False, "url": "redis://r"}}, "keda.redisAddress"),
         ({**MINIMAL, "workers": {"cpu": {"replica": 3}}}, "additional properties 'replica' not allowed"),
         ({**MINIMAL, "storage": {"s3": {"addressingStyle": "sideways"}}}, "addressingStyle"),
+        ({**MINIMAL, "presets": {"Avatar": {"sizes": 64}}}, "'Avatar' does not match pattern"),
+        ({**MINIMAL, "settings": {"presets_file": "/elsewhere.json"}}, "set by the chart itself"),
     ],
 )
 def test_bad_values_fail_with_a_message(tmp_path: Path, values: dict, says: str) -> None:

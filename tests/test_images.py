@@ -29,7 +29,9 @@ def pins(lock: Path) -> dict[str, str]:
     return {m[0].lower(): m[1] for m in re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", lock.read_text(), re.MULTILINE)}
 
 
-@pytest.mark.parametrize(("lock", "extras"), [("runtime.txt", ["otel"]), ("gpu.txt", ["otel", "gpu"])])
+@pytest.mark.parametrize(
+    ("lock", "extras"), [("runtime.txt", ["otel", "faces"]), ("gpu.txt", ["otel", "faces", "gpu"])]
+)
 def test_the_lock_files_pin_what_pyproject_asks_for(lock: str, extras: list[str]) -> None:
     pinned = pins(ROOT / "requirements" / lock)
     wanted = PROJECT["dependencies"] + [d for e in extras for d in PROJECT["optional-dependencies"][e]]

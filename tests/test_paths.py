@@ -21,7 +21,10 @@ from support import images
 from support.problems import PROBLEM_BASE
 from support.service import Service
 
-THUMB_NAME = re.compile(r"^thumb_[A-Za-z0-9][A-Za-z0-9._-]{0,63}_\d{1,4}x\d{1,4}\.(jpg|png|webp|avif)$")
+from thumbify.spec import EXTENSIONS
+
+EXTENSION = "|".join(EXTENSIONS.values())
+THUMB_NAME = re.compile(rf"^thumb_[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}_\d{{1,4}}x\d{{1,4}}\.({EXTENSION})$")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 BOUNDARY = "thumbify-paths-boundary-51c3"
 

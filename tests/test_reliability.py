@@ -248,7 +248,9 @@ def test_sigterm_finishes_or_hands_back_every_job(redis_server: str, tmp_path: P
         first.wait(grace + 10)
         took = time.monotonic() - started
         assert first.returncode == 0, log_of(svc, "worker-1")
-        assert took < grace + 4, f"the worker took {took:.1f}s to stop with a {grace}s grace"
+        assert took < grace + 4, (
+            f"the worker took {took:.1f}s to stop with a {grace}s grace\n" + log_of(svc, "worker-1")[-4000:]
+        )
         at_stop = statuses(svc, ids)
         assert set(at_stop.values()) <= {"queued", "done"}, at_stop  # nothing left half-way
         assert pending_count(svc) == 0  # nothing held by the stopped worker

@@ -22,8 +22,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import pyvips
 from support import images
-from support.backends import CAP, DALI_MISSING, GPU_MISSING, TILES_MISSING, needs_dali, needs_gpu, needs_tiles, no_gpu
+from support.backends import (
+    CAP,
+    DALI_MISSING,
+    GPU_MISSING,
+    OPENCV_MISSING,
+    TILES_MISSING,
+    needs_dali,
+    needs_gpu,
+    needs_opencv,
+    needs_tiles,
+    no_gpu,
+)
 from support.renditions import MAGIC, assert_marked_upright, close, decode, item, only, pixels, psnr
 from support.service import PYTHON, ROOT, clean_env
 
@@ -35,7 +47,7 @@ from gpu_worker.pool import BatchRenderer, RenderPool
 from thumbify.errors import CorruptImage, ImageTimeout
 from thumbify.probe import probe, sniff
 from thumbify.settings import Settings
-from thumbify.spec import EXTENSIONS, ThumbnailSpec
+from thumbify.spec import EXTENSIONS, Keep, ThumbnailSpec
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -472,6 +484,29 @@ def _padded(renditions: list[Rendition]) -> None:
     assert close(array[45, :10].mean(axis=0), (0x33, 0x66, 0x99), 3)  # the pad, left of a 4:3 picture
 
 
+def _progressive(renditions: list[Rendition]) -> None:
+    assert images.jpeg_sof(only(renditions).data) == 0xC2
+
+
+def _interlaced(renditions: list[Rendition]) -> None:
+    assert images.png_interlace(only(renditions).data) == 1
+
+
+def _srgb_profile(renditions: list[Rendition]) -> None:
+    assert images.is_srgb_profile(decode(only(renditions)).get("icc-profile-data"))
+
+
+def _rights_without_gps(renditions: list[Rendition]) -> None:
+    image = decode(only(renditions))
+    assert images.COPYRIGHT in image.get("exif-ifd0-Copyright")
+    assert not [f for f in image.get_fields() if "GPS" in f or f == "exif-ifd0-Make"]
+
+
+def _facts_on_the_smallest(renditions: list[Rendition]) -> None:
+    assert [r.facts is not None for r in renditions] == [False, True]  # read off the 64 px one, carried on it
+    assert len(renditions[1].facts["dhash"]) == 16 and renditions[1].facts["transparent"] is False
+
+
 def _photo(w: int, h: int, seed: int) -> Callable[[], bytes]:
     return lambda: images.photo_like(w, h, seed=seed)
 
@@ -505,12 +540,49 @@ CASES: dict[str, tuple[Callable[[], bytes], dict, list[str], Callable[[list[Rend
         ["200x120"],
         None,
     ),
+    # The encoder options: every backend honours them (the GPU ones in the shared finishing step), none refuses.
+    "progressive-jpeg": (_photo(640, 480, 11), {"sizes": "128", "progressive": True}, ["128x96"], _progressive),
+    "interlaced-png": (
+        _photo(640, 480, 12),
+        {"sizes": "128", "format": "png", "progressive": True},
+        ["128x96"],
+        _interlaced,
+    ),
+    "keep-icc": (_photo(640, 480, 13), {"sizes": "128", "keep": "icc"}, ["128x96"], _srgb_profile),
+    "keep-copyright": (
+        images.jpeg_with_rights_and_gps,
+        {"sizes": "128", "format": "webp", "keep": "copyright"},
+        ["128x96"],
+        _rights_without_gps,
+    ),
+    "effort-webp": (_photo(640, 480, 14), {"sizes": "128", "format": "webp", "effort": 6}, ["128x96"], None),
+    "effort-avif": (_photo(640, 480, 15), {"sizes": "128", "format": "avif", "effort": 0}, ["128x96"], None),
+    "no-optimize-coding": (_photo(640, 480, 16), {"sizes": "128", "optimize_coding": False}, ["128x96"], None),
+    # Facts: read in the shared finishing step too, so no backend refuses them.
+    "facts": (_photo(640, 480, 18), {"sizes": "128,64", "facts": True}, ["128x96", "64x48"], _facts_on_the_smallest),
+    # animated=true on a still renders as without, wherever the still goes (the animations: test_animated_*).
+    "animated-still": (_photo(640, 480, 18), {"sizes": "128", "format": "webp", "animated": True}, ["128x96"], None),
+    # The focal and face crops: the shared finishing step crops, so no backend refuses them.
+    "cover-focal": (
+        _photo(640, 480, 17),
+        {"sizes": "120x200", "fit": "cover", "crop": "focal", "fx": 0.2, "fy": 0.7},
+        ["120x200"],
+        None,
+    ),
+    "cover-faces": (
+        lambda: images.face_at(800, 400, 560, 120, 120).jpegsave_buffer(Q=95),
+        {"sizes": "200", "fit": "cover", "crop": "faces"},
+        ["200x200"],
+        None,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_backend_obeys_the_spec(any_backend, tmp_path: Path, case: str) -> None:
     make, spec, sizes, check = CASES[case]
+    if spec.get("crop") == "faces" and OPENCV_MISSING:
+        pytest.skip(OPENCV_MISSING)
     data = make()
     path, fmt, thumb_spec, stem = item(tmp_path, f"src.{sniff(data[:32])}", data, **spec)
     ours = any_backend.render(path, fmt, thumb_spec, stem)
@@ -526,7 +598,8 @@ def test_every_backend_obeys_the_spec(any_backend, tmp_path: Path, case: str) ->
         assert MAGIC[r.format](r.data), r.name
         image = decode(r)
         assert image.interpretation in ("srgb", "b-w") and image.bands in (1, 3), r.name  # sRGB, no alpha
-        assert not image.get_typeof("exif-data") and not image.get_typeof("icc-profile-data"), r.name
+        if thumb_spec.keep is Keep.none:
+            assert not image.get_typeof("exif-data") and not image.get_typeof("icc-profile-data"), r.name
         score = psnr(pixels(r), pixels(v))
         assert score >= 35.0, f"{r.name}: {score:.1f} dB against the vips backend"
     if check is not None:
@@ -537,6 +610,83 @@ def test_the_spec_suite_covers_what_the_issue_names() -> None:
     specs = [spec for _, spec, _, _ in CASES.values()]
     assert {s.get("fit", "inside") for s in specs} == {"inside", "cover", "fill", "contain"}
     assert {s.get("format", "jpeg") for s in specs} >= {"jpeg", "webp", "avif"}
-    assert {s.get("crop", "centre") for s in specs} == {"centre", "attention"}
+    assert {s.get("crop", "centre") for s in specs} == {"centre", "attention", "focal", "faces"}
     assert "orientation-6" in CASES and "cmyk-to-srgb" in CASES
     assert any("," in s["sizes"] for s in specs)  # several sizes from one decode
+    # The encoder options, each set away from its default.
+    assert {s.get("keep", "none") for s in specs} == {"none", "icc", "copyright"}
+    assert {s.get("format", "jpeg") for s in specs if s.get("progressive")} == {"jpeg", "png"}
+    assert {s["format"] for s in specs if "effort" in s} == {"webp", "avif"}
+    assert any(s.get("optimize_coding") is False for s in specs)
+    assert any(s.get("facts") for s in specs)
+    assert any(s.get("animated") for s in specs)
+
+
+@needs_dali
+def test_encoder_options_keep_the_route(router: RoutedBackend, tmp_path: Path) -> None:
+    """No backend refuses an encoder option (or facts): the images stay where their pixels send them, and are what
+    vips makes."""
+    options = {"progressive": True, "keep": "copyright", "optimize_coding": True, "facts": True}
+    cases = [("cam.jpg", images.jpeg_with_rights_and_gps(), "dali"), ("cmyk.jpg", images.cmyk_jpeg(), "vips")]
+    if TILES_MISSING is None:
+        cases.append(("huge.jpg", images.photo_like(960, 720, seed=17), "tiles"))
+    items = [item(tmp_path, name, data, sizes="128", **options) for name, data, _ in cases]
+    results = router.render_batch(items)
+    assert router.last_routes == [where for _, _, where in cases]
+    for result, it in zip(results, items, strict=True):
+        r, theirs = only(result), only(VipsBackend().render(*it))
+        assert images.jpeg_sof(r.data) == 0xC2 and r.facts and r.facts["dhash"]
+        assert decode(r).get_typeof("exif-ifd3-GPSLatitude") == 0
+        assert psnr(pixels(r), pixels(theirs)) >= 35.0
+    assert images.COPYRIGHT in decode(only(results[0])).get("exif-ifd0-Copyright")
+
+
+@needs_dali
+def test_animated_goes_to_vips_and_stills_keep_their_route(router: RoutedBackend, tmp_path: Path) -> None:
+    """animated=true: an animation goes to vips, the only backend that renders every frame (GIF or WebP, whatever
+    the output); a still with the option, or `format=gif`, stays where its pixels send it; each is what vips makes."""
+    colours = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
+    cases = [
+        ("a.gif", images.animated("gif", colours, 96, 72, delays=[50, 120, 80], loop=3), "webp", "vips"),
+        ("a.webp", images.animated("webp", colours, 96, 72, delays=[50, 120, 80], loop=3), "gif", "vips"),
+        ("still.jpg", images.photo_like(320, 240, seed=19), "webp", "dali"),
+        ("still-gif.jpg", images.photo_like(320, 240, seed=20), "gif", "dali"),
+    ]
+    if TILES_MISSING is None:
+        cases.append(("huge.jpg", images.photo_like(960, 720, seed=21), "webp", "tiles"))
+    items = [item(tmp_path, name, data, sizes="48", format=out, animated=True) for name, data, out, _ in cases]
+    results = router.render_batch(items)
+    assert router.last_routes == [where for *_, where in cases]
+    for result, it, (name, *_) in zip(results, items, cases, strict=True):
+        r, theirs = only(result), only(VipsBackend().render(*it))
+        assert (r.name, r.width, r.height, r.format) == (theirs.name, theirs.width, theirs.height, theirs.format)
+        image = pyvips.Image.new_from_buffer(r.data, "", n=-1)
+        pages = image.get("n-pages") if image.get_typeof("n-pages") else 1
+        if name.startswith("a."):
+            assert pages == 3 and image.get("delay") == [50, 120, 80] and image.get("loop") == 3
+            for i, colour in enumerate(colours):
+                frame = image.crop(0, i * r.height, r.width, r.height)
+                assert close([frame.extract_band(b).avg() for b in range(3)], colour, 8), (name, i)
+        else:
+            assert pages == 1
+            # GIF's 256-colour palette, dithered, turns small differences of the resample into larger ones.
+            assert psnr(pixels(r), pixels(theirs)) >= (28.0 if r.format == "gif" else 35.0)
+
+
+@pytest.mark.parametrize(
+    "options", [{"crop": "focal", "fx": 0.9, "fy": 0.1}, pytest.param({"crop": "faces"}, marks=needs_opencv)]
+)
+def test_crop_options_keep_the_route(router: RoutedBackend, tmp_path: Path, options: dict) -> None:
+    """The focal and face crops happen in the shared finishing step: DALI and tiles keep their images, and crop
+    them as vips does."""
+    cases = [("face.jpg", images.face_at(800, 400, 560, 120, 120).jpegsave_buffer(Q=95), "dali")]
+    cases.append(("cmyk.jpg", images.cmyk_jpeg(), "vips"))
+    if TILES_MISSING is None:
+        cases.append(("huge.jpg", images.photo_like(960, 720, seed=18), "tiles"))
+    items = [item(tmp_path, name, data, sizes="160x100", fit="cover", **options) for name, data, _ in cases]
+    results = router.render_batch(items)
+    assert router.last_routes == [where for _, _, where in cases]
+    for result, it in zip(results, items, strict=True):
+        r, theirs = only(result), only(VipsBackend().render(*it))
+        assert (r.width, r.height) == (160, 100)
+        assert psnr(pixels(r), pixels(theirs)) >= 35.0

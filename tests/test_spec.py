@@ -6,8 +6,9 @@ import json
 
 import pytest
 from pydantic import ValidationError
+from support.backends import needs_opencv
 
-from thumbify.errors import NotAcceptable, message_of
+from thumbify.errors import InvalidOptions, NotAcceptable, message_of
 from thumbify.spec import (
     ALPHA_FORMATS,
     EXTENSIONS,
@@ -18,6 +19,7 @@ from thumbify.spec import (
     Crop,
     Fit,
     Format,
+    Keep,
     Size,
     ThumbnailSpec,
     negotiate_format,
@@ -155,12 +157,12 @@ def test_spec_quality_out_of_bounds(quality) -> None:
         ThumbnailSpec(quality=quality)
 
 
-@pytest.mark.parametrize("fmt", ["jpeg", "webp", "png", "avif"])
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "png", "avif", "gif"])
 def test_spec_formats(fmt: str) -> None:
     assert ThumbnailSpec(format=fmt).format is Format(fmt)
 
 
-@pytest.mark.parametrize("fmt", ["jpg", "gif", "tiff", "heic", "JPEG2000", "", "auto"])
+@pytest.mark.parametrize("fmt", ["jpg", "tiff", "heic", "JPEG2000", "", "auto"])
 def test_spec_rejects_other_formats(fmt: str) -> None:
     with pytest.raises(ValidationError):
         ThumbnailSpec(format=fmt)
@@ -230,7 +232,7 @@ def test_spec_round_trips_through_json_with_background() -> None:
 def test_format_tables_are_complete() -> None:
     assert set(EXTENSIONS) == set(MEDIA_TYPES) == set(Format)
     assert Format.jpeg not in ALPHA_FORMATS
-    assert ALPHA_FORMATS == {Format.png, Format.webp, Format.avif}
+    assert ALPHA_FORMATS == {Format.png, Format.webp, Format.avif, Format.gif}
 
 
 # -- negotiate_format ------------------------------------------------------------------------------------------------
@@ -351,3 +353,86 @@ def test_thumbnail_name_of_a_hostile_upload_name_is_safe() -> None:
     name = thumbnail_name(safe_stem("../../../etc/passwd\x00.png"), 64, 64, Format.png)
     assert name == "thumb_passwd_64x64.png"
     assert "/" not in name
+
+
+def test_encoder_option_defaults() -> None:
+    spec = ThumbnailSpec()
+    assert (spec.progressive, spec.keep, spec.optimize_coding, spec.effort) == (False, Keep.none, True, None)
+    assert ThumbnailSpec(format="webp").effort == 4 and ThumbnailSpec(format="avif").effort == 2
+    assert ThumbnailSpec(format="png", effort=5).effort is None  # ignored where the format has none
+
+
+@pytest.mark.parametrize(("fmt", "low", "high"), [("webp", 0, 6), ("avif", 0, 9)])
+def test_effort_bounds_per_format(fmt: str, low: int, high: int) -> None:
+    for effort in (low, high):
+        assert ThumbnailSpec(format=fmt, effort=effort).effort == effort
+    for effort in (low - 1, high + 1):
+        with pytest.raises(InvalidOptions) as info:
+            ThumbnailSpec.from_options({"format": [fmt], "effort": [str(effort)]})
+        assert [e["field"] for e in info.value.extra["errors"]] == ["effort"]
+
+
+@pytest.mark.parametrize("keep", ["NONE", "Icc", "copyright"])
+def test_keep_values(keep: str) -> None:
+    assert ThumbnailSpec(keep=keep).keep is Keep(keep.lower())
+
+
+def test_facts_is_off_by_default_and_a_bad_value_names_the_field() -> None:
+    assert ThumbnailSpec().facts is False
+    assert ThumbnailSpec.from_options({"facts": ["TRUE"]})[0].facts is True
+    with pytest.raises(InvalidOptions) as info:
+        ThumbnailSpec.from_options({"facts": ["maybe"]})
+    assert [e["field"] for e in info.value.extra["errors"]] == ["facts"]
+    assert ThumbnailSpec.model_validate_json(ThumbnailSpec(facts=True).model_dump_json()).facts is True
+
+
+def test_encoder_options_round_trip_through_json() -> None:
+    spec = ThumbnailSpec(format="avif", progressive=True, keep="copyright", optimize_coding=False, effort=7)
+    assert ThumbnailSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_spec_carries_its_preset_name_as_a_label() -> None:
+    """`preset` is expanded by the API (thumbify/presets.py); the spec keeps the name, checked against the pattern."""
+    spec, _ = ThumbnailSpec.from_options({"preset": ["avatar"], "sizes": ["64"]})
+    assert spec.preset == "avatar" and ThumbnailSpec.model_validate_json(spec.model_dump_json()) == spec
+    assert ThumbnailSpec().preset is None
+    for bad in ("Avatar", "-x", "a" * 33, "a b"):
+        with pytest.raises(InvalidOptions) as caught:
+            ThumbnailSpec.from_options({"preset": [bad]})
+        assert [e["field"] for e in caught.value.extra["errors"]] == ["preset"]
+
+
+def test_focal_point_defaults_and_bounds() -> None:
+    assert (ThumbnailSpec().fx, ThumbnailSpec().fy) == (None, None)  # null without crop=focal
+    spec = ThumbnailSpec(crop="focal", fx=0.8)
+    assert (spec.crop, spec.fx, spec.fy) == (Crop.focal, 0.8, 0.5)
+    assert ThumbnailSpec(crop="FOCAL", fx=0, fy=1).fx == 0.0
+    assert ThumbnailSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"crop": ["focal"], "fx": ["1.01"]}, "fx"),
+        ({"crop": ["focal"], "fy": ["-0.1"]}, "fy"),
+        ({"crop": ["focal"], "fx": ["nan"]}, "fx"),
+        ({"crop": ["focal"], "fy": ["half"]}, "fy"),
+        ({"fx": ["0.3"]}, "fx"),  # without crop=focal it would do nothing: refused
+        ({"crop": ["attention"], "fy": ["0.3"]}, "fy"),
+    ],
+)
+def test_bad_focal_points_name_the_field(options: dict, field: str) -> None:
+    with pytest.raises(InvalidOptions) as info:
+        ThumbnailSpec.from_options(options)
+    assert [e["field"] for e in info.value.extra["errors"]] == [field]
+
+
+def test_a_bad_crop_is_the_one_error_with_a_focal_point() -> None:
+    with pytest.raises(InvalidOptions) as info:
+        ThumbnailSpec.from_options({"crop": ["eyes"], "fx": ["0.3"]})
+    assert [e["field"] for e in info.value.extra["errors"]] == ["crop"]
+
+
+@needs_opencv
+def test_faces_is_a_crop_where_opencv_is_installed() -> None:
+    assert ThumbnailSpec(crop="faces").crop is Crop.faces

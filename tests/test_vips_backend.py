@@ -122,7 +122,7 @@ def test_cover_overflow_is_cut_before_resampling(orientation: int) -> None:
     placement = place(upright_w, upright_h, Size(width=4096, height=4096), Fit.cover)
     assert placement.resize_h == 4096 * 30000
     source = decoding.Source(stored, orientation, upright_w, upright_h, upright_w, upright_h)
-    img, bounded, _ = finishing.cut_overflow(source, placement)
+    img, bounded, _, _ = finishing.cut_overflow(source, placement)
     assert (bounded.out_w, bounded.out_h) == (4096, 4096)
     assert bounded.resize_w >= 4096 and bounded.resize_h >= 4096
     assert bounded.resize_w * bounded.resize_h <= max(plan.OVERFLOW_BUDGET, 2 * 4096 * 4096)

@@ -96,6 +96,15 @@ def test_a_delivery_is_signed_and_carries_the_job(hooked: Service, receiver) -> 
         Webhook(SECRET).verify(body.replace(b"done", b"dune"), headers)
 
 
+def test_a_delivery_carries_the_facts_when_asked(hooked: Service, receiver) -> None:
+    hook = receiver([200])
+    job_id = hooked.submit_ok(make_jpeg(64, 48), callback_url=hook.url, facts="true")["id"]
+    job = settled(hooked, job_id)
+    ((headers, body),) = hook.received
+    facts = Webhook(SECRET).verify(body, headers)["data"]["source"]["facts"]
+    assert facts == job["source"]["facts"] and len(facts["dhash"]) == 16
+
+
 def test_the_worker_counts_deliveries_and_their_latency(hooked: Service, receiver) -> None:
     hook = receiver([200])
     settled(hooked, hooked.submit_ok(make_jpeg(64, 48), callback_url=hook.url)["id"])

@@ -125,11 +125,40 @@ class NotReady(ThumbifyError):
     slug, title, status = "not-ready", "Not ready", 503
 
 
+# -- direct uploads and jobs from stored objects (api/routes/uploads.py) ---------------------------------------
+
+
+class DirectUploadsUnavailable(ThumbifyError):
+    """Direct uploads and jobs from stored objects need S3 storage (a local folder has no presigned URLs)."""
+
+    slug, title, status, permanent = "direct-uploads-unavailable", "Direct uploads unavailable", 501, True
+
+
+class UploadNotReceived(ThumbifyError):
+    """`complete` before the object reached the bucket: the upload stays open."""
+
+    slug, title, status = "upload-not-received", "Upload not received", 409
+
+
+class UploadExpired(ThumbifyError):
+    slug, title, status, permanent = "upload-expired", "Upload expired", 410, True
+
+
+class SourceMissing(ThumbifyError):
+    slug, title, status, permanent = "source-missing", "Source object missing", 422, True
+
+
 # -- the worker's errors: stored in a failed job's `error`, never an HTTP answer of their own -------------------------
 
 
 class OriginalMissing(ThumbifyError):
     slug, title, status, permanent = "original-missing", "Original missing", 410, True
+
+
+class OriginalChanged(ThumbifyError):
+    """The object in the bucket is not the one the API checked (re-uploaded to a still-valid presigned URL)."""
+
+    slug, title, status, permanent = "original-changed", "Original changed after it was checked", 409, True
 
 
 class ImageTimeout(ThumbifyError):
@@ -197,6 +226,12 @@ class SideTooLong(ThumbifyError):
 
 class TooManyFrames(ThumbifyError):
     slug, title, status, permanent = "too-many-frames", "Image has too many frames or pages", 422, True
+
+
+class AnimationTooLarge(ThumbifyError):
+    """`animated=true` over the output pixel cap, all frames and sizes counted (thumbify/animation.py)."""
+
+    slug, title, status, permanent = "animation-too-large", "Animated thumbnails too large", 422, True
 
 
 def message_of(error: dict[str, Any]) -> str:

@@ -57,6 +57,12 @@ class Job(BaseModel):
     traceparent: str = ""
     callback: dict[str, Any] | None = None  # {url, state, attempts} (`callback_of`); None without a callback
     batch_id: str = ""  # the batch it was submitted in (thumbify.batches); "" for a job of its own
+    # Where the original lies when it is not `original_key(id)` (an ingested object, never deleted by Thumbify), the
+    # version the API checked (the worker refuses another), and whether the API judged only its header (the worker
+    # then checks the whole file before decoding it).
+    original_key: str = ""
+    original_etag: str = ""
+    verify: bool = False
 
 
 def new_job_id() -> str:
@@ -218,4 +224,7 @@ def _job_from(job_id: str, row: dict[str, str]) -> Job:
         traceparent=row.get("traceparent", ""),
         callback=callback_of(row),
         batch_id=row.get("batch_id", ""),
+        original_key=row.get("original_key", ""),
+        original_etag=row.get("original_etag", ""),
+        verify=row.get("verify") == "1",
     )

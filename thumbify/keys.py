@@ -54,6 +54,10 @@ class ApiKey:
     # them, kept in clear because the server signs with it (empty: the global THUMBIFY_WEBHOOK_SECRET).
     callback_url: str = ""
     webhook_secret: str = field(default="", repr=False)  # never in a log line or a traceback
+    # Keys in the bucket this key may make jobs from (POST /v1/jobs with `source_key`), by prefix; admin: any.
+    source_prefixes: tuple[str, ...] = ()
+    # May only submit `preset=NAME` and no other spec option (thumbify/presets.py): bounds the variants it can make.
+    presets_only: bool = False
 
     @property
     def admin(self) -> bool:
@@ -64,7 +68,13 @@ class ApiKey:
 
     def entry(self) -> dict:
         entry = {"name": self.name, "id": self.id, "sha256": self.sha256, "scopes": sorted(self.scopes)}
-        optional = {"created": self.created, "callback_url": self.callback_url, "webhook_secret": self.webhook_secret}
+        optional = {
+            "created": self.created,
+            "callback_url": self.callback_url,
+            "webhook_secret": self.webhook_secret,
+            "source_prefixes": list(self.source_prefixes),
+            "presets_only": self.presets_only,
+        }
         return entry | {k: v for k, v in optional.items() if v}
 
 
@@ -101,6 +111,8 @@ def _parse(text: str, origin: str) -> list[ApiKey]:
                 str(e.get("created", "")),
                 str(e.get("callback_url", "")),
                 str(e.get("webhook_secret", "")),
+                tuple(str(p) for p in e.get("source_prefixes", ())),
+                e.get("presets_only", False) is True,
             )
             for e in entries
         ]

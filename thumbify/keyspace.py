@@ -120,3 +120,14 @@ class Keys:
         text."""
         digest = hashlib.sha256(f"{client}\0{key}".encode()).hexdigest()
         return f"{self.prefix}:idem:{digest}"
+
+    # -- direct uploads (thumbify.uploads) -----------------------------------------------------------------------
+
+    def direct_upload(self, upload_id: str) -> str:
+        """A direct upload's record (a hash) while it is open, and for a while after it completed."""
+        return f"{self.prefix}:direct-upload:{upload_id}"
+
+    @property
+    def open_uploads(self) -> str:
+        """Direct uploads not yet completed, scored by when their URLs expire (the retention sweep's to-do list)."""
+        return f"{self.prefix}:direct-uploads:open"

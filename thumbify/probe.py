@@ -12,6 +12,7 @@ import contextlib
 import functools
 import mmap
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -158,35 +159,67 @@ def probe(
 ) -> SourceInfo:
     """The upload's format and size from its header (a file, or a small upload held in memory), or the typed error
     that refuses it. Limits left at None take the settings' defaults."""
-    max_side = max_side or _default("max_side")
-    max_frames = max_frames or _default("max_frames")
-    max_decode_bytes = max_decode_bytes or _default("max_decode_bytes")
+    limits = _limits(max_pixels, max_side, max_frames, max_decode_bytes)
     with _contents(source) as buf:
-        head = bytes(buf[:SNIFF_BYTES])
+        fmt = format_of(bytes(buf[:SNIFF_BYTES]))
         size = len(buf)
-        if not head:
-            raise UnsupportedMedia("the upload is empty")
-        fmt = sniff(head)
-        if fmt is None:
-            raise UnsupportedMedia(
-                "not an image we accept: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content)"
-            )
         # Before libvips opens it: libvips counts a GIF's frames or a TIFF's pages by reading them all, which
         # for millions of tiny frames costs seconds and hundreds of megabytes.
-        frames = count_frames(buf, fmt, max_frames)
-        if frames > max_frames:
+        frames = count_frames(buf, fmt, limits.max_frames)
+        if frames > limits.max_frames:
             raise TooManyFrames(
-                f"the {NAMES[fmt]} has more than {max_frames:,} {_UNITS.get(fmt, 'frames')} (or more blocks "
-                f"than that many need); the limit is {max_frames:,}",
-                limit=max_frames,
+                f"the {NAMES[fmt]} has more than {limits.max_frames:,} {_UNITS.get(fmt, 'frames')} (or more blocks "
+                f"than that many need); the limit is {limits.max_frames:,}",
+                limit=limits.max_frames,
             )
         damage = png_damage(buf) if fmt == "png" else None
         if damage:
             raise CorruptImage(f"the PNG is corrupt: {damage}")
         layout = _layout(buf, fmt)
+    return _judged(lambda: open_image(source, fmt, access="sequential"), fmt, size, layout, limits)
+
+
+def probe_header(head: bytes, size: int, open_header: Callable[[str], object], limits: dict[str, int]) -> SourceInfo:
+    """A stored object judged from its first bytes (`head`, of its `size`) and libvips' header read through
+    `open_header(fmt)` (which may read further): the format, pixels, sides and pages. The walks that need the whole
+    file (frame blocks, PNG checksums, a layout past `head`) are left to whoever holds it whole (the worker)."""
+    lim = _limits(**limits)
+    fmt = format_of(head[:SNIFF_BYTES])
+    return _judged(lambda: open_header(fmt), fmt, size, _layout(head, fmt), lim)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_pixels: int
+    max_side: int
+    max_frames: int
+    max_decode_bytes: int
+
+
+def _limits(max_pixels: int, max_side=None, max_frames=None, max_decode_bytes=None) -> _Limits:
+    return _Limits(
+        max_pixels,
+        max_side or _default("max_side"),
+        max_frames or _default("max_frames"),
+        max_decode_bytes or _default("max_decode_bytes"),
+    )
+
+
+def format_of(head: bytes) -> str:
+    """The format the magic bytes say; UnsupportedMedia for anything else (or nothing)."""
+    if not head:
+        raise UnsupportedMedia("the upload is empty")
+    fmt = sniff(head)
+    if fmt is None:
+        raise UnsupportedMedia("not an image we accept: JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF (judged by content)")
+    return fmt
+
+
+def _judged(open_header: Callable[[], object], fmt: str, size: int, layout: _Layout, limits: _Limits) -> SourceInfo:
+    """libvips' header read (through `open_header`) judged against the limits."""
     pyvips = _vips()
     try:
-        image = open_image(source, fmt, access="sequential")
+        image = open_header()
         width, height = image.width, image.height
         pages = image.get("n-pages") if image.get_typeof("n-pages") else 1
         orientation = image.get("orientation") if image.get_typeof("orientation") else 1
@@ -194,6 +227,7 @@ def probe(
         bits = image.get("bits-per-sample") if image.get_typeof("bits-per-sample") else 8
     except pyvips.Error as exc:
         raise CorruptImage(f"cannot read the {fmt} header: {vips_message(exc)}") from exc
+    max_frames, max_pixels, max_side = limits.max_frames, limits.max_pixels, limits.max_side
     if pages > max_frames:
         raise TooManyFrames(
             f"the {NAMES[fmt]} has {pages:,} {_UNITS.get(fmt, 'frames')}; the limit is {max_frames:,}",
@@ -213,16 +247,62 @@ def probe(
             height=height,
         )
     need, why = decode_bytes(fmt, width, height, layout, bits)
-    if need > max_decode_bytes:
+    if need > limits.max_decode_bytes:
         raise TooManyPixels(
             f"{width}x{height} is too large for a {why}, which must be held in memory to decode: about "
-            f"{need / 2**20:,.0f} MiB; the limit is {max_decode_bytes / 2**20:,.0f} MiB",
+            f"{need / 2**20:,.0f} MiB; the limit is {limits.max_decode_bytes / 2**20:,.0f} MiB",
             width=width,
             height=height,
         )
+    if fmt == "heif":
+        check_heif_codec(image)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return SourceInfo(fmt, width, height, size, max(1, int(pages)), has_alpha, int(orientation))
+
+
+# Whether this libvips' libheif decodes each HEIF codec, learnt from the first upload of it in this process.
+# pyvips-binary's has AV1 (AVIF) but no HEVC decoder (libde265, left out for HEVC's patents): a phone's HEIC reads
+# its header and then fails to decode, so it is refused at upload rather than failing as a job.
+_HEIF_DECODES: dict[str, bool] = {}
+_DECODERS = {"hevc": "libde265"}  # the decoder plugin libheif names for a codec it lacks
+# The largest first image of a codec whose pixel is decoded to learn it: a phone's HEIC (≤ 48 MP) decodes one grid
+# tile for it, but an image without a grid (most AVIFs) decodes whole, and the API must not decode a large one.
+CODEC_PROBE_MAX_PIXELS = 50_000_000
+NOT_BUILT_IN = re.compile(r"has not been built in: (\w+)")  # libheif's words for a codec it lacks
+
+
+def check_heif_codec(image) -> None:
+    """UnsupportedMedia for a HEIF whose codec this libvips cannot decode; the first image of each codec (of at most
+    `CODEC_PROBE_MAX_PIXELS`) tells, by decoding one pixel (a tile, or an AVIF whole, once per process), where
+    libheif says the codec was not built in. Any other failure (damage, a header-only read of a stored object)
+    decides nothing: the worker's decode says what is wrong."""
+    codec = str(image.get("heif-compression")) if image.get_typeof("heif-compression") else None
+    if codec is None:
+        return
+    if codec not in _HEIF_DECODES:
+        if image.width * image.height > CODEC_PROBE_MAX_PIXELS:
+            return  # decides nothing: a smaller image of the codec will, and the worker refuses this one if need be
+        try:
+            image.crop(0, 0, 1, 1).avg()
+            _HEIF_DECODES[codec] = True
+        except _vips().Error as exc:
+            if not NOT_BUILT_IN.search(str(exc)):
+                return
+            _HEIF_DECODES[codec] = False
+    if not _HEIF_DECODES[codec]:
+        raise heif_refusal(codec)
+
+
+def heif_refusal(codec: str) -> UnsupportedMedia:
+    """The refusal of a HEIF whose codec this libvips cannot decode (at upload, or where a worker meets one)."""
+    decoder = _DECODERS.get(codec, f"a {codec} decoder")
+    return UnsupportedMedia(
+        f"a HEIF/HEIC image compressed with {codec.upper()} cannot be decoded here: this server's libvips "
+        f"(libheif) has no {codec.upper()} decoder ({decoder}); send JPEG, PNG, WebP, TIFF, GIF or AVIF",
+        compression=codec,
+        missing_decoder=decoder,
+    )
 
 
 def vips_message(exc: Exception) -> str:

@@ -195,9 +195,10 @@ class JobQueue:
     async def ack(self, message: Message) -> None:
         await ack_and_delete(self.redis, self.keys.stream, self.GROUP, message.id)
 
-    async def complete(self, message: Message, thumbnails: list[dict]) -> int:
-        """Job done with `thumbnails`, message acked: OK, GONE (deleted meanwhile) or BLOCKED (already done)."""
-        args = [*self._outcome_args(message), json.dumps(thumbnails)]
+    async def complete(self, message: Message, thumbnails: list[dict], source: dict | None = None) -> int:
+        """Job done with `thumbnails` (and `source`, when the render added to it), message acked: OK, GONE (deleted
+        meanwhile) or BLOCKED (already done)."""
+        args = [*self._outcome_args(message), json.dumps(thumbnails), json.dumps(source) if source else ""]
         return int(await self._complete(keys=[*self._outcome_keys(message), self.keys.outbox], args=args))
 
     async def fail(self, message: Message, error: dict[str, str]) -> int:

@@ -7,7 +7,8 @@ Candidates come from the per-status indexes read by lexicographic range: ids beg
 cut-off but finished after it (a late retry, a requeue) is kept until a later sweep: the record's `updated_at`
 decides, re-checked inside the deleting script so a job requeued meanwhile is never deleted. The record and its
 index entries go first, then the original and the thumbnails (as `DELETE /v1/jobs/{id}` does). Dead-letter
-entries older than the period are trimmed too.
+entries older than the period are trimmed too, and direct uploads abandoned before completion are deleted
+(`UploadStore.sweep`; whatever the retention, as they never became jobs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from thumbify import state
 from thumbify.keyspace import Keys
 from thumbify.state import Status
 from thumbify.storage import Storage, job_prefixes
+from thumbify.uploads import UploadStore
 
 log = logging.getLogger("thumbify.retention")
 
@@ -43,19 +45,24 @@ class Retention:
         self.interval_s = interval_s
         self.owner = owner
         self._expire = redis.register_script(state.EXPIRE)
+        self.uploads = UploadStore(redis, keys)
 
     async def maybe_sweep(self, now: float | None = None) -> int | None:
         """Sweep if no other worker has within `interval_s`; returns how many jobs expired (None: not our turn)."""
-        if not self.retention_s:
-            return None
         ttl_ms = max(1, int(self.interval_s * 1000))
         if not await self.redis.set(self.keys.cleanup_lock, self.owner, nx=True, px=ttl_ms):
             return None
         return await self.sweep(now)
 
     async def sweep(self, now: float | None = None, budget: int = 10_000) -> int:
-        """Delete every finished job last changed more than `retention_s` ago (at most `budget` per sweep)."""
+        """Delete every finished job last changed more than `retention_s` ago (at most `budget` per sweep), and
+        the abandoned direct uploads."""
         now = time.time() if now is None else now
+        abandoned = await self.uploads.sweep(self.storage, now)
+        if abandoned:
+            log.info("retention: deleted %d direct upload(s) never completed", abandoned)
+        if not self.retention_s:
+            return 0
         cutoff = now - self.retention_s
         cutoff_iso = iso(cutoff)
         upper = f"({int(cutoff * 1000):012x}"

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from thumbify.animation import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="THUMBIFY_", env_file=None, extra="ignore")
@@ -38,6 +40,11 @@ class Settings(BaseSettings):
     # Thumbnail downloads answer 307 to a presigned URL on the bucket valid this long, so the bytes do not pass
     # through the API (the API still checks the key, the owner and If-None-Match first); 0 = stream them.
     s3_redirect_ttl_s: int = Field(0, ge=0, le=7 * 24 * 3600)
+    # Direct uploads (POST /v1/uploads): the presigned URLs a client sends the file to live this long; an upload not
+    # completed by then is abandoned, and the retention sweep deletes its object. They are made for this endpoint,
+    # the one clients reach the bucket at, where it differs from the API's own (a cluster-internal MinIO).
+    upload_url_ttl_s: int = Field(900, ge=60, le=7 * 24 * 3600)
+    s3_public_endpoint_url: str = ""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -53,6 +60,11 @@ class Settings(BaseSettings):
     # Frames of a GIF or animated WebP, pages of a TIFF or top-level images of a HEIF (counted by a bounded walk
     # of the container, so a GIF of millions of 1x1 frames costs microseconds, not gigabytes).
     max_frames: int = Field(1000, ge=1)
+    # `animated=true` (thumbify/animation.py): frames an animated thumbnail keeps (the first ones, with their
+    # delays; the rest are dropped), and the output pixels of all its frames and sizes, past which the job is
+    # refused (422 animation-too-large): 40 M is 200 frames of 447x447, 160 MB as RGBA in one render process.
+    animation_max_frames: int = Field(DEFAULT_MAX_FRAMES, ge=1)
+    animation_max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     # What the decoder must hold in memory at once, estimated from the header: the coefficients of a progressive
     # (or multi-scan) JPEG, a whole interlaced PNG, a GIF frame, a row of TIFF tiles, a whole HEIF/AVIF. Formats
     # that stream (baseline JPEG, plain PNG, stripped TIFF) count nothing here. Size the worker's memory as
@@ -75,6 +87,9 @@ class Settings(BaseSettings):
     # `api_keys` is set) and/or this variable. With neither the API is open, which it allows only on loopback.
     api_keys_file: Path | None = None
     api_keys: str = ""
+    # Named option sets (`preset=avatar`, thumbify/presets.py): a YAML (.yaml/.yml) or JSON file, read and checked
+    # at start (a bad one stops the API); none = no presets.
+    presets_file: Path | None = None
     # Signs thumbnail URLs so a browser may fetch them for `signed_url_ttl_s` without a key; empty = no signed URLs.
     url_signing_secret: SecretStr = SecretStr("")
     signed_url_ttl_s: int = Field(3600, ge=1)

@@ -222,9 +222,14 @@ if redis.call('HEXISTS', KEYS[2], 'callback_url') == 1 then webhook_due(KEYS[2],
 """
 
 
-# KEYS[4] webhook outbox; ARGV[6] thumbnails (JSON). A failed job (a duplicate's timeout) still becomes done: the
-# work succeeded.
-COMPLETE = _outcome(_to(Status.done, "{'thumbnails', ARGV[6], 'error', 'null'}") + _notify("KEYS[4]"))
+# KEYS[4] webhook outbox; ARGV[6] thumbnails (JSON), ARGV[7] the source (JSON) with what the render learnt of it (its
+# facts), or '' to leave it. A failed job (a duplicate's timeout) still becomes done: the work succeeded.
+COMPLETE = _outcome(
+    "local done = {'thumbnails', ARGV[6], 'error', 'null'}\n"
+    + "if ARGV[7] and ARGV[7] ~= '' then table.insert(done, 'source'); table.insert(done, ARGV[7]) end\n"
+    + _to(Status.done, "done")
+    + _notify("KEYS[4]")
+)
 
 # KEYS[4] webhook outbox; ARGV[6] error (JSON).
 FAIL = _outcome(_to(Status.failed, "{'error', ARGV[6]}") + _notify("KEYS[4]"))

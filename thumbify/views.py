@@ -11,8 +11,28 @@ from pydantic import BaseModel, Field
 
 from thumbify.batches import Batch, BatchEvents
 from thumbify.jobs import Job, iso
-from thumbify.spec import Crop, Fit, Format
+from thumbify.spec import PRESET_NAME, Crop, Fit, Format, Keep, ThumbnailSpec
 from thumbify.state import Status
+
+
+class FactsView(BaseModel):
+    """What the image is like, read off the smallest thumbnail's pixels (upright, sRGB, before crop or padding) at
+    most 64 px a side, never off the original again. Colours and hashes weigh pixels by alpha (`transparent`)."""
+
+    blurhash: str = Field(description="BlurHash (blurha.sh), 4x3 components, of the image over white")
+    thumbhash: str = Field(description="ThumbHash (evanw.github.io/thumbhash), its bytes in base64; keeps alpha")
+    dominant_color: str = Field(
+        description="`#rrggbb`: the mean of the most populous cell of a 16x16x16 sRGB grid (pixels at least half "
+        "opaque)",
+        examples=["#1e6fa8"],
+    )
+    average_color: str = Field(description="`#rrggbb`: the alpha-weighted mean, in linear light", examples=["#6b7a80"])
+    dhash: str = Field(
+        description="64-bit difference hash (imagehash's `dhash`, to within a few bits), 16 hex digits, of the image "
+        "over white: images a few bits apart (Hamming distance) look alike",
+        examples=["0f1e3c78f0e1c387"],
+    )
+    transparent: bool = Field(description="Whether any pixel is not fully opaque (an alpha band all 255 is not)")
 
 
 class SourceView(BaseModel):
@@ -25,7 +45,18 @@ class SourceView(BaseModel):
     bytes: int
     pages: int = Field(description="Frames or pages (1 for a still image)")
     has_alpha: bool
-    sha256: str = Field(description="SHA-256 of the upload's bytes, hex")
+    sha256: str | None = Field(
+        None,
+        description="SHA-256 of the upload's bytes, hex; null where the API never read them (a direct upload, an "
+        "object ingested from the bucket)",
+    )
+    origin: Literal["upload", "direct", "ingest"] = Field(
+        "upload",
+        description="How the original came: streamed through the API (`upload`), sent straight to the bucket "
+        "(`direct`, POST /v1/uploads), or an object already there (`ingest`, `source_key`)",
+    )
+    key: str | None = Field(None, description="The source object's key in the bucket, for `ingest`")
+    facts: FactsView | None = Field(None, description="The image's facts once the job is done; null unless `facts`")
 
 
 class SpecView(BaseModel):
@@ -36,9 +67,35 @@ class SpecView(BaseModel):
     )
     fit: Fit
     crop: Crop
+    fx: Annotated[float | None, Field(ge=0, le=1, description="The focal point's x (crop=focal); else null")] = None
+    fy: Annotated[float | None, Field(ge=0, le=1, description="The focal point's y (crop=focal); else null")] = None
     format: Format
     quality: Annotated[int, Field(ge=1, le=100)]
     background: str = Field(description="`#rrggbb`, or `#rrggbbaa` when not opaque", examples=["#ffffff"])
+    progressive: bool = Field(description="Progressive JPEG, interlaced PNG")
+    keep: Keep = Field(description="Which metadata the thumbnails keep")
+    optimize_coding: bool = Field(description="JPEG: optimal Huffman tables")
+    effort: int | None = Field(description="The WebP, AVIF or GIF encoder's effort; null for JPEG and PNG")
+    preset: str | None = Field(
+        None, pattern=PRESET_NAME, description="The preset the options came from (`preset=NAME`); null for none"
+    )
+    facts: bool = Field(False, description="Whether the job's source gets its facts (`source.facts`)")
+    animated: bool = Field(False, description="An animated GIF or WebP source's thumbnails stay animated")
+
+
+class PresetOptionsView(SpecView):
+    """A preset's options, defaults filled in; its `format` may be `auto` (chosen per job by the Accept header)."""
+
+    format: Format | Literal["auto"]
+
+
+class PresetView(BaseModel):
+    name: str = Field(pattern=PRESET_NAME, examples=["avatar"])
+    options: PresetOptionsView
+
+
+class PresetList(BaseModel):
+    items: list[PresetView] = Field(description="Every preset, by name; empty when the server has none")
 
 
 class ThumbnailView(BaseModel):
@@ -95,9 +152,14 @@ def thumbnail_path(job_id: str, name: str) -> str:
     return f"/v1/thumbnails/{job_id}/{name}"
 
 
+def spec_fields(spec: ThumbnailSpec) -> dict[str, Any]:
+    """The spec as SpecView shows it: sizes as `WxH`."""
+    return spec.model_dump(mode="json") | {"sizes": [str(size) for size in spec.sizes]}
+
+
 def job_view(job: Job, link: Callable[[str], str] = str) -> JobView:
     """The client's view of `job`; `link` turns a thumbnail's path into its URL (e.g. a signed one)."""
-    spec = job.spec.model_dump(mode="json") | {"sizes": [str(size) for size in job.spec.sizes]}
+    spec = spec_fields(job.spec)
     return JobView(
         id=job.id,
         status=job.status,

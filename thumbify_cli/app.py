@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from thumbify_cli import dlq, keys, serve, submit, thumbnail, webhooks
+from thumbify_cli import dlq, ingest, keys, presets, serve, submit, thumbnail, webhooks
 
 app = typer.Typer(
     help="Thumbify: a thumbnail service (API, workers) and a local thumbnailer.",
@@ -17,6 +17,8 @@ app.command()(serve.api)
 app.command()(serve.worker)
 app.command()(thumbnail.thumbnail)
 app.command()(submit.submit)
+app.command()(ingest.ingest)
+app.command()(presets.presets)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(keys.app, name="keys")
 app.add_typer(webhooks.app, name="webhooks")

@@ -41,6 +41,22 @@ def keys_create(
             "webhook signing secret, printed once after the key",
         ),
     ] = None,
+    source_prefix: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PREFIX",
+            help="May make jobs from objects in the bucket whose keys start with PREFIX (POST /v1/jobs with "
+            "source_key; `thumbify ingest`); repeatable. An admin key may use any",
+        ),
+    ] = None,
+    presets_only: Annotated[
+        bool,
+        typer.Option(
+            "--presets-only",
+            help="Its jobs may only name a preset (`preset=NAME`, THUMBIFY_PRESETS_FILE) and no other thumbnail "
+            "option: the key can make only the presets' variants",
+        ),
+    ] = False,
     file: KeysFileOpt = None,
     data_dir: DataOpt = None,
 ) -> None:
@@ -50,6 +66,7 @@ def keys_create(
     from thumbify import callback_url as callbacks
     from thumbify.errors import InvalidCallbackUrl
     from thumbify.keys import add_to_file, new_key, new_webhook_secret
+    from thumbify.sources import source_prefixes
 
     path = _keys_path(file, data_dir)
     try:
@@ -57,12 +74,16 @@ def keys_create(
         if callback_url:
             callbacks.parse(callback_url, load_settings())  # the address is checked when a job is submitted
             key = replace(key, callback_url=callback_url, webhook_secret=new_webhook_secret())
+        if source_prefix:
+            key = replace(key, source_prefixes=tuple(source_prefixes(source_prefix)))
+        key = replace(key, presets_only=presets_only)
         add_to_file(path, key)
     except (ValueError, InvalidCallbackUrl) as exc:
         console.print(f"[red]{getattr(exc, 'detail', exc)}[/]")
         raise typer.Exit(2) from exc
+    only = ", presets only" if presets_only else ""
     console.print(
-        f"key [bold]{name}[/] ({', '.join(sorted(key.scopes))}) added to {path}; it is shown only now. "
+        f"key [bold]{name}[/] ({', '.join(sorted(key.scopes))}{only}) added to {path}; it is shown only now. "
         "Servers on this data folder read that file (running ones within seconds): every request now needs a key."
     )
     print(token)
@@ -95,7 +116,7 @@ def keys_list(
     if as_json:
         for k in entries:
             row = {"name": k.name, "id": k.id, "scopes": sorted(k.scopes), "created": k.created or None}
-            print(json.dumps(row | {"callback_url": k.callback_url or None}))
+            print(json.dumps(row | {"callback_url": k.callback_url or None, "presets_only": k.presets_only}))
         return
     if not path.exists():
         console.print(f"no keys file at {path}: authentication is off (create a key with `thumbify keys create`)")
@@ -103,10 +124,11 @@ def keys_list(
     from rich.table import Table
 
     table = Table(title=f"{len(entries)} key(s) in {path}")
-    for column in ("name", "id", "scopes", "created (UTC)", "callback URL"):
+    for column in ("name", "id", "scopes", "presets only", "created (UTC)", "callback URL"):
         table.add_column(column, no_wrap=True)
     for k in entries:
-        table.add_row(k.name, k.id, ", ".join(sorted(k.scopes)), k.created or "-", k.callback_url or "-")
+        only = "yes" if k.presets_only else "-"
+        table.add_row(k.name, k.id, ", ".join(sorted(k.scopes)), only, k.created or "-", k.callback_url or "-")
     output().print(table)
 
 

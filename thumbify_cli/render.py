@@ -12,6 +12,7 @@ command line (typer, rich) nor of pydantic-settings (the CLI hands it the settin
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -19,11 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from thumbify.animation import AnimationLimits
     from thumbify.settings import Settings
     from thumbify.spec import ThumbnailSpec
 
-# What a render process needs of the settings: probe's limits, libvips' threads per image, the resample headroom.
-ProcessSettings = tuple[dict[str, int], int, float]
+# What a render process needs of the settings: probe's limits, libvips' threads per image, the resample headroom,
+# the animation limits.
+ProcessSettings = tuple[dict[str, int], int, float, "AnimationLimits"]
 # One file's outcome: (source, thumbnail names, None), or ("", "", the error's detail).
 Outcome = tuple[str, str, str | None]
 
@@ -32,9 +35,15 @@ _state: tuple[dict[str, int], object] | None = None
 
 
 def process_settings(settings: Settings) -> ProcessSettings:
+    from thumbify.animation import AnimationLimits
     from thumbify.probe import probe_limits
 
-    return probe_limits(settings), settings.vips_concurrency, settings.resample_headroom
+    return (
+        probe_limits(settings),
+        settings.vips_concurrency,
+        settings.resample_headroom,
+        AnimationLimits.from_settings(settings),
+    )
 
 
 def start(settings: ProcessSettings) -> None:
@@ -42,12 +51,12 @@ def start(settings: ProcessSettings) -> None:
     global _state
     from gpu_worker.backends.vips import VipsBackend, configure_vips
 
-    limits, vips_concurrency, headroom = settings
+    limits, vips_concurrency, headroom, animation = settings
     configure_vips(vips_concurrency)
     # No libjpeg-turbo path: it saves ~0.3 ms a web-size image and nothing on 12 MP photos, and its NumPy import
     # costs ~70 ms of CPU, which a short run never earns back (24 photos: 1.13× the CPU with spawned render processes,
     # each importing it; benchmarks/README.md, "render_cpu").
-    _state = (limits, VipsBackend(headroom, turbo=False))
+    _state = (limits, VipsBackend(headroom, turbo=False, animation=animation))
 
 
 def pool(processes: int, settings: ProcessSettings) -> ProcessPoolExecutor:
@@ -84,8 +93,14 @@ def render_file(path: str, out: str, spec: ThumbnailSpec) -> Outcome:
     try:
         info = probe(Path(path), **limits)
         renditions = backend.render(Path(path), info.format, spec, safe_stem(Path(path).name))
+        names = []
         for r in renditions:
             (Path(out) / r.name).write_bytes(r.data)
+            names.append(r.name)
+            if r.facts:  # `--facts`: beside the thumbnails, as the job's `source.facts` shows them
+                facts_name = f"thumb_{safe_stem(Path(path).name)}.facts.json"
+                (Path(out) / facts_name).write_text(json.dumps(r.facts, indent=2) + "\n")
+                names.append(facts_name)
     except ThumbifyError as exc:
         return "", "", exc.detail
-    return f"{info.width}x{info.height} {info.format}", ", ".join(r.name for r in renditions), None
+    return f"{info.width}x{info.height} {info.format}", ", ".join(names), None

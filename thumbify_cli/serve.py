@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from thumbify_cli.common import DataOpt, HostOpt, PortOpt, apply_options, load_settings
+from thumbify_cli.stop_signals import StopSignals
 
 
 def _api_server(settings):
@@ -46,16 +47,19 @@ def serve(
 ) -> None:
     """All in one: an embedded Redis (unless THUMBIFY_REDIS_URL is set), N workers and the API, each restarted if it
     dies; the data folder is locked against a second `serve`."""
+    signals = StopSignals().install()
     if data_dir is not None:
         data_dir = data_dir.resolve()
     apply_options(workers=workers, host=host, port=port, data_dir=data_dir)
     settings = load_settings()
     from api.auth import refuse_open_bind
     from thumbify.keys import KeyRing
+    from thumbify.presets import Presets
     from thumbify_cli.supervise import serve as serve_all
 
     refuse_open_bind(settings, KeyRing.for_settings(settings))
-    code = serve_all(settings, _api_server(settings))
+    Presets.for_settings(settings)  # a bad presets file stops here, before Redis and the workers start
+    code = serve_all(settings, _api_server(settings), signals)
     if code:
         raise typer.Exit(code)
 

@@ -9,9 +9,32 @@ from typing import Annotated, Any
 import typer
 
 from thumbify_cli.common import console, output
+from thumbify_cli.crop_flags import CropOpt, FxOpt, FyOpt, crop_options
+from thumbify_cli.encoder_flags import (
+    AnimatedOpt,
+    EffortOpt,
+    FactsOpt,
+    KeepOpt,
+    OptimizeCodingOpt,
+    ProgressiveOpt,
+    encoder_options,
+)
+from thumbify_cli.remote import (
+    DEFAULT_URL,
+    FitOpt,
+    FormatOpt,
+    KeyOpt,
+    PresetOpt,
+    QualityOpt,
+    SizeOpt,
+    TimeoutOpt,
+    UrlOpt,
+    WaitOpt,
+    cannot_reach,
+    job_options,
+)
 
-# How long one long-poll asks the server to wait (it answers sooner when the job or batch ends).
-POLL_S = 10
+DIRECT_OVER = 32 * 1024 * 1024  # thumbify_cli.client.DIRECT_THRESHOLD, not imported: `--help` stays light
 
 
 def submit(
@@ -19,82 +42,91 @@ def submit(
         list[Path], typer.Argument(metavar="FILE...", help="Images to upload", exists=True, dir_okay=False)
     ],
     batch: Annotated[bool, typer.Option("--batch", help="Send them as one batch (POST /v1/batches)")] = False,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait until every job has ended, and show each")] = False,
-    url: Annotated[
-        str, typer.Option(metavar="URL", envvar="THUMBIFY_URL", help="The server \\[env THUMBIFY_URL]")
-    ] = "http://127.0.0.1:8000",
-    key: Annotated[
-        str | None, typer.Option(metavar="KEY", envvar="THUMBIFY_API_KEY", help="API key \\[env THUMBIFY_API_KEY]")
-    ] = None,
-    size: Annotated[
-        list[str] | None,
-        typer.Option("--size", "-s", metavar="SIZE", help="256 (a box) or 320x200; repeatable \\[default: 256]"),
-    ] = None,
-    format: Annotated[str | None, typer.Option(metavar="FORMAT", help="jpeg, webp, png, avif or auto")] = None,
-    fit: Annotated[str | None, typer.Option(metavar="FIT", help="inside, cover, fill or contain")] = None,
-    quality: Annotated[int | None, typer.Option(min=1, max=100, help="Encoder quality")] = None,
-    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long --wait waits in all")] = 600.0,
+    wait: WaitOpt = False,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+    preset: PresetOpt = None,
+    size: SizeOpt = None,
+    format: FormatOpt = None,
+    fit: FitOpt = None,
+    crop: CropOpt = None,
+    fx: FxOpt = None,
+    fy: FyOpt = None,
+    quality: QualityOpt = None,
+    progressive: ProgressiveOpt = None,
+    keep: KeepOpt = None,
+    optimize_coding: OptimizeCodingOpt = None,
+    effort: EffortOpt = None,
+    facts: FactsOpt = False,
+    animated: AnimatedOpt = None,
+    timeout: TimeoutOpt = 600.0,
+    direct_over: Annotated[
+        int,
+        typer.Option(
+            metavar="BYTES",
+            min=0,
+            help="A file over this many bytes goes straight to the server's bucket (POST /v1/uploads), not through "
+            "the API; a server without one gets it the usual way. 0: never",
+        ),
+    ] = DIRECT_OVER,
 ) -> None:
     """Upload images to a running Thumbify server and print the results table (exit status 1 if any failed)."""
     import httpx
 
-    options = {"sizes": ",".join(size) if size else None, "format": format, "fit": fit, "quality": quality}
-    form = {name: str(value) for name, value in options.items() if value is not None}
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    from thumbify_cli.client import ThumbifyClient
+
+    options = job_options(size, format, fit, quality, preset)
+    options |= encoder_options(progressive, keep, optimize_coding, effort, facts, animated)
+    options |= crop_options(crop, fx, fy)
     try:
-        with httpx.Client(base_url=url, headers=headers, timeout=120.0) as client:
-            rows = _run(client, files, form, batch, wait, time.monotonic() + timeout)
+        with ThumbifyClient(url, key, direct_threshold=direct_over) as client:
+            rows = _run(client, files, options, batch, wait, time.monotonic() + timeout)
     except httpx.TransportError as exc:
-        console.print(f"[red]cannot reach {url}: {exc}[/]\nStart it with `thumbify serve`, or name it with --url.")
-        raise typer.Exit(2) from None
+        raise cannot_reach(url, exc) from None
     if _report(rows):
         raise typer.Exit(1)
 
 
-def _run(client, files: list[Path], form: dict[str, str], batch: bool, wait: bool, deadline: float) -> list[dict]:
+def _run(client, files: list[Path], options: dict, batch: bool, wait: bool, deadline: float) -> list[dict]:
     """Each file's row: {file (its name, as the server knows it), id, status, thumbnails, error}, as the uploads (and,
     with `wait`, the jobs) end."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from thumbify_cli.client import ThumbifyError
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("uploading", total=len(files))
         if batch:
-            answer = _post(client, "/v1/batches", [("file", p) for p in files], form)
+            try:
+                rows = _batch_rows(files, client.submit_batch(files, options))
+            except ThumbifyError as exc:  # the batch was refused whole
+                rows = [_job_row(path.name, exc.problem) for path in files]
             progress.advance(task, len(files))
-            rows = _batch_rows(files, answer)
         else:
             rows = []
             for path in files:
-                rows.append(_job_row(path.name, _post(client, "/v1/jobs", [("file", path)], form)))
+                try:
+                    rows.append(_job_row(path.name, client.submit(path, options)))
+                except ThumbifyError as exc:
+                    rows.append(_job_row(path.name, exc.problem))
                 progress.advance(task)
         if wait:
             pending = [row for row in rows if row["status"] not in ("done", "failed", "refused")]
             progress.update(task, description="waiting", total=len(pending), completed=0)
             for row in pending:
-                job = _until_ended(client, row["id"], deadline)
-                row.update(_job_row(row["file"], job))
+                try:
+                    row.update(_job_row(row["file"], client.wait(row["id"], deadline)))
+                except ThumbifyError as exc:  # deleted meanwhile
+                    row.update(status="failed", error=exc.detail)
                 progress.advance(task)
     return rows
 
 
-def _post(client, path: str, files: list[tuple[str, Path]], form: dict[str, str]) -> dict[str, Any]:
-    """The server's answer (a problem's body when it refused), with its status."""
-    handles = [(name, (p.name, p.open("rb"), "application/octet-stream")) for name, p in files]
-    try:
-        response = client.post(path, files=handles, data=form)
-    finally:
-        for _, (_, handle, _) in handles:
-            handle.close()
-    return response.json() | {"http_status": response.status_code}
-
-
 def _batch_rows(files: list[Path], answer: dict[str, Any]) -> list[dict]:
-    if answer["http_status"] != 202:
-        return [_job_row(path.name, answer) for path in files]  # the batch was refused whole
     rows: list[dict | None] = [None] * len(files)
     for entry in answer["rejected"]:
-        rows[entry["index"]] = _job_row(files[entry["index"]].name, entry["problem"] | {"http_status": 0})
+        rows[entry["index"]] = _job_row(files[entry["index"]].name, entry["problem"])
     accepted = iter(answer["jobs"])
     return [row or _job_row(path.name, next(accepted)) for path, row in zip(files, rows, strict=True)]
 
@@ -105,16 +137,10 @@ def _job_row(file: str, answer: dict[str, Any]) -> dict:
         return {"file": file, "id": "", "status": "refused", "thumbnails": "", "error": answer.get("detail", "")}
     error = (answer.get("error") or {}).get("detail")
     names = ", ".join(t["name"] for t in answer.get("thumbnails", []))
+    facts = (answer.get("source") or {}).get("facts")
+    if facts:  # `--facts --wait`: what the job learnt of the image, under its thumbnails
+        names += "\n" + " ".join(f"{name}={value}" for name, value in facts.items())
     return {"file": file, "id": answer["id"], "status": answer["status"], "thumbnails": names, "error": error}
-
-
-def _until_ended(client, job_id: str, deadline: float) -> dict[str, Any]:
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", params={"wait": POLL_S}).json()
-        if job.get("status") in ("done", "failed") or "id" not in job:
-            break
-    return job
 
 
 def _report(rows: list[dict]) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 from thumbify.process import die_with_parent
 from thumbify.redis_conn import EmbeddedRedis
 from thumbify.settings import Settings
+from thumbify_cli.stop_signals import StopSignals
 
 MAX_FAILURES = 5
 FAILURE_WINDOW_S = 60.0
@@ -179,9 +180,10 @@ def _how(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def serve(settings: Settings, api) -> int:
+def serve(settings: Settings, api, signals: StopSignals) -> int:
     """Run everything until a signal, or until a child fails too often; the exit code. `api` is the uvicorn
-    `Server` to run in this thread (it reads the environment this sets up when it starts)."""
+    `Server` to run in this thread (it reads the environment this sets up when it starts); `signals`, installed
+    by the command before anything else, stop it at any moment."""
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     try:
@@ -193,22 +195,9 @@ def serve(settings: Settings, api) -> int:
         log.error("%s:%s is in use; choose another --port", settings.host, settings.port)
         lock.release()
         return 2
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        # An exception where it lands, so a blocking start-up step ends at once and the `finally` below stops what
-        # has started; recorded too, because one raised while a finalizer (`__del__`) runs is printed and dropped.
-        # (uvicorn replaces this handler while it runs, and raises the signal again once it has shut down.)
-        received.append(signum)
-        api.should_exit = True
-        raise SystemExit(128 + signum)
-
-    def exit_if_signalled() -> None:
-        if received:
-            raise SystemExit(128 + received[0])
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    # uvicorn replaces the handlers while it runs, and raises the signal again once it has shut down.
+    signals.on_stop = lambda: setattr(api, "should_exit", True)
+    signals.check()
 
     def give_up(reason: str) -> None:
         api.should_exit = True
@@ -222,7 +211,7 @@ def serve(settings: Settings, api) -> int:
             supervisor.add(Child("redis-server", lambda: embedded.start().process, grace=10.0))
             os.environ["THUMBIFY_REDIS_URL"] = embedded.url
             log.info("embedded redis %s (AOF under %s)", embedded.url, embedded.directory)
-            exit_if_signalled()
+            signals.check()
         env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
 
         def spawn_worker() -> subprocess.Popen:
@@ -232,7 +221,7 @@ def serve(settings: Settings, api) -> int:
         for i in range(settings.workers):
             # Workers get their own shutdown grace (they hand back what they cannot finish), and a little more.
             supervisor.add(Child(f"worker {i + 1}", spawn_worker, grace=settings.shutdown_grace_s + 10, tier=1))
-            exit_if_signalled()
+            signals.check()
         supervisor.watch()
         log.info(
             "%d worker(s); API on http://%s:%s (docs at /docs); data in %s",
@@ -242,7 +231,7 @@ def serve(settings: Settings, api) -> int:
             data,
         )
         api.run()
-        exit_if_signalled()
+        signals.check()
     finally:
         supervisor.stop()
         lock.release()

@@ -12,6 +12,16 @@ from typing import Annotated
 import typer
 
 from thumbify_cli.common import console, load_settings, output
+from thumbify_cli.crop_flags import CropOpt, FxOpt, FyOpt, crop_options
+from thumbify_cli.encoder_flags import (
+    AnimatedOpt,
+    EffortOpt,
+    FactsOpt,
+    KeepOpt,
+    OptimizeCodingOpt,
+    ProgressiveOpt,
+    encoder_options,
+)
 
 # The thumbnail table's length before it folds the rest into one line.
 FOLD_ROWS = 20
@@ -27,13 +37,21 @@ def thumbnail(
         list[str],
         typer.Option("--size", "-s", metavar="SIZE", help="256 (a box) or 320x200; repeatable \\[default: 256]"),
     ] = None,
-    format: Annotated[str, typer.Option(metavar="FORMAT", help="jpeg, webp, png or avif")] = "jpeg",
+    format: Annotated[str, typer.Option(metavar="FORMAT", help="jpeg, webp, png, avif or gif")] = "jpeg",
     fit: Annotated[str, typer.Option(metavar="FIT", help="inside, cover, fill or contain")] = "inside",
-    crop: Annotated[str, typer.Option(metavar="CROP", help="For cover: centre, attention or entropy")] = "centre",
+    crop: CropOpt = None,
+    fx: FxOpt = None,
+    fy: FyOpt = None,
     quality: Annotated[int, typer.Option(min=1, max=100, help="Encoder quality")] = 80,
     background: Annotated[
         str, typer.Option(metavar="COLOUR", help="#rrggbb\\[aa] for contain and JPEG alpha")
     ] = "#ffffff",
+    progressive: ProgressiveOpt = None,
+    keep: KeepOpt = None,
+    optimize_coding: OptimizeCodingOpt = None,
+    effort: EffortOpt = None,
+    facts: FactsOpt = False,
+    animated: AnimatedOpt = None,
     out: Annotated[Path, typer.Option("-o", "--out", metavar="DIR", help="Output folder", file_okay=False)] = Path(
         "thumbnails"
     ),
@@ -53,7 +71,9 @@ def thumbnail(
         process_settings = render.process_settings(settings)
         render.start(process_settings)
         pool = stack.enter_context(render.pool(helpers, process_settings)) if helpers > 0 else None
-        spec = _spec(size or ["256"], format, fit, crop, quality, background)
+        extra = encoder_options(progressive, keep, optimize_coding, effort, facts, animated)
+        extra |= crop_options(crop, fx, fy)
+        spec = _spec(size or ["256"], format, fit, quality, background, extra)
         out.mkdir(parents=True, exist_ok=True)
         rows, elapsed = _render_all(files, str(out), spec, pool, AHEAD * helpers)
     if _report(rows, elapsed, out, all_rows):
@@ -67,13 +87,14 @@ IN_PROCESS_FILES = 2
 AHEAD = 2
 
 
-def _spec(sizes: list[str], format: str, fit: str, crop: str, quality: int, background: str):
+def _spec(sizes: list[str], format: str, fit: str, quality: int, background: str, extra: dict[str, str]):
     """The options as the API's own parser reads them (the same rules and messages); exit 2 naming each bad one."""
     from thumbify.errors import InvalidOptions
     from thumbify.spec import ThumbnailSpec
 
-    options = {"sizes": sizes, "format": [format], "fit": [fit], "crop": [crop]}
+    options = {"sizes": sizes, "format": [format], "fit": [fit]}
     options |= {"quality": [str(quality)], "background": [background]}
+    options |= {name: [value] for name, value in extra.items()}
     try:
         return ThumbnailSpec.from_options(options)[0]
     except InvalidOptions as exc:

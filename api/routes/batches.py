@@ -19,7 +19,7 @@ from api import upload
 from api.auth import Caller, Reader, Submitter
 from api.callbacks import callback_for
 from api.metrics import UPLOAD_BYTES, UPLOADS
-from api.options import BATCH_OPTIONS, collect, openapi_request_body, spec_options, validate_early
+from api.options import BATCH_OPTIONS, job_options, openapi_request_body, spec_options, validate_early
 from api.problems import AUTH_PROBLEMS, BATCH_PROBLEM_KINDS, STORAGE_PROBLEM_KINDS, problem_of, problem_responses
 from api.routes.jobs import (
     PageQuery,
@@ -98,7 +98,7 @@ async def create_batch(request: Request, response: Response, svc: Svc, caller: S
         await admit(svc)
         async with upload_slot(svc, caller):
             query = query_options(request)
-            validate_early(query, BATCH_OPTIONS)
+            validate_early(query, svc.presets, BATCH_OPTIONS)
             reading = True
             files, fields = await upload.receive_many(
                 request,
@@ -108,7 +108,7 @@ async def create_batch(request: Request, response: Response, svc: Svc, caller: S
                 settings.upload_idle_timeout_s,
                 settings.max_batch_files,
             )
-            created = await _accept(request, svc, query, fields, files, caller.owner)
+            created = await _accept(request, svc, query, fields, files, caller)
     except BaseException as exc:
         if not reading:  # refused before the body was read: read and drop it, so the client sees our answer
             await upload.drain(request, settings.upload_idle_timeout_s)
@@ -125,16 +125,16 @@ async def _accept(
     query: dict[str, list[str]],
     fields: dict[str, list[str]],
     files: list[upload.Upload | upload.Refused],
-    owner: str,
+    caller: Caller,
 ) -> BatchCreated:
     """Check and store each file (a refused one is listed, not raised), then write every job and the batch in one
     transaction. Nothing is left behind when it fails: the spooled files, the stored originals."""
-    settings = svc.settings
+    settings, owner = svc.settings, caller.owner
     batch_id = new_job_id()
     accepted: list[tuple[str, dict[str, str]]] = []
     rejected: list[dict] = []
     try:
-        options = collect(query, fields, BATCH_OPTIONS)
+        options = job_options(query, fields, svc.presets, caller.presets_only, BATCH_OPTIONS)
         events = _events(options)
         # The options refuse the batch as a whole (before any file is stored), as they would a single upload.
         ThumbnailSpec.from_options(spec_options(options), request.headers.get("accept"))

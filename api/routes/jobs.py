@@ -12,22 +12,24 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from api import idempotency, upload
+from api import from_bucket, idempotency, upload
 from api import prefer as prefer_header
 from api.access_log import bind_job
 from api.auth import Caller, Reader, Submitter
 from api.callbacks import callback_for
+from api.enqueue import enqueue, job_record
 from api.metrics import UPLOAD_BYTES, UPLOADS
-from api.options import collect, openapi_request_body, spec_options, validate_early
+from api.options import collect, openapi_request_body, spec_for, validate_early
 from api.problems import AUTH_PROBLEMS, STORAGE_PROBLEM_KINDS, UPLOAD_PROBLEM_KINDS, problem_responses
 from api.services import Services, services
 from api.waiter import read_until
 from thumbify import logs, tracing
+from thumbify.animation import AnimationLimits
 from thumbify.errors import IdempotencyKeyReused, InvalidOptions, NotFound, QueueFull, RateLimited, ThumbifyError
 from thumbify.jobs import Job, decode_cursor, new_job_id
 from thumbify.probe import SNIFF_BYTES, SourceInfo, probe_for, sniff
 from thumbify.settings import Settings
-from thumbify.spec import ThumbnailSpec, safe_stem
+from thumbify.spec import ThumbnailSpec
 from thumbify.state import TERMINAL, Status
 from thumbify.storage import job_prefixes, original_key
 from thumbify.views import JobPage, JobView, job_view
@@ -81,7 +83,10 @@ def query_options(request: Request) -> dict[str, list[str]]:
     "`Idempotency-Key` header, a retried request (same key, same client) within the window gets the job the key "
     "first created (header `Idempotent-Replayed: true`) instead of a new one; the same key with another request "
     "(other options or another file) is 422 `idempotency-key-reused`. With `Prefer: wait=S` it answers when the "
-    "job ends, within S seconds: 201 with the finished job (else 202 as without it).",
+    "job ends, within S seconds: 201 with the finished job (else 202 as without it). A JSON body "
+    '`{"source_key", "options"}` (or `?source_key=` and no body) makes the job of an object already in the '
+    "bucket, never copied (S3 storage only); the same object with the same options again answers 200 with the job "
+    "it made (`Idempotent-Replayed: true`).",
     openapi_extra=openapi_request_body(),
     responses={
         202: {
@@ -92,6 +97,11 @@ def query_options(request: Request) -> dict[str, list[str]]:
                     "schema": {"type": "string", "enum": ["true"]},
                 },
             }
+        },
+        200: {
+            "description": "`source_key`: this object was made a job of before, with these options: that job",
+            "model": JobView,
+            "headers": {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}},
         },
         201: {
             "description": "The job ended (`done` or `failed`) within the `Prefer: wait`: the finished job",
@@ -108,9 +118,10 @@ def query_options(request: Request) -> dict[str, list[str]]:
             413,
             415,
             422,
+            501,
             503,
             descriptions={
-                403: "The key lacks the `submit` scope",
+                403: "The key lacks the `submit` scope (or, with `source_key`, may not read that object)",
                 408: "The upload stalled (nothing arrived for `UPLOAD_IDLE_TIMEOUT_S`); the connection is closed",
                 409: "A request with the same Idempotency-Key is still in progress",
                 413: "Too many bytes",
@@ -163,11 +174,13 @@ async def create_job(
         logs.bind(job_id=job.id)  # a replay's job too
         if replayed:
             response.headers["Idempotent-Replayed"] = "true"
+            if job.source.get("origin") == "ingest":
+                response.status_code = 200  # the object was made a job of before: nothing new was made
         else:
             UPLOADS.labels("accepted").inc()
             UPLOAD_BYTES.inc(job.source["bytes"])
             if wait_s:
-                job = await _ended(svc, job, finished, deadline) or job
+                job = await ended(svc, job, finished, deadline) or job
     if replayed and wait_s:
         job = await _read_until_ended(svc, job.id, caller, deadline)
     if wait_s and job.status in TERMINAL:  # without the preference a replay stays 202, as its first answer was
@@ -183,6 +196,9 @@ async def _submit(request: Request, svc: Services, caller: Caller, job_id: str) 
     accept the upload. Returns the job, whether its format was negotiated, and whether it is a replay of an earlier
     request."""
     settings = svc.settings
+    if from_bucket.wanted(request):
+        await admit(svc)
+        return await from_bucket.source_job(request, svc, caller, job_id)
     key = idempotency.header_key(request)
     client = caller.owner or idempotency.client_of(request)
     claimed = reading = False
@@ -199,7 +215,7 @@ async def _submit(request: Request, svc: Services, caller: Caller, job_id: str) 
                 await svc.idempotency.forget(client, key, held.job_id)  # its job was deleted since: start afresh
         async with upload_slot(svc, caller):
             query = query_options(request)
-            validate_early(query)
+            validate_early(query, svc.presets)
             reading = True
             received = await upload.receive(
                 request,
@@ -211,7 +227,7 @@ async def _submit(request: Request, svc: Services, caller: Caller, job_id: str) 
             if replay is not None:
                 return _replayed(query, received, *replay), False, True
             idem = (client, key) if key else None
-            job, negotiated = await _accept(request, svc, job_id, query, received, caller.owner, idem)
+            job, negotiated = await _accept(request, svc, job_id, query, received, caller, idem)
             return job, negotiated, False
     except BaseException:
         if not reading:  # refused before the body was read: read and drop it, so the client sees our answer
@@ -267,14 +283,15 @@ async def _accept(
     job_id: str,
     query: dict[str, list[str]],
     received: upload.Upload,
-    owner: str,
+    caller: Caller,
     key: tuple[str, str] | None,
 ) -> tuple[Job, bool]:
     """Check and store the upload, then create and enqueue the job in one transaction (which also binds the
-    idempotency key, if any, to it)."""
-    settings = svc.settings
+    idempotency key, if any, to it: to the options as sent, as a retry is compared by them)."""
+    settings, owner = svc.settings, caller.owner
     try:
-        options = collect(query, received.fields)
+        given = collect(query, received.fields)
+        options = svc.presets.expand(given, caller.presets_only)
         info, spec, negotiated = await checked(request, settings, options, received)
         callback = await callback_for(options, svc.keys.named(owner) if owner else None, settings)
         logs.bind(job_id=job_id)
@@ -282,19 +299,12 @@ async def _accept(
     except BaseException:
         received.discard()
         raise
-    try:
-        async with svc.redis.pipeline(transaction=True) as pipe:
-            svc.store.add_to(pipe, job_id, record)
-            svc.queue.add_to(pipe, job_id)
-            if key:
-                svc.idempotency.bind_to(pipe, *key, job_id, idempotency.fingerprint(options, received.sha256))
-            await pipe.execute()
-    except BaseException:
-        # No record, no queue entry: take the original back so nothing is left behind.
-        await asyncio.shield(svc.storage.delete_prefix(original_key(job_id)))
-        raise
-    # The job as just written (no read back: the transaction either wrote all of it or raised).
-    return svc.store.as_job(job_id, record), negotiated
+
+    def bind_key(pipe) -> None:
+        if key:
+            svc.idempotency.bind_to(pipe, *key, job_id, idempotency.fingerprint(given, received.sha256))
+
+    return await enqueue(svc, job_id, record, bind_key), negotiated
 
 
 async def checked(
@@ -304,7 +314,7 @@ async def checked(
     weighs its alpha); whether the format was negotiated."""
     info = await _probe(received.source, settings)
     accept = request.headers.get("accept")
-    spec, negotiated = ThumbnailSpec.from_options(spec_options(options), accept, info.has_alpha)
+    spec, negotiated = spec_for(options, accept, info, AnimationLimits.from_settings(settings))
     return info, spec, negotiated
 
 
@@ -318,10 +328,7 @@ async def stored(
     extra: dict[str, str],
 ) -> dict[str, str]:
     """The job's record (plus the `extra` fields), not yet written; its original put in storage."""
-    stem = safe_stem(received.filename)
-    source = info.public(received.filename or "upload") | {"sha256": received.sha256}
-    request_id, traceparent = logs.current(logs.REQUEST_ID), tracing.traceparent()
-    record = svc.store.record(job_id, source, spec, stem, owner, request_id, traceparent) | extra
+    record = job_record(svc, job_id, received.filename, info, spec, owner, {"sha256": received.sha256}, extra)
     if isinstance(received.source, bytes):
         await svc.storage.put_bytes(original_key(job_id), received.source)
     else:
@@ -368,13 +375,13 @@ async def _read_until_ended(svc: Services, job_id: str, caller: Caller, deadline
         job = await svc.store.get(job_id)
         if job is None or not caller.sees(job.owner):
             raise NotFound(f"no job {job_id}")
-        job = await _ended(svc, job, finished, deadline)
+        job = await ended(svc, job, finished, deadline)
     if job is None:
         raise NotFound(f"no job {job_id}")
     return job
 
 
-async def _ended(svc: Services, job: Job, finished: asyncio.Event, deadline: float) -> Job | None:
+async def ended(svc: Services, job: Job, finished: asyncio.Event, deadline: float) -> Job | None:
     """`job` (as last read, its `finished` event watched from before that read) once it ends or at the deadline,
     read again; None if it was deleted."""
     return await read_until(job, finished, deadline, lambda: svc.store.get(job.id), lambda j: j.status in TERMINAL)

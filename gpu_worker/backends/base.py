@@ -23,6 +23,9 @@ class Rendition:
     height: int
     format: Format
     data: bytes
+    # The image's facts (`facts.Facts.as_dict`) when the spec asks for them: on one rendition of the job, the one
+    # they were read from; they cross from the render processes to the worker with it.
+    facts: dict[str, str | bool] | None = None
 
 
 @dataclass(frozen=True)

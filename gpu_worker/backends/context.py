@@ -42,6 +42,11 @@ class RenderContext:
         """The largest resample of any size: what a shared decode must keep enough pixels for."""
         return max(p.resize_w for p in self.placements), max(p.resize_h for p in self.placements)
 
+    @property
+    def pages(self) -> int:
+        """Frames (GIF, WebP) or pages the header counts; 1 for a still."""
+        return int(self.header.get("n-pages")) if self.header.get_typeof("n-pages") else 1
+
     def overflows(self) -> bool:
         return any(overflows(p) for p in self.placements)
 

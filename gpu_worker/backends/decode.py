@@ -16,7 +16,7 @@ from gpu_worker.backends.plan import SWAPS_AXES
 from gpu_worker.backends.turbo import turbo_jpeg
 from thumbify.errors import CorruptImage
 from thumbify.geometry import load_shrink
-from thumbify.probe import open_image, vips_message
+from thumbify.probe import NOT_BUILT_IN, heif_refusal, open_image, vips_message
 
 T = TypeVar("T")
 
@@ -88,10 +88,14 @@ def decoded_upright(img: pyvips.Image, orientation: int) -> tuple[int, int]:
 
 @contextmanager
 def decode_errors(fmt: str) -> Iterator[None]:
-    """libvips' decode errors as the readable, permanent `CorruptImage`."""
+    """libvips' decode errors as the readable, permanent `CorruptImage`; a HEIF codec this libvips lacks (a phone's
+    HEVC that reached a worker unprobed) as `UnsupportedMedia`, as the API refuses it."""
     try:
         yield
     except pyvips.Error as exc:
+        missing = NOT_BUILT_IN.search(str(exc))
+        if missing:
+            raise heif_refusal(missing.group(1).lower()) from exc
         raise CorruptImage(
             f"the {fmt} image is corrupt or truncated and cannot be decoded: {vips_message(exc)}"
         ) from exc

@@ -1,5 +1,5 @@
 """The host-side steps every backend finishes a job with (imgproxy's finishing list), shared so that every backend
-obeys the spec the same way: per size, resize → upright → sRGB → crop or pad → flatten → encode, metadata stripped.
+obeys the spec the same way: per size, resize → upright → sRGB → crop or pad → flatten → metadata (`keep`) → encode.
 
 `vips` runs them on its streamed (shrunk-on-load) decode, `tiles` on the intermediate its strips resampled to,
 `dali` on the small image its GPU pipeline resampled: each hands its `Source` to `render_sizes`.
@@ -8,33 +8,65 @@ obeys the spec the same way: per size, resize → upright → sRGB → crop or p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import replace
 
 import pyvips
 
 from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.context import RenderContext
+from gpu_worker.backends.crops import crop, decoded_rect, focal_point, window_start
 from gpu_worker.backends.decode import Source, decoded, decoded_upright
+from gpu_worker.backends.metadata import keep_metadata, save_options
 from gpu_worker.backends.plan import SWAPS_AXES, overflow_budget
 from gpu_worker.backends.turbo import turbo_encode
 from thumbify.geometry import Placement
-from thumbify.spec import ALPHA_FORMATS, Format, thumbnail_name
+from thumbify.spec import ALPHA_FORMATS, Format, Keep, ThumbnailSpec, thumbnail_name
 
 
 def render_sizes(ctx: RenderContext, source: Source) -> list[Rendition]:
-    out: list[Rendition] = []
-    seen: set[str] = set()
-    for placement in ctx.placements:
+    return each_size(ctx, lambda placement, facts: render_one(ctx, source, placement, facts))
+
+
+def each_size(ctx: RenderContext, render: Callable[[Placement, bool], Rendition]) -> list[Rendition]:
+    """`render(placement, facts)` for every size, each thumbnail once (two boxes may make the same one); with
+    `facts`, the smallest size reads the image's facts off its pixels."""
+    out: dict[str, Rendition] = {}
+    areas = [p.resize_w * p.resize_h for p in ctx.placements]
+    facts_at = areas.index(min(areas)) if ctx.spec.facts else -1
+    for i, placement in enumerate(ctx.placements):
         with ctx.stage("finish+encode"):
-            rendition = render_one(ctx, source, placement)
-        if rendition.name not in seen:
-            seen.add(rendition.name)
-            out.append(rendition)
-    return out
+            one = render(placement, i == facts_at)
+        if one.name not in out:
+            out[one.name] = one
+        elif one.facts:  # the same thumbnail as an earlier size's: that one carries the facts
+            out[one.name] = replace(out[one.name], facts=one.facts)
+    return list(out.values())
 
 
-def render_one(ctx: RenderContext, source: Source, placement: Placement) -> Rendition:
+def render_one(ctx: RenderContext, source: Source, placement: Placement, facts: bool = False) -> Rendition:
     spec = ctx.spec
-    img, placement, (extent_w, extent_h) = cut_overflow(source, placement)
+    img, found = finish(ctx, source, placement, facts=facts)
+    img = keep_metadata(img, ctx.header, spec.keep)
+    with ctx.stage("encode"):
+        data = encode(img, spec, ctx.turbo)
+    return rendition(ctx, img, img.height, data, found)
+
+
+def rendition(ctx: RenderContext, img: pyvips.Image, height: int, data: bytes, facts: dict | None = None) -> Rendition:
+    name = thumbnail_name(ctx.stem, img.width, height, ctx.spec.format)
+    return Rendition(name, img.width, height, ctx.spec.format, data, facts=facts)
+
+
+def finish(
+    ctx: RenderContext, source: Source, placement: Placement, at: tuple[int, int] | None = None, facts: bool = False
+) -> tuple[pyvips.Image, dict | None]:
+    """The pixels of one size, not yet encoded: resized, upright, sRGB, cropped (at `at`, the left and top of the
+    crop, where given: an animation's frames are all cut where its first was) or padded, flattened, 8-bit; and with
+    `facts`, the image's facts (`facts.image_facts`), read upright and sRGB before any crop, pad or flatten, so they
+    describe the whole picture whatever the size's fit (else None)."""
+    spec = ctx.spec
+    img, placement, (extent_w, extent_h), point = cut_overflow(source, placement, focal_point(spec))
     hscale, vscale = placement.resize_w / extent_w, placement.resize_h / extent_h
     if source.orientation in SWAPS_AXES:
         hscale, vscale = vscale, hscale
@@ -45,8 +77,17 @@ def render_one(ctx: RenderContext, source: Source, placement: Placement) -> Rend
         img = img.autorot()
     img = to_srgb(img)
     img = _exact(img, placement.resize_w, placement.resize_h)
+    found = None
+    if facts:
+        from gpu_worker.backends.facts import image_facts  # numpy: imported by the jobs that ask for facts only
+
+        with ctx.stage("facts"):
+            found = image_facts(img).as_dict()
     if placement.crops:
-        img = img.smartcrop(placement.out_w, placement.out_h, interesting=spec.crop.value)
+        if at is None:
+            img = crop(img, spec, placement.out_w, placement.out_h, point)
+        else:
+            img = img.crop(*at, placement.out_w, placement.out_h)
     background = spec.background_rgba
     if placement.pads:
         img = _pad(img, placement, background, keep_alpha=spec.format in ALPHA_FORMATS)
@@ -54,20 +95,20 @@ def render_one(ctx: RenderContext, source: Source, placement: Placement) -> Rend
         img = img.flatten(background=list(background[:3]))
     if img.format != "uchar":
         img = img.cast("uchar")
-    with ctx.stage("encode"):
-        data = encode(img, spec.format, spec.quality, ctx.turbo)
-    name = thumbnail_name(ctx.stem, img.width, img.height, spec.format)
-    return Rendition(name, img.width, img.height, spec.format, data)
+    return img, found
 
 
-def cut_overflow(source: Source, placement: Placement) -> tuple[pyvips.Image, Placement, tuple[float, float]]:
+def cut_overflow(
+    source: Source, placement: Placement, point: tuple[float, float] = (0.5, 0.5)
+) -> tuple[pyvips.Image, Placement, tuple[float, float], tuple[float, float]]:
     """`cover` of an extreme aspect ratio (a 2x4000 strip into a 512 box) would resample the whole source at the
-    output's scale, a gigapixel image from a tiny upload. Past a budget, keep only the source's centre band that
-    resamples to at most `OVERFLOW_BUDGET` pixels (or twice the box), and crop within that."""
+    output's scale, a gigapixel image from a tiny upload. Past a budget, keep only the source's band that resamples
+    to at most `OVERFLOW_BUDGET` pixels (or twice the box), centred as near the focal `point` (fractions of the
+    upright source) as fits, and crop within that. Also returns `point` within what is kept."""
     img, orientation, extent = source.image, source.orientation, (source.extent_w, source.extent_h)
     budget = overflow_budget(placement)
     if not placement.crops or placement.resize_w * placement.resize_h <= budget:
-        return img, placement, extent
+        return img, placement, extent, point
     dec_w, dec_h = decoded_upright(img, orientation)
     sx, sy = placement.resize_w / extent[0], placement.resize_h / extent[1]
     # Only one axis overflows the box in cover: shorten that one.
@@ -77,11 +118,12 @@ def cut_overflow(source: Source, placement: Placement) -> tuple[pyvips.Image, Pl
         keep_w, keep_h = dec_w, min(dec_h, max(1, math.ceil(budget / placement.resize_w / sy)))
     resize_w = max(placement.out_w, min(placement.resize_w, round(keep_w * sx)))
     resize_h = max(placement.out_h, min(placement.resize_h, round(keep_h * sy)))
-    cut_w, cut_h = (keep_h, keep_w) if orientation in SWAPS_AXES else (keep_w, keep_h)
-    img = img.crop((img.width - cut_w) // 2, (img.height - cut_h) // 2, cut_w, cut_h)
+    left, top = window_start(dec_w, keep_w, point[0]), window_start(dec_h, keep_h, point[1])
+    img = img.crop(*decoded_rect(orientation, (left, top, keep_w, keep_h), (dec_w, dec_h)))
+    point = ((point[0] * dec_w - left) / keep_w, (point[1] * dec_h - top) / keep_h)
     # The kept band is whole decoded pixels on the cut axis; the other axis keeps its exact extent.
     kept = (keep_w if keep_w < dec_w else extent[0], keep_h if keep_h < dec_h else extent[1])
-    return img, Placement(resize_w, resize_h, placement.out_w, placement.out_h), kept
+    return img, Placement(resize_w, resize_h, placement.out_w, placement.out_h), kept, point
 
 
 def resize(img: pyvips.Image, hscale: float, vscale: float) -> pyvips.Image:
@@ -135,16 +177,34 @@ def _pad(img: pyvips.Image, placement: Placement, rgba: tuple[int, int, int, int
     )
 
 
-def encode(img: pyvips.Image, fmt: Format, quality: int, turbo: bool = False) -> bytes:
+def encode(img: pyvips.Image, spec: ThumbnailSpec, turbo: bool = False) -> bytes:
+    """`img` in the spec's format with its encoder options. libjpeg-turbo (`turbo_encode`) takes only the JPEGs it
+    makes exactly as libvips would: baseline, standard Huffman tables, no metadata; libvips the rest."""
+    saved = save_options(img, spec.keep)
+    fmt, quality = spec.format, spec.quality
     if fmt is Format.jpeg:
-        data = turbo_encode(img, quality) if turbo else None
-        return data or img.jpegsave_buffer(Q=quality, keep="none", optimize_coding=False)
+        plain = not spec.progressive and not spec.optimize_coding and spec.keep is Keep.none
+        data = turbo_encode(img, quality) if turbo and plain else None
+        return data or img.jpegsave_buffer(
+            Q=quality, optimize_coding=spec.optimize_coding, interlace=spec.progressive, **saved
+        )
     if fmt is Format.webp:
-        return img.webpsave_buffer(Q=quality, keep="none", effort=4)
+        return img.webpsave_buffer(Q=quality, effort=spec.effort, **saved)
     if fmt is Format.png:
-        return img.pngsave_buffer(compression=6, keep="none")
-    # AVIF: effort 2 keeps the AV1 encoder from being the slowest step by an order of magnitude.
-    return img.heifsave_buffer(Q=quality, compression="av1", effort=2, keep="none")
+        return img.pngsave_buffer(compression=6, interlace=spec.progressive, **saved)
+    if fmt is Format.gif:  # an animation's frames, delays and loop count ride in its metadata (`animated`)
+        return img.gifsave_buffer(effort=spec.effort, **saved)
+    return img.heifsave_buffer(Q=quality, compression="av1", effort=spec.effort, **saved)
 
 
-__all__ = ["cut_overflow", "encode", "render_one", "render_sizes", "resize", "to_srgb"]
+__all__ = [
+    "cut_overflow",
+    "each_size",
+    "encode",
+    "finish",
+    "render_one",
+    "render_sizes",
+    "rendition",
+    "resize",
+    "to_srgb",
+]

@@ -30,8 +30,9 @@ def overflow_budget(placement: Placement) -> int:
 
 
 def overflows(placement: Placement) -> bool:
-    """A `cover` of an extreme aspect ratio, which `finishing.cut_overflow` cuts to a centre band before resampling
-    (the GPU backends refuse it: the band's density would make their intermediate as large as the cut avoids)."""
+    """A `cover` of an extreme aspect ratio, which `finishing.cut_overflow` cuts to a band (around the focal point)
+    before resampling (the GPU backends refuse it: the band's density would make their intermediate as large as the
+    cut avoids)."""
     return placement.crops and placement.resize_w * placement.resize_h > overflow_budget(placement)
 
 

@@ -1,7 +1,8 @@
 """Per-image routing on GPU nodes: which backend renders each image, decided once per image, here (`decide`).
 
     route(format, (width, height, pages), one_shot_max_pixels):
-        more than one page or frame      → vips   (the first frame, streamed, as the vips backend does it)
+        more than one page or frame      → vips   (the first frame, streamed, as the vips backend does it; or,
+                                                   with `animated=true`, every frame: only vips animates)
         over the one-shot pixel cap      → tiles  (strips through the GPU kernels: GPU memory bounded by a strip)
         not JPEG, PNG or WebP            → vips   (DALI's decoders do not take it here)
         anything else                    → dali   (one pipeline run per batch)
@@ -40,6 +41,7 @@ from gpu_worker.backends.base import (
     render_alone,
 )
 from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
+from thumbify.animation import DEFAULT_LIMITS, AnimationLimits
 from thumbify.probe import open_image
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ class RoutedBackend:
         headroom: float = DEFAULT_HEADROOM,
         defer_vips: bool = False,
         timings: dict[str, float] | None = None,
+        animation: AnimationLimits = DEFAULT_LIMITS,
         **dali_options: Any,
     ) -> None:
         """`dali_options` go to `DaliBackend` as they are (max_batch, num_threads, hw_decoder_load, ...)."""
@@ -119,7 +122,7 @@ class RoutedBackend:
         self.one_shot_max_pixels = one_shot_max_pixels
         self.strip_rows = strip_rows
         self.defer_vips = defer_vips
-        self.vips = VipsBackend(headroom, timings)
+        self.vips = VipsBackend(headroom, timings, animation=animation)
         self.routes: Counter[str] = Counter()  # which backend rendered each image, over this backend's life
         self.last_routes: list[str] = []  # the same for the last batch, in its order
         self._dali: Any = None
@@ -141,6 +144,7 @@ class RoutedBackend:
             strip_rows=settings.tiles_strip_rows,
             headroom=settings.resample_headroom,
             defer_vips=defer_vips,
+            animation=AnimationLimits.from_settings(settings),
         )
 
     # -- life cycle -----------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ ring of two strip buffers (2 × strip_rows × width × bands × bytes per sample
 libvips' own sequential read-behind, and the small intermediate (bounded by the spec's sizes, not the source).
 (libvips maps a JPEG source file into memory to decode it, as it does for the vips backend: the pages read count
 in RSS as clean, reclaimable file pages, up to the file's size; anonymous memory stays as above.) A
-`cover` of an extreme aspect ratio, which `finishing.cut_overflow` cuts to a centre band first, is refused (the vips
+`cover` of an extreme aspect ratio, which `finishing.cut_overflow` cuts to a band first, is refused (the vips
 backend renders it: it streams too): the band's pixel density would make the intermediate as large as the cut avoids.
 """
 
@@ -61,6 +61,7 @@ from gpu_worker.backends.finishing import render_sizes, to_srgb
 from gpu_worker.backends.plan import intermediate_scale
 from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
 from kernels import StripResampler, get_backend
+from thumbify.animation import animates
 from thumbify.errors import ThumbifyError
 from thumbify.spec import ThumbnailSpec
 
@@ -148,6 +149,8 @@ class TilesBackend:
             ctx = prepare(item, self.timings)
             if ctx.overflows():
                 return Refused("a cover of an extreme aspect ratio")
+            if animates(ctx.spec, ctx.fmt, ctx.pages):
+                return Refused("an animation that animated=true keeps (only vips renders every frame)")
             return self._render(ctx)
 
     def _render(self, ctx: RenderContext) -> list[Rendition]:

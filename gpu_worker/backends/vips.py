@@ -3,8 +3,9 @@
 One decode per job, shrunk on load where the format allows (JPEG's DCT scaling, WebP's scaled decode), read
 sequentially so memory stays flat on huge images (plain JPEGs of a bounded size by libjpeg-turbo 3 instead, faster,
 `turbo.turbo_jpeg`); then, per size, the same short list of steps (imgproxy's shape):
-resize → upright → sRGB → crop or pad → flatten → encode, with metadata stripped (`finishing`, shared by every
-backend).
+resize → upright → sRGB → crop or pad → flatten → encode, metadata as `keep` asks (`finishing`, shared by every
+backend). `animated=true` on an animated GIF or WebP: every frame through those steps (`animated`), here only: the
+router sends every image of several frames to this backend.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from gpu_worker.backends.animated import render_animated
 from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.context import Timings, prepare
 from gpu_worker.backends.decode import Source, decode_errors, decoded, load_source
 from gpu_worker.backends.finishing import render_sizes, resize
 from gpu_worker.backends.plan import intermediate_scale
+from thumbify.animation import DEFAULT_LIMITS, AnimationLimits, animates
 from thumbify.probe import configure_vips
 from thumbify.spec import ThumbnailSpec
 
@@ -31,14 +34,23 @@ DEFAULT_HEADROOM = 1.9
 class VipsBackend:
     name = "vips"
 
-    def __init__(self, headroom: float = DEFAULT_HEADROOM, timings: Timings | None = None, turbo: bool = True) -> None:
+    def __init__(
+        self,
+        headroom: float = DEFAULT_HEADROOM,
+        timings: Timings | None = None,
+        turbo: bool = True,
+        animation: AnimationLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.headroom = headroom
+        self.animation = animation  # `animated=true`: frames kept, output pixels allowed
         self.turbo = turbo  # plain JPEGs decoded and encoded by libjpeg-turbo 3 (`turbo`); False: libvips does all
         self.timings = timings  # seconds per stage, added up here when given (the benchmarks' hook)
 
     def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
         with decode_errors(fmt):
             ctx = prepare((path, fmt, spec, stem), self.timings, self.turbo)
+            if animates(spec, fmt, ctx.pages):
+                return render_animated(ctx, self.animation)
             source, _ = load_source(ctx, self.headroom)
             if len(ctx.placements) > 1:
                 source = self._shared_intermediate(source, *ctx.largest)

@@ -4,6 +4,7 @@ library or a usable GPU is missing), and the skip marks for one backend's tests.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -24,6 +25,9 @@ def missing(module: str) -> str | None:
 
 
 DALI_MISSING = missing("nvidia.dali")
+# crop=faces needs OpenCV (the `faces` extra), which the GPU machine's package set lacks (its wheel alone is 62 MB).
+OPENCV_MISSING = None if importlib.util.find_spec("cv2") else "OpenCV (the faces extra) is not installed"
+needs_opencv = pytest.mark.skipif(OPENCV_MISSING is not None, reason=str(OPENCV_MISSING))
 TILES_MISSING = missing("gpu_worker.backends.tiles")
 GPU_MISSING = backend_choice.gpu_unavailable(0)
 # tiles on the GPU needs CuPy on a device, not DALI (the GPU check's core stage has no DALI).

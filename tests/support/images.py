@@ -16,6 +16,7 @@ return a `pyvips.Image` (uchar/ushort, with its interpretation set); the others 
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -239,14 +240,22 @@ def rgba_png(width: int = 200, height: int = 100, rgb=(40, 90, 200)) -> bytes:
 # -- containers and encodings --------------------------------------------------------------------------------------
 
 
-def animated(fmt: str, colours: list[tuple[int, int, int]] = FRAME_COLOURS, width: int = 64, height: int = 48) -> bytes:
-    """A three-frame animation (GIF or WebP), one solid colour per frame, frames stacked as libvips pages."""
+def animated(
+    fmt: str,
+    colours: list[tuple[int, int, int]] = FRAME_COLOURS,
+    width: int = 64,
+    height: int = 48,
+    delays: list[int] | None = None,
+    loop: int = 0,
+) -> bytes:
+    """An animation (GIF or WebP), one solid colour per frame (three by default), frames stacked as libvips pages,
+    each shown for its `delays` ms (100 each by default), played `loop` times (0: for ever)."""
     frames = [solid_image(width, height, c) for c in colours]
     strip = pyvips.Image.arrayjoin(frames, across=1).copy()
     strip.set_type(pyvips.GValue.gint_type, "page-height", height)
     strip.set_type(pyvips.GValue.gint_type, "n-pages", len(colours))
-    strip.set_type(pyvips.GValue.array_int_type, "delay", [100] * len(colours))
-    strip.set_type(pyvips.GValue.gint_type, "loop", 0)
+    strip.set_type(pyvips.GValue.array_int_type, "delay", delays or [100] * len(colours))
+    strip.set_type(pyvips.GValue.gint_type, "loop", loop)
     if fmt == "gif":
         return strip.gifsave_buffer()
     if fmt == "webp":
@@ -268,11 +277,65 @@ def encode(image: pyvips.Image, fmt: str, **options) -> bytes:
         return image.tiffsave_buffer(**options)
     if fmt == "gif":
         return image.gifsave_buffer(**options)
-    if fmt == "heic":  # the HEVC encoder is often left out of libheif builds; callers skip on pyvips.Error
-        return image.heifsave_buffer(Q=options.pop("Q", 90), compression="hevc", **options)
+    if fmt == "heic":  # libvips' own HEVC encoder is often left out (the bundled one's is): libheif from pillow-heif
+        return heic_of(image, quality=options.pop("Q", 90))
     if fmt == "avif":
         return image.heifsave_buffer(Q=options.pop("Q", 90), compression="av1", effort=2, **options)
     raise ValueError(fmt)
+
+
+COPYRIGHT = "(c) 2026 Jane Photographer, all rights reserved"
+ARTIST = "Jane Photographer"
+
+
+def jpeg_with_rights_and_gps(width: int = 320, height: int = 240) -> bytes:
+    """A camera-like JPEG: EXIF Copyright and Artist beside GPS coordinates and camera make, plus an ICC profile."""
+    image = photo_like_image(width, height, seed=21).icc_transform("p3")
+    for field, value in {
+        "exif-ifd0-Copyright": COPYRIGHT,
+        "exif-ifd0-Artist": ARTIST,
+        "exif-ifd0-Make": "SecretCam",
+        "exif-ifd3-GPSLatitudeRef": "N",
+        "exif-ifd3-GPSLatitude": "52/1 31/1 12/1",
+        "exif-ifd3-GPSLongitudeRef": "E",
+        "exif-ifd3-GPSLongitude": "13/1 24/1 36/1",
+    }.items():
+        image.set_type(pyvips.GValue.gstr_type, field, value)
+    return image.jpegsave_buffer(Q=90, keep="all")
+
+
+IPTC_NOTICE = b"(c) 2026 IPTC Jane"
+
+
+def jpeg_with_iptc_notice(width: int = 200, height: int = 150) -> bytes:
+    """A JPEG whose IPTC record (APP13, Photoshop 3.0 resource 0x0404) holds a copyright notice (dataset 2:116)."""
+    record = b"\x1c\x02\x74" + struct.pack(">H", len(IPTC_NOTICE)) + IPTC_NOTICE
+    resource = b"8BIM\x04\x04\x00\x00" + struct.pack(">I", len(record)) + record + b"\x00" * (len(record) % 2)
+    image = photo_like_image(width, height, seed=22).copy()
+    image.set_type(pyvips.GValue.blob_type, "iptc-data", b"Photoshop 3.0\x00" + resource)
+    return image.jpegsave_buffer(Q=90, keep="all")
+
+
+def is_srgb_profile(profile: bytes) -> bool:
+    """An RGB display profile whose description names sRGB (libvips' own writes it in UTF-16, as `mluc`)."""
+    return profile[16:20] == b"RGB " and (b"sRGB" in profile or "sRGB".encode("utf-16-be") in profile)
+
+
+def jpeg_sof(data: bytes) -> int:
+    """The JPEG's start-of-frame marker (0xC0 baseline, 0xC1 extended, 0xC2 progressive), read segment by segment."""
+    at = 2
+    while at + 4 <= len(data):
+        marker, length = data[at + 1], int.from_bytes(data[at + 2 : at + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        at += 2 + length
+    raise ValueError("no start-of-frame marker")
+
+
+def png_interlace(data: bytes) -> int:
+    """IHDR's interlace method: 0 none, 1 Adam7 (IHDR is always the first chunk: its data starts at byte 16)."""
+    assert data[12:16] == b"IHDR"
+    return data[16 + 12]
 
 
 # -- broken files ----------------------------------------------------------------------------------------------------
@@ -555,3 +618,61 @@ def make_jpeg(width: int = 640, height: int = 480, quality: int = 85) -> bytes:
 
 def make_png(width: int = 64, height: int = 48, alpha: bool = False) -> bytes:
     return noise_image(width, height, 4 if alpha else 3).pngsave_buffer()
+
+
+# -- crops -----------------------------------------------------------------------------------------------------------
+
+
+def marker_at(width: int, height: int, fx: float, fy: float, side: int, rgb=(220, 30, 30)) -> pyvips.Image:
+    """A slate image with a `side`-px square of `rgb` centred at (`fx`, `fy`) (fractions of the width and height).
+    Not mid-grey: a flat mid-grey last MCU is what a decoder fills a cut JPEG with (DALI hands those to vips)."""
+    array = np.full((height, width, 3), (90, 110, 130), np.uint8)
+    x, y = round(fx * width - side / 2), round(fy * height - side / 2)
+    array[max(y, 0) : y + side, max(x, 0) : x + side] = rgb
+    return from_array(array)
+
+
+def drawn_face(size: int) -> np.ndarray:
+    """A `size`-px face drawn as an RGB array (skin oval, brows, dark eyes, nose shadow, mouth, softened): OpenCV's
+    frontal-face Haar cascade finds it, from about 24 px up."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    face = np.zeros((size, size, 3), np.float32)
+    face[:] = (120, 90, 60)
+
+    def paint(cx: float, cy: float, rx: float, ry: float, rgb: tuple[int, int, int]) -> None:
+        face[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1] = rgb
+
+    paint(0.5, 0.5, 0.36, 0.46, (225, 180, 150))  # skin
+    for cx in (0.35, 0.65):
+        paint(cx, 0.30, 0.10, 0.025, (60, 50, 40))  # brow
+        paint(cx, 0.40, 0.07, 0.04, (30, 30, 30))  # eye
+    paint(0.5, 0.55, 0.04, 0.10, (190, 140, 110))  # nose shadow
+    paint(0.5, 0.72, 0.14, 0.035, (140, 60, 60))  # mouth
+    return np.asarray(from_array(face.astype(np.uint8)).gaussblur(size / 60).numpy(), np.uint8)
+
+
+def face_at(width: int, height: int, left: int, top: int, size: int) -> pyvips.Image:
+    """A plain grey-blue canvas with one `drawn_face` of `size` px at (`left`, `top`)."""
+    array = np.full((height, width, 3), (170, 180, 190), np.uint8)
+    array[top : top + size, left : left + size] = drawn_face(size)
+    return from_array(array)
+
+
+def heic_of(image: pyvips.Image, quality: int = 90) -> bytes:
+    """`image` (8-bit RGB) as a HEIC as phones write it (HEVC in a HEIF container, `ftypheic`): libheif with x265,
+    from the pillow-heif wheel (a test dependency; the bundled libvips has no HEVC encoder)."""
+    import io
+
+    import pillow_heif
+
+    out = io.BytesIO()
+    pillow_heif.from_bytes("RGB", (image.width, image.height), image.numpy().tobytes()).save(out, quality=quality)
+    return out.getvalue()
+
+
+def hevc_heic(width: int = 96, height: int = 64) -> bytes:
+    """A phone-like HEIC, left half red, right half blue."""
+    array = np.zeros((height, width, 3), np.uint8)
+    array[:, : width // 2] = (200, 30, 30)
+    array[:, width // 2 :] = (30, 30, 200)
+    return heic_of(from_array(array))

@@ -7,9 +7,14 @@ from pathlib import Path
 from support.cli import cli
 
 
-def create_key(keys_file: Path, name: str, *scopes: str) -> str:
-    """A new key named `name` with `scopes` (default: the CLI's) in `keys_file`; the secret is returned."""
-    done = cli("keys", "create", name, "--file", str(keys_file), *(arg for s in scopes for arg in ("--scope", s)))
+def create_key(keys_file: Path, name: str, *scopes: str, source_prefixes: tuple[str, ...] = ()) -> str:
+    """A new key named `name` with `scopes` (default: the CLI's) in `keys_file`, allowed to ingest the bucket keys
+    under `source_prefixes`; the secret is returned."""
+    options = [
+        *(arg for s in scopes for arg in ("--scope", s)),
+        *(a for p in source_prefixes for a in ("--source-prefix", p)),
+    ]
+    done = cli("keys", "create", name, "--file", str(keys_file), *options)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

@@ -27,6 +27,17 @@ def assert_problem(r: httpx.Response, status: int, slug: str, *words: str) -> di
     return body
 
 
+def assert_names_field(r: httpx.Response, status: int, field: str | None, slug: str | None = None) -> dict:
+    """A problem+json of `status`, of type `slug` where one is pinned (else any), naming `field` in its `errors`
+    (`[{"field", "message"}]`) or in its detail; its body is returned."""
+    assert r.status_code == status, f"expected {status} naming {field!r}, got {r.status_code}: {r.text[:500]}"
+    body = assert_problem(r, status, slug or r.json()["type"].removeprefix(PROBLEM_BASE))
+    if field:
+        named = {e.get("field") for e in body.get("errors", [])}
+        assert field in named or field in body["detail"], f"the problem does not name {field!r}: {body}"
+    return body
+
+
 def is_failed_corrupt(job: dict) -> None:
     """The job ended `failed` at its first attempt with a short corrupt-image error that says what is wrong."""
     assert job["status"] == "failed", f"a broken image should end failed: {job}"

@@ -33,6 +33,19 @@ def stat(pid: int) -> Stat | None:
     return Stat(fields[0], int(fields[1]), int(fields[2]), fields[19])
 
 
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """The process's resident set size now (VmRSS) or at its peak (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(f"/proc/{pid}/status has no {field} (a zombie?)")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start the process's peak resident set size (VmHWM) over from its size now (Linux 4.0+)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def command_line(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()

@@ -21,6 +21,7 @@ MAGIC = {
     Format.jpeg: lambda b: b[:3] == b"\xff\xd8\xff",
     Format.png: lambda b: b[:8] == b"\x89PNG\r\n\x1a\n",
     Format.webp: lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP",
+    Format.gif: lambda b: b[:6] in (b"GIF87a", b"GIF89a"),
     Format.avif: lambda b: b[4:8] == b"ftyp" and b[8:12] in (b"avif", b"avis"),
 }
 

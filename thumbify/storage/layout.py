@@ -4,6 +4,7 @@ they are). Like the Redis key names (thumbify.keyspace), they are the data's for
 from __future__ import annotations
 
 _ORIGINALS, _THUMBNAILS = "originals/", "thumbnails/"
+RESERVED_PREFIXES = (_ORIGINALS, _THUMBNAILS)  # never a job's source object (thumbify.sources)
 
 
 def original_key(job_id: str) -> str:

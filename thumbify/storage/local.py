@@ -43,7 +43,7 @@ class LocalStorage:
             await anyio.to_thread.run_sync(_write_atomic, dest, data)
 
     @asynccontextmanager
-    async def local_copy(self, key: str) -> AsyncIterator[Path]:
+    async def local_copy(self, key: str, etag: str = "") -> AsyncIterator[Path]:
         path = self._path(key)
         if not path.is_file():
             raise FileNotFoundError(key)
@@ -60,6 +60,9 @@ class LocalStorage:
     async def read(self, key: str) -> bytes:
         return await anyio.Path(self._path(key)).read_bytes()
 
+    async def read_range(self, key: str, start: int, length: int, etag: str = "") -> bytes:
+        return await anyio.to_thread.run_sync(_read_range, self._path(key), start, length)
+
     async def delete_prefix(self, prefix: str) -> int:
         return await anyio.to_thread.run_sync(self._delete_prefix, prefix)
 
@@ -74,6 +77,9 @@ class LocalStorage:
             return 1
         except FileNotFoundError:
             return 0
+
+    async def discard(self, key: str) -> None:
+        await self.delete_prefix(key)
 
     async def ping(self) -> None:
         await anyio.to_thread.run_sync(self._ping)
@@ -90,6 +96,12 @@ class LocalStorage:
         os.unlink(name)
         if not os.access(self.root, os.W_OK):
             raise PermissionError(f"{self.root} is not writable")
+
+
+def _read_range(path: Path, start: int, length: int) -> bytes:
+    with path.open("rb") as fh:
+        fh.seek(start)
+        return fh.read(length)
 
 
 def _move_into_place(src: Path, dest: Path) -> None:

@@ -1,7 +1,7 @@
 """S3 and anything that speaks its API (MinIO, Ceph, R2, rclone), through aioboto3.
 
 Keys map to `<s3_prefix><key>` in one bucket. Uploads of originals go up in parts (`s3_part_mib`) from the API's spool
-file, and a failed multipart upload is aborted (aioboto3's managed transfer does it; an upload cut short by the
+file, one part held at a time, and a failed multipart upload is aborted (an upload cut short by the
 process dying is what the bucket's AbortIncompleteMultipartUpload lifecycle rule is for). Workers download an
 original to a temporary file in their spool folder for the length of a render. Errors: a missing object is
 FileNotFoundError (stat: None), anything else StorageFailed (503 at the API, a retry with backoff in the worker).
@@ -21,17 +21,18 @@ from pathlib import Path
 
 import aioboto3
 import aiohttp
-from boto3.s3.transfer import TransferConfig
+import anyio
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from thumbify.errors import StorageFailed
+from thumbify.errors import OriginalChanged, StorageFailed
 from thumbify.storage.base import THUMBNAIL_CACHE_CONTROL, StoredObject
 from thumbify.storage.layout import is_thumbnail
 
 log = logging.getLogger(__name__)
 
-MISSING = {"404", "NoSuchKey", "NotFound"}
+MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
+CHANGED = {"412", "PreconditionFailed"}  # an If-Match that no longer holds
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 PING_KEY = ".thumbify-ping"
 DOWNLOAD_CHUNK = 1 << 20
@@ -59,8 +60,7 @@ class S3Storage:
             connect_timeout=5,
             read_timeout=30,
         )
-        part = settings.s3_part_mib * 1024 * 1024
-        self._transfer = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
+        self._part = settings.s3_part_mib * 1024 * 1024
         self._client = None
         self._stack: AsyncExitStack | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -94,15 +94,38 @@ class S3Storage:
         s3 = await self._s3()
         full = self._key(key)
         try:
-            with _errors("upload", key):
-                await s3.upload_file(str(path), self.bucket, full, Config=self._transfer)
+            with s3_errors("upload", key):
+                await self._upload(s3, full, path)
         except BaseException:
-            # Failed or cancelled (a client that hung up), the upload leaves nothing behind: aioboto3 aborts a
-            # multipart upload that fails, not one that is cancelled, and an object that completed just before
-            # the cancel is not the caller's either.
-            await asyncio.shield(self._discard(full))
+            # Failed or cancelled (a client that hung up), the upload leaves nothing behind: its multipart upload
+            # is aborted, and an object that completed just before the cancel is not the caller's either.
+            await asyncio.shield(self._discard(key))
             raise
         path.unlink(missing_ok=True)  # a move, as on local storage: the spool file is ours to remove
+
+    async def _upload(self, s3, full: str, path: Path) -> None:
+        """The file in one PUT, or in parts read one at a time: the API holds one part, whatever the file's size.
+        (aioboto3's managed `upload_file` reads ahead of its 4 concurrent parts: a 200 MB original grew the API by
+        150-210 MiB, measured by benchmarks/direct_upload.py.)"""
+        with path.open("rb") as fh:
+            first = await anyio.to_thread.run_sync(fh.read, self._part)
+            if len(first) < self._part:
+                await s3.put_object(Bucket=self.bucket, Key=full, Body=first)
+                return
+            upload_id = (await s3.create_multipart_upload(Bucket=self.bucket, Key=full))["UploadId"]
+            parts, chunk = [], first
+            while chunk:
+                number = len(parts) + 1
+                answer = await s3.upload_part(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=chunk
+                )
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+                chunk = None  # let it go before the next part is read
+                chunk = await anyio.to_thread.run_sync(fh.read, self._part)
+        # (A failure leaves the multipart upload open: `put_file` aborts it through `_discard`.)
+        await s3.complete_multipart_upload(
+            Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
 
     async def _open_uploads(self, full: str) -> list[dict]:
         s3 = await self._s3()
@@ -113,26 +136,32 @@ class S3Storage:
                 return []  # how rclone's S3 server says "none" (AWS answers an empty list)
             raise
 
-    async def _discard(self, full: str) -> None:
+    async def discard(self, key: str) -> None:
+        """The object at `key` deleted, and any unfinished multipart upload to it aborted."""
         s3 = await self._s3()
-        try:
+        full = self._key(key)
+        with s3_errors("delete", key):
             for upload in await self._open_uploads(full):
                 if upload["Key"] == full:  # keys are one job's: no one else is uploading to it
                     await s3.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload["UploadId"])
             await s3.delete_object(Bucket=self.bucket, Key=full)
+
+    async def _discard(self, key: str) -> None:
+        try:
+            await self.discard(key)
         except Exception as exc:  # S3 away: the bucket's AbortIncompleteMultipartUpload rule is the backstop
-            log.warning("could not clean up the failed upload of %s: %s", full, exc)
+            log.warning("could not clean up the failed upload of %s: %s", key, exc)
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         s3 = await self._s3()
         extra = {"ContentType": mimetypes.guess_type(key)[0] or "application/octet-stream"}
         if is_thumbnail(key):
             extra["CacheControl"] = THUMBNAIL_CACHE_CONTROL
-        with _errors("write", key):
+        with s3_errors("write", key):
             await s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
 
     @asynccontextmanager
-    async def local_copy(self, key: str) -> AsyncIterator[Path]:
+    async def local_copy(self, key: str, etag: str = "") -> AsyncIterator[Path]:
         s3 = await self._s3()
         fd, name = tempfile.mkstemp(dir=self.spool, prefix=".s3-", suffix=".part")
         path = Path(name)
@@ -140,8 +169,9 @@ class S3Storage:
             # One GET streamed to the file: about a fifth less CPU than aioboto3's managed download (its ranged GETs
             # and thread-pool writes), measured on 3 MB originals. Writes of 1 MiB to a local disk do not hold the
             # event loop for long.
-            with os.fdopen(fd, "wb") as out, _errors("download", key):
-                response = await s3.get_object(Bucket=self.bucket, Key=self._key(key))
+            with os.fdopen(fd, "wb") as out, s3_errors("download", key):
+                response = await s3.get_object(Bucket=self.bucket, Key=self._key(key), **_if_match(etag))
+                _same_version(response, etag, key)
                 stream = response["Body"]
                 async with stream:  # (the context gives aiohttp's response, whose read takes no size)
                     while chunk := await stream.read(DOWNLOAD_CHUNK):
@@ -150,25 +180,35 @@ class S3Storage:
         finally:
             path.unlink(missing_ok=True)
 
+    async def read_range(self, key: str, start: int, length: int, etag: str = "") -> bytes:
+        s3 = await self._s3()
+        with s3_errors("read", key):
+            response = await s3.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{start + length - 1}", **_if_match(etag)
+            )
+            _same_version(response, etag, key)
+            async with response["Body"] as body:
+                return await body.read()
+
     async def stat(self, key: str) -> StoredObject | None:
         s3 = await self._s3()
         try:
-            with _errors("stat", key):
+            with s3_errors("stat", key):
                 head = await s3.head_object(Bucket=self.bucket, Key=self._key(key))
         except FileNotFoundError:
             return None
-        return StoredObject(key, int(head["ContentLength"]))
+        return StoredObject(key, int(head["ContentLength"]), etag=head.get("ETag", ""))
 
     async def read(self, key: str) -> bytes:
         s3 = await self._s3()
-        with _errors("read", key):
+        with s3_errors("read", key):
             response = await s3.get_object(Bucket=self.bucket, Key=self._key(key))
             async with response["Body"] as body:
                 return await body.read()
 
     async def presigned_get(self, key: str, ttl_s: int) -> str | None:
         s3 = await self._s3()
-        with _errors("presign", key):
+        with s3_errors("presign", key):
             return await s3.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=ttl_s
             )
@@ -178,14 +218,14 @@ class S3Storage:
         s3 = await self._s3()
         full = self._key(prefix)
         keys: list[str] = []
-        with _errors("list", prefix):
+        with s3_errors("list", prefix):
             async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 keys += [
                     o["Key"] for o in page.get("Contents", []) if o["Key"] == full or o["Key"].startswith(full + "/")
                 ]
         for start in range(0, len(keys), DELETE_BATCH):
             batch = [{"Key": k} for k in keys[start : start + DELETE_BATCH]]
-            with _errors("delete", prefix):
+            with s3_errors("delete", prefix):
                 result = await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             if result.get("Errors"):
                 first = result["Errors"][0]
@@ -194,18 +234,30 @@ class S3Storage:
 
     async def ping(self) -> None:
         s3 = await self._s3()
-        with _errors("write", PING_KEY):
+        with s3_errors("write", PING_KEY):
             await s3.put_object(Bucket=self.bucket, Key=self.prefix + PING_KEY, Body=b"")
 
 
+def _if_match(etag: str) -> dict[str, str]:
+    return {"IfMatch": etag} if etag else {}
+
+
+def _same_version(response: dict, etag: str, key: str) -> None:
+    """OriginalChanged if a server that ignores If-Match sent another version of the object."""
+    if etag and response.get("ETag", etag) != etag:
+        raise OriginalChanged(f"{key!r} changed after it was checked (uploaded again?)")
+
+
 @contextlib.contextmanager
-def _errors(op: str, key: str) -> Iterator[None]:
+def s3_errors(op: str, key: str) -> Iterator[None]:
     try:
         yield
     except ClientError as exc:
         error = exc.response.get("Error", {})
         if str(error.get("Code")) in MISSING:
             raise FileNotFoundError(key) from exc
+        if str(error.get("Code")) in CHANGED:
+            raise OriginalChanged(f"{key!r} changed after it was checked (uploaded again?)") from exc
         raise StorageFailed(f"S3 {op} of {key!r} failed: {error.get('Code')}: {error.get('Message')}") from exc
     except (BotoCoreError, aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise StorageFailed(f"S3 {op} of {key!r} failed: {exc}") from exc
