@@ -290,3 +290,17 @@ def test_secrets_stay_out_of_the_config_map(tmp_path: Path) -> None:
 def test_bad_values_fail_with_a_message(tmp_path: Path, values: dict, says: str) -> None:
     proc = helm(tmp_path, "template", "thumbify", str(CHART), values=values)
     assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("appendfsync", ["everysec", "always"])
+def test_the_charts_redis_syncs_its_append_only_file_as_asked(tmp_path: Path, appendfsync: str) -> None:
+    docs = render({**MINIMAL, "redis": {"appendfsync": appendfsync}}, tmp_path)
+    [statefulset] = [d for d in docs if d["kind"] == "StatefulSet" and "redis" in d["metadata"]["name"]]
+    args = container(statefulset)["args"]
+    assert args[args.index("--appendfsync") + 1] == appendfsync
+    assert args[args.index("--appendonly") + 1] == "yes"
+
+
+def test_the_chart_refuses_another_appendfsync(tmp_path: Path) -> None:
+    proc = helm(tmp_path, "lint", "--strict", str(CHART), values={**MINIMAL, "redis": {"appendfsync": "no"}})
+    assert proc.returncode != 0 and "appendfsync" in proc.stdout + proc.stderr

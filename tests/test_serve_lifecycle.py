@@ -44,9 +44,11 @@ class Tagged(Serve):
     """A `serve` run whose every process (its children, theirs, redis-server) carries a tag in its environment, so
     that the test can prove none of them survives."""
 
-    def __init__(self, tmp: Path, data_dir: Path, port: int | None = None, run: int = 1) -> None:
+    def __init__(
+        self, tmp: Path, data_dir: Path, port: int | None = None, run: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         self.tag = uuid.uuid4().hex
-        super().__init__(tmp, data_dir, port or free_port(), run, CLI, clean_env() | {TAG_VAR: self.tag})
+        super().__init__(tmp, data_dir, port or free_port(), run, CLI, clean_env() | {TAG_VAR: self.tag} | (env or {}))
 
     def __enter__(self) -> Tagged:
         return self
@@ -117,30 +119,30 @@ def test_a_signal_at_any_moment_of_start_up_ends_serve_at_once(tmp_path: Path, s
 # -- the embedded Redis is supervised --------------------------------------------------------------------------------
 
 
-def _until_written_to_its_file(data_dir: Path, pid: int) -> None:
-    """Wait until the redis-server `pid` has handed every write to its append-only file to the OS, which a kill -9 of
-    the server alone cannot lose. With `appendfsync everysec` Redis may hold writes back up to 2 s while a slow
-    fsync runs; a job whose finish is lost that way is redone by its worker (test_reliability), not checked here."""
+def _embedded_client(data_dir: Path, pid: int) -> redis.Redis:
+    """A client of serve's embedded redis-server `pid`: on its unix socket, or for a deep data folder on the loopback
+    port that redis-server shows in its title ("redis-server 127.0.0.1:N")."""
     socket = data_dir / "redis" / "redis.sock"
     if socket.exists():
-        url = f"unix://{socket}"
-    else:  # a deep data folder: a loopback port, which redis-server shows in its title ("redis-server 127.0.0.1:N")
-        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-        url = f"redis://{title.split()[1]}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        wait_for(lambda: client.info("persistence")["aof_buffer_length"] == 0, 10, "Redis to write its AOF buffer")
-    finally:
-        client.close()
+        return redis.Redis(unix_socket_path=str(socket))
+    title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    return redis.Redis.from_url(f"redis://{title.split()[1]}/0")
 
 
-def test_a_killed_redis_is_reaped_and_restarted_on_the_same_data(tmp_path: Path):
-    with Tagged(tmp_path, tmp_path / "data") as serve:
+@pytest.mark.parametrize("appendfsync", ["everysec", "always"])
+def test_a_killed_redis_is_reaped_and_restarted_on_the_same_data(tmp_path: Path, appendfsync: str):
+    with Tagged(tmp_path, tmp_path / "data", env={"THUMBIFY_REDIS_APPENDFSYNC": appendfsync}) as serve:
         serve.ready()
         before = _run_job(serve)
         pid = serve.redis_pid()
         started = stat(pid).started
-        _until_written_to_its_file(tmp_path / "data", pid)
+        with _embedded_client(tmp_path / "data", pid) as client:
+            assert client.config_get("appendfsync") == {"appendfsync": appendfsync}  # THUMBIFY_REDIS_APPENDFSYNC
+            if appendfsync == "everysec":
+                # Redis may hold writes back up to 2 s while a slow fsync runs (README, "Redis persistence"); a job
+                # whose finish is lost so is redone by its worker (test_reliability), which is not checked here.
+                wait_for(lambda: client.info("persistence")["aof_buffer_length"] == 0, 10, "the AOF buffer written")
+        # With "always", killed at once: Redis wrote and synced each write before acknowledging it.
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: gone(pid, started), 10, "the killed redis-server to be reaped (no zombie)")
         wait_for(serve.ready_again, 30, "/readyz to answer 200 again")

@@ -77,12 +77,14 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    """A real redis-server owned by this process. Data lives in `directory` with AOF (fsync every second), so
-    queued jobs survive a restart. With `port=0` it listens only on a unix socket inside `directory`."""
+    """A real redis-server owned by this process. Data lives in `directory` with AOF (fsync every second, or after
+    every write with `appendfsync="always"`), so queued jobs survive a restart. With `port=0` it listens only on a
+    unix socket inside `directory`."""
 
-    def __init__(self, directory: Path, port: int = 0) -> None:
+    def __init__(self, directory: Path, port: int = 0, appendfsync: str = "everysec") -> None:
         self.directory = directory.resolve()
         self.port = port
+        self.appendfsync = appendfsync
         self.socket = self.directory / "redis.sock"
         self.process: subprocess.Popen | None = None
 
@@ -106,7 +108,7 @@ class EmbeddedRedis:
             "--appendonly",
             "yes",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--save",
             "",
             "--daemonize",

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     # Empty means "embedded": `thumbify serve` starts a redis-server under data_dir/redis.
     redis_url: str = ""
+    # The embedded Redis's fsync of its append-only file: "everysec" (a kill or power loss can lose the last ~2 s of
+    # writes, jobs accepted then included) or "always" (nothing acknowledged is lost; each write waits for the disk).
+    redis_appendfsync: Literal["everysec", "always"] = "everysec"
     key_prefix: str = "thumbify"
     # Redis connections an API process may hold at once (its pool); past them a request waits for one (up to 10 s),
     # so a burst of requests queues instead of failing. A long-poll holds none while it waits.

@@ -207,10 +207,12 @@ def serve(settings: Settings, api, signals: StopSignals) -> int:
     os.environ["THUMBIFY_DATA_DIR"] = str(data)
     try:
         if not settings.redis_url:
-            embedded = EmbeddedRedis(data / "redis")
+            embedded = EmbeddedRedis(data / "redis", appendfsync=settings.redis_appendfsync)
             supervisor.add(Child("redis-server", lambda: embedded.start().process, grace=10.0))
             os.environ["THUMBIFY_REDIS_URL"] = embedded.url
-            log.info("embedded redis %s (AOF under %s)", embedded.url, embedded.directory)
+            log.info(
+                "embedded redis %s (AOF under %s, fsync %s)", embedded.url, embedded.directory, embedded.appendfsync
+            )
             signals.check()
         env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
 
