@@ -33,9 +33,8 @@ def services() -> dict[str, dict]:
     return yaml.safe_load(COMPOSE_FILE.read_text())["services"]  # PyYAML resolves the anchors and `<<` merges
 
 
-@pytest.mark.service
-@pytest.mark.parametrize("profiles", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
-def test_compose_config_accepts_it(profiles: list[str]) -> None:
+def compose_config(profiles: list[str], env: dict[str, str] | None = None) -> dict:
+    """What `compose config` makes of the file, with ENV and `env` as the shell's variables."""
     command = compose_command()
     if command is None:
         pytest.skip("neither `docker compose` nor docker-compose is installed (.ci/run installs Debian's)")
@@ -43,11 +42,17 @@ def test_compose_config_accepts_it(profiles: list[str]) -> None:
         [*command, "-f", str(COMPOSE_FILE), *profiles, "config"],
         capture_output=True,
         text=True,
-        env={**os.environ, **ENV},
+        env={**os.environ, **ENV, **(env or {})},
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    config = yaml.safe_load(proc.stdout)
+    return yaml.safe_load(proc.stdout)
+
+
+@pytest.mark.service
+@pytest.mark.parametrize("profiles", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
+def test_compose_config_accepts_it(profiles: list[str]) -> None:
+    config = compose_config(profiles)
     expected = {"api", "worker", "redis", "minio", "bucket", "prometheus"} | ({"worker-gpu"} if profiles else set())
     # Compose v2 leaves out the services of profiles not asked for; Debian's v1 lists them all.
     assert expected <= set(config["services"]) <= expected | {"worker-gpu"}
@@ -71,6 +76,14 @@ def test_every_thumbify_variable_is_a_real_setting_and_parses(monkeypatch: pytes
         assert settings.storage == "s3" and settings.redis_url == "redis://redis:6379/0", name
         assert settings.worker_metrics_port == 9100 and settings.backend == backend, name
     assert services()["redis"]["command"][1:3] == ["--appendonly", "yes"]
+
+
+@pytest.mark.service
+@pytest.mark.parametrize("asked", [None, "always"])
+def test_redis_syncs_its_append_only_file_as_asked(asked: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("THUMBIFY_REDIS_APPENDFSYNC", raising=False)  # the default, whatever this shell has
+    command = compose_config([], {"THUMBIFY_REDIS_APPENDFSYNC": asked} if asked else {})["services"]["redis"]["command"]
+    assert command[command.index("--appendfsync") + 1] == (asked or "everysec")
 
 
 @pytest.mark.service
