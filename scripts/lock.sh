@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Refreshes the lock files the images install from (requirements/*.txt: every package pinned, with its hashes), for
 # every platform and Python 3.11+: runtime.txt (Dockerfile, with the otel extra: tracing is then a variable away,
-# and faces: OpenCV for crop=faces), gpu.txt (Dockerfile.gpu, with the otel, faces and gpu extras), build.txt (the wheel build). Run it after changing
-# pyproject.toml's dependencies, and commit the result. Needs uv
+# and faces: OpenCV for crop=faces), gpu.txt (Dockerfile.gpu, with the otel, faces and gpu extras), build.txt (the
+# wheel build). Run it after changing pyproject.toml's dependencies, and commit the result. Needs uv
 # (`pip install uv`). Release step, needs network: `pip-audit --require-hashes -r requirements/runtime.txt` (and gpu.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
