@@ -95,9 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             sweeper.cancel()
             await waiter.stop()
-            if presigner is not None:
-                await presigner.aclose()
-            await storage.aclose()
+            await storage.aclose()  # the presigner's clients too
             await redis.aclose()
             tracing.shutdown()
 

@@ -55,8 +55,11 @@ async def job_of_object(
 
 def wanted(request: Request) -> bool:
     """Whether POST /v1/jobs names an object in the bucket instead of carrying a file."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return ctype == "application/json" or "source_key" in request.query_params
+    return _is_json(request) or "source_key" in request.query_params
+
+
+def _is_json(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
 
 
 async def source_job(request: Request, svc: Services, caller, job_id: str) -> tuple[Job, bool, bool]:
@@ -101,7 +104,7 @@ async def _request_of(request: Request) -> tuple[str, dict[str, list[str]]]:
     """`source_key` and the options: from a JSON body `{"source_key", "options"}`, else from the query."""
     query = {k: request.query_params.getlist(k) for k in request.query_params.keys()}
     body: dict = {}
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+    if _is_json(request):
         body = await json_body(request)
     key = body.get("source_key", query.pop("source_key", [""])[-1])
     if not key or not isinstance(key, str):

@@ -105,6 +105,11 @@ class UploadStore:
             pipe.zrem(self.keys.open_uploads, upload_id)
             await pipe.execute()
 
+    async def drop(self, storage: Storage, upload_id: str) -> None:
+        """Close it for good: its object deleted (an open multipart upload aborted), then its record."""
+        await storage.discard(original_key(upload_id))
+        await self.forget(upload_id)
+
     async def sweep(self, storage: Storage, now: float | None = None, budget: int = 1000) -> int:
         """Delete the objects (and records) of uploads still open a grace period after their URLs expired."""
         now = time.time() if now is None else now
@@ -114,6 +119,5 @@ class UploadStore:
             if upload is not None and upload.status == "completed":
                 await self.redis.zrem(self.keys.open_uploads, upload_id)
                 continue
-            await storage.discard(original_key(upload_id))
-            await self.forget(upload_id)
+            await self.drop(storage, upload_id)
         return len(due)

@@ -27,6 +27,11 @@ PortOpt = Annotated[int | None, typer.Option(metavar="PORT", help="Port \\[env T
 DataOpt = Annotated[
     Path | None, typer.Option(metavar="DIR", help="Data folder \\[env THUMBIFY_DATA_DIR; default ./data]")
 ]
+# The thumbnail sizes, for the commands that render (`thumbnail`) or ask a server to (`submit`, `ingest`).
+SizeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--size", "-s", metavar="SIZE", help="256 (a box) or 320x200; repeatable \\[default: 256]"),
+]
 
 
 def apply_options(**values: object) -> None:

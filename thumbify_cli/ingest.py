@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from thumbify_cli.common import console, load_settings, output
+from thumbify_cli.common import SizeOpt, console, load_settings, output
 from thumbify_cli.remote import (
     DEFAULT_URL,
     FitOpt,
@@ -20,7 +20,6 @@ from thumbify_cli.remote import (
     KeyOpt,
     PresetOpt,
     QualityOpt,
-    SizeOpt,
     TimeoutOpt,
     UrlOpt,
     WaitOpt,

@@ -13,10 +13,6 @@ UrlOpt = Annotated[str, typer.Option(metavar="URL", envvar="THUMBIFY_URL", help=
 KeyOpt = Annotated[
     str | None, typer.Option(metavar="KEY", envvar="THUMBIFY_API_KEY", help="API key \\[env THUMBIFY_API_KEY]")
 ]
-SizeOpt = Annotated[
-    list[str] | None,
-    typer.Option("--size", "-s", metavar="SIZE", help="256 (a box) or 320x200; repeatable \\[default: 256]"),
-]
 FormatOpt = Annotated[str | None, typer.Option(metavar="FORMAT", help="jpeg, webp, png, avif, gif or auto")]
 FitOpt = Annotated[str | None, typer.Option(metavar="FIT", help="inside, cover, fill or contain")]
 QualityOpt = Annotated[int | None, typer.Option(min=1, max=100, help="Encoder quality")]

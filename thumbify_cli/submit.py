@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from thumbify_cli.common import console, output
+from thumbify_cli.common import SizeOpt, console, output
 from thumbify_cli.crop_flags import CropOpt, FxOpt, FyOpt, crop_options
 from thumbify_cli.encoder_flags import (
     AnimatedOpt,
@@ -26,7 +26,6 @@ from thumbify_cli.remote import (
     KeyOpt,
     PresetOpt,
     QualityOpt,
-    SizeOpt,
     TimeoutOpt,
     UrlOpt,
     WaitOpt,

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from thumbify_cli.common import console, load_settings, output
+from thumbify_cli.common import SizeOpt, console, load_settings, output
 from thumbify_cli.crop_flags import CropOpt, FxOpt, FyOpt, crop_options
 from thumbify_cli.encoder_flags import (
     AnimatedOpt,
@@ -33,10 +33,7 @@ def thumbnail(
     files: Annotated[
         list[Path], typer.Argument(metavar="FILE...", help="Images to thumbnail", exists=True, dir_okay=False)
     ],
-    size: Annotated[
-        list[str],
-        typer.Option("--size", "-s", metavar="SIZE", help="256 (a box) or 320x200; repeatable \\[default: 256]"),
-    ] = None,
+    size: SizeOpt = None,
     format: Annotated[str, typer.Option(metavar="FORMAT", help="jpeg, webp, png, avif or gif")] = "jpeg",
     fit: Annotated[str, typer.Option(metavar="FIT", help="inside, cover, fill or contain")] = "inside",
     crop: CropOpt = None,

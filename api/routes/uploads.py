@@ -247,8 +247,7 @@ async def complete_upload(
 
 async def _complete(request: Request, svc: Services, presign, upload: DirectUpload, body: CompleteRequest | None):
     if upload.expired():
-        await svc.storage.discard(upload.key)
-        await svc.uploads.forget(upload.id)
+        await svc.uploads.drop(svc.storage, upload.id)
         raise UploadExpired(f"the upload's URLs expired at {iso_of(upload.expires_at)}; start a new upload")
     await admit(svc)
     if not await svc.uploads.claim(upload.id):
@@ -271,8 +270,7 @@ async def _complete(request: Request, svc: Services, presign, upload: DirectUplo
             "the file is not in the bucket yet: send it as POST /v1/uploads said, then complete"
         ) from None
     except REFUSALS:
-        await svc.storage.discard(upload.key)
-        await svc.uploads.forget(upload.id)
+        await svc.uploads.drop(svc.storage, upload.id)
         raise
     except BaseException:
         await asyncio.shield(svc.uploads.unclaim(upload.id))
@@ -321,8 +319,7 @@ async def delete_upload(upload_id: str, svc: Svc, caller: Submitter) -> Response
     upload = await _upload(svc, upload_id, caller)
     if upload.status != "pending":
         raise Conflict("the upload is completed (delete its job instead) or being completed")
-    await svc.storage.discard(upload.key)
-    await svc.uploads.forget(upload.id)
+    await svc.uploads.drop(svc.storage, upload.id)
     return Response(status_code=204)
 
 

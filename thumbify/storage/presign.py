@@ -8,9 +8,6 @@ multipart upload with one presigned PUT per part. The URLs are made with the end
 
 from __future__ import annotations
 
-import asyncio
-from contextlib import AsyncExitStack
-
 from botocore.exceptions import ClientError
 
 from thumbify.storage.s3 import S3Storage, s3_errors
@@ -23,28 +20,10 @@ class Presigner:
     def __init__(self, storage: S3Storage, public_endpoint: str = "") -> None:
         self.storage = storage
         self.public_endpoint = public_endpoint
-        self._client = None
-        self._stack: AsyncExitStack | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _signer(self):
-        """The client that signs: the storage's own, or one for the public endpoint (made once per event loop)."""
-        if not self.public_endpoint:
-            return await self.storage._s3()
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            stack = AsyncExitStack()
-            session, config = self.storage._session, self.storage._config
-            self._client = await stack.enter_async_context(
-                session.client("s3", endpoint_url=self.public_endpoint, config=config)
-            )
-            self._stack, self._loop = stack, loop
-        return self._client
-
-    async def aclose(self) -> None:
-        stack, self._client, self._stack = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+        """The client that signs: the storage's own, or its client for the public endpoint (closed with it)."""
+        return await self.storage._s3(self.public_endpoint or None)
 
     async def post(self, key: str, max_bytes: int, ttl_s: int) -> tuple[str, dict[str, str]]:
         """A form upload of 1..`max_bytes` bytes to exactly `key`: the URL and the form's fields."""

@@ -61,7 +61,7 @@ class S3Storage:
             read_timeout=30,
         )
         self._part = settings.s3_part_mib * 1024 * 1024
-        self._client = None
+        self._clients: dict[str | None, object] = {}  # by endpoint
         self._stack: AsyncExitStack | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening: asyncio.Lock | None = None
@@ -71,22 +71,22 @@ class S3Storage:
             raise ValueError(f"key outside storage: {key!r}")
         return self.prefix + key
 
-    async def _s3(self):
-        """The client, made on first use in the running event loop (aiobotocore's sessions belong to one loop)."""
+    async def _s3(self, endpoint: str | None = None):
+        """The client for `endpoint` (default: the storage's own; presigning may sign for a public one), made on
+        first use in the running event loop (aiobotocore's sessions belong to one loop)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._client, self._stack, self._loop, self._opening = None, None, loop, asyncio.Lock()
+            self._clients, self._stack, self._loop, self._opening = {}, AsyncExitStack(), loop, asyncio.Lock()
+        endpoint = endpoint or self._endpoint
         async with self._opening:
-            if self._client is None:
-                stack = AsyncExitStack()
-                self._client = await stack.enter_async_context(
-                    self._session.client("s3", endpoint_url=self._endpoint, config=self._config)
+            if endpoint not in self._clients:
+                self._clients[endpoint] = await self._stack.enter_async_context(
+                    self._session.client("s3", endpoint_url=endpoint, config=self._config)
                 )
-                self._stack = stack
-        return self._client
+        return self._clients[endpoint]
 
     async def aclose(self) -> None:
-        stack, self._client, self._stack, self._loop = self._stack, None, None, None
+        stack, self._clients, self._stack, self._loop = self._stack, {}, None, None
         if stack is not None:
             await stack.aclose()
 
@@ -245,7 +245,11 @@ def _if_match(etag: str) -> dict[str, str]:
 def _same_version(response: dict, etag: str, key: str) -> None:
     """OriginalChanged if a server that ignores If-Match sent another version of the object."""
     if etag and response.get("ETag", etag) != etag:
-        raise OriginalChanged(f"{key!r} changed after it was checked (uploaded again?)")
+        raise _changed(key)
+
+
+def _changed(key: str) -> OriginalChanged:
+    return OriginalChanged(f"{key!r} changed after it was checked (uploaded again?)")
 
 
 @contextlib.contextmanager
@@ -257,7 +261,7 @@ def s3_errors(op: str, key: str) -> Iterator[None]:
         if str(error.get("Code")) in MISSING:
             raise FileNotFoundError(key) from exc
         if str(error.get("Code")) in CHANGED:
-            raise OriginalChanged(f"{key!r} changed after it was checked (uploaded again?)") from exc
+            raise _changed(key) from exc
         raise StorageFailed(f"S3 {op} of {key!r} failed: {error.get('Code')}: {error.get('Message')}") from exc
     except (BotoCoreError, aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise StorageFailed(f"S3 {op} of {key!r} failed: {exc}") from exc
