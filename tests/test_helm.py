@@ -66,6 +66,14 @@ def env_of(c: dict) -> dict[str, object]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
 
 
+def stand_in(key: str, source: dict) -> str:
+    """What Kubernetes would put in an env var filled from elsewhere: a whole number of CPUs (the downward API with
+    divisor 1 rounds up), or a secret."""
+    if "resourceFieldRef" in source:
+        return "4"
+    return "x" * 16 if "KEY" in key else "secret"
+
+
 @pytest.fixture(params=["minimal", "full"])
 def rendered(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, list[dict]]:
     return request.param, render(MINIMAL if request.param == "minimal" else FULL, tmp_path)
@@ -167,8 +175,8 @@ def test_the_settings_the_chart_gives_are_real_and_parse(rendered, monkeypatch: 
         unknown = {k for k in thumbify if k.removeprefix("THUMBIFY_").lower() not in fields}
         assert not unknown, f"{deployment['metadata']['name']}: not settings: {unknown}"
         for key, value in thumbify.items():
-            # Values from Secrets are filled in by Kubernetes; a stand-in of the right kind here.
-            monkeypatch.setenv(key, value if isinstance(value, str) else ("x" * 16 if "KEY" in key else "secret"))
+            # Values from Secrets and the pod's resources are filled in by Kubernetes; a stand-in of their kind here.
+            monkeypatch.setenv(key, value if isinstance(value, str) else stand_in(key, value))
         if "THUMBIFY_API_KEYS" in thumbify:
             monkeypatch.setenv("THUMBIFY_API_KEYS", KEYS)
         settings = Settings()
@@ -227,6 +235,21 @@ def test_gpu_workers_and_their_scaling(tmp_path: Path) -> None:
         assert meta["consumerGroup"] == JobQueue.GROUP
         assert meta["address"] == "redis.data:6379" and int(meta["lagCount"]) > 0
     assert obj["spec"]["minReplicaCount"] == 0  # GPU nodes cost money when idle
+
+
+def test_render_processes_follow_the_cpu_the_pod_requests(tmp_path: Path) -> None:
+    """imageProcesses 0 (the CPU worker's default) is the pod's CPU request through the downward API, not the
+    node's cores; a number is passed as it is."""
+    deployments = by_kind(render(FULL, tmp_path), "Deployment")
+    cpu = container(deployments["thumbify-worker-cpu"])
+    assert env_of(cpu)["THUMBIFY_IMAGE_PROCESSES"] == {
+        "resourceFieldRef": {"containerName": cpu["name"], "resource": "requests.cpu", "divisor": "1"}
+    }
+    assert cpu["resources"]["requests"]["cpu"], "the request the count comes from"
+    assert env_of(container(deployments["thumbify-worker-gpu"]))["THUMBIFY_IMAGE_PROCESSES"] == "2"
+    chosen = {**FULL, "workers": {"cpu": {"imageProcesses": 3}, "gpu": {"enabled": True}}}
+    deployments = by_kind(render(chosen, tmp_path), "Deployment")
+    assert env_of(container(deployments["thumbify-worker-cpu"]))["THUMBIFY_IMAGE_PROCESSES"] == "3"
 
 
 def test_presets_are_a_config_map_the_api_mounts_and_reads(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from thumbify.animation import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
+from thumbify.cpus import usable_cpus
 
 
 class Settings(BaseSettings):
@@ -108,7 +108,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(16, ge=1, le=1024)
     batch_wait_ms: int = Field(50, ge=0)
     # Render processes per worker (each image is decoded, resized and encoded in one of them, so a pathological
-    # image can be stopped without taking the worker down); 0 = one per core.
+    # image can be stopped without taking the worker down); 0 = one per CPU
+    # the process may use (thumbify/cpus.py: its cores, capped by a container's CPU quota).
     image_processes: int = Field(0, ge=0)
     # How many times the thumbnail's size a JPEG (DCT scaling) or WebP is decoded at before the final Lanczos-3
     # step: 1.9 holds >= 45 dB against a full decode (benchmarks/shrink_quality.py); 1.0 decodes to about the output
@@ -190,10 +191,6 @@ class Settings(BaseSettings):
         return self.data_dir / "spool"
 
     def image_process_count(self) -> int:
-        """Render processes per worker: `image_processes`, or one per core this process may run on."""
-        if self.image_processes:
-            return self.image_processes
-        try:
-            return len(os.sched_getaffinity(0)) or 1
-        except AttributeError:  # not Linux
-            return os.cpu_count() or 1
+        """Render processes per worker: `image_processes`, or one per CPU this process may use (its cores, capped
+        by a container's or unit's CPU quota)."""
+        return self.image_processes or usable_cpus()
