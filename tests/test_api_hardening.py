@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -24,7 +21,7 @@ from support.images import make_jpeg
 from support.keys import bearer, create_key
 from support.problems import PROBLEM_BASE, assert_problem
 from support.service import Service, start_service, stop_service, wait_ready
-from support.uploads import multipart
+from support.uploads import StalledUpload, multipart
 
 from thumbify.keyspace import Keys
 from thumbify.ratelimit import Limits
@@ -50,36 +47,10 @@ def keyed(redis_server: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
         stop_service(svc)
 
 
-class StalledUpload:
-    """A raw-socket POST /v1/jobs that sends its headers and the first bytes of the file, then nothing."""
-
-    def __init__(self, svc: Service, headers: dict[str, str], data: bytes, sent: int = 100) -> None:
-        body, content_type = multipart([("file", "stalled.jpg", data)])
-        head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Content-Type": content_type}.items())
-        parts = urlsplit(svc.base_url)
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-        self.sock.sendall(
-            f"POST /v1/jobs HTTP/1.1\r\nHost: thumbify\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode()
-            + body[: body.index(data) + sent]
-        )
-
-    def answer(self) -> tuple[int, dict[str, str], bytes] | None:
-        """The server's answer, or None if it closed the connection without one."""
-        response = http.client.HTTPResponse(self.sock, method="POST")
-        try:
-            response.begin()
-        except (http.client.RemoteDisconnected, ConnectionResetError):
-            return None
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @contextlib.contextmanager
 def stalled_uploads(svc: Service, key: str, data: bytes, count: int = 8) -> Iterator[list[StalledUpload]]:
     """`count` stalled uploads with the key, once the server has spooled each; closed on exit."""
-    stalled = [StalledUpload(svc, bearer(key), data) for _ in range(count)]
+    stalled = [StalledUpload(svc.base_url, data, bearer(key)) for _ in range(count)]
     try:
         wait_for(lambda: len(svc.spool_files()) == count, 30, "the stalled uploads spooled")
         yield stalled
@@ -189,10 +160,10 @@ def test_a_refused_upload_that_stalls_still_gets_its_answer(keyed) -> None:
     waiting for the rest forever: the answer comes once the client has been idle for the timeout."""
     svc, key = keyed
     headers = {**bearer(key), "Idempotency-Key": "busy"}
-    first = StalledUpload(svc, headers, make_jpeg(64, 48))
+    first = StalledUpload(svc.base_url, make_jpeg(64, 48), headers)
     try:
         wait_for(svc.spool_files, 30, "the first upload spooled")
-        second = StalledUpload(svc, headers, make_jpeg(64, 48))
+        second = StalledUpload(svc.base_url, make_jpeg(64, 48), headers)
         try:
             answer = second.answer()  # within the socket's 30 s timeout, or this test fails
             assert answer is not None and answer[0] == 409, answer
