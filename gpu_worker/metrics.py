@@ -28,6 +28,12 @@ RENDER_BATCH = Histogram(
     "Images per batch handed to the GPU render process",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+RENDERS = Counter(
+    "thumbify_renders_total",
+    "Images handed to a backend (dali, tiles, vips), by why it took them: routed there, refused by the GPU backend "
+    "it was routed to (then vips), or spilled to an idle vips process while the GPU was busy",
+    ["backend", "why"],
+)
 RENDER_REPLACED = Counter(
     "thumbify_render_processes_replaced_total", "Render processes replaced after an image timed out or the process died"
 )

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from gpu_worker.backends.base import Backend, BatchBackend, Item, OnResult, Refused, Rendition, Result, Route
-from gpu_worker.metrics import RENDER_BATCH, RENDER_REPLACED
+from gpu_worker.metrics import RENDER_BATCH, RENDER_REPLACED, RENDERS
 from thumbify import tracing
 from thumbify.errors import ImageTimeout, RenderFailed, ThumbifyError, WorkerCrashed
 from thumbify.settings import Settings
@@ -78,6 +78,7 @@ class RenderPool:
         self._reapers: set[asyncio.Task] = set()
         self._closing = False
         self.replaced = 0  # children replaced after a timeout or a crash
+        self._asked = 0  # `render` calls rendering or waiting for a child
 
     # -- life cycle ---------------------------------------------------------------------------------------------
 
@@ -123,8 +124,19 @@ class RenderPool:
 
     # -- rendering ------------------------------------------------------------------------------------------------
 
+    def idle(self) -> int:
+        """How many `render` calls asked now would start at once (children not asked for)."""
+        return max(0, self.size - self._asked)
+
     async def render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
         """Render in the next free child, within `image_timeout_s` of handing it over."""
+        self._asked += 1
+        try:
+            return await self._render(path, fmt, spec, stem)
+        finally:
+            self._asked -= 1
+
+    async def _render(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str) -> list[Rendition]:
         child = await self._acquire(("render", str(path), fmt, spec, stem))
         handed_ns = time.time_ns()
         try:
@@ -314,6 +326,10 @@ class RenderPool:
         return f"exit code {code}"
 
 
+# `BatchRenderer.take_spillable`'s answer to the images it takes back: render them on vips (gpu_worker/renderers.py).
+SPILLED = Refused("spilled to an idle vips process while the GPU was busy")
+
+
 @dataclass
 class _Request:
     item: Item
@@ -337,9 +353,11 @@ class BatchRenderer:
         self.wait_s = wait_s
         self.more_coming = more_coming
         self.sizes: Counter[int] = Counter()  # batches run, by size
+        self.routes: Counter[str] = Counter()  # images in those batches, by the backend they were routed to
         self._pending: list[_Request] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self.busy = False  # a batch is rendering
 
     async def start(self) -> None:
         await self.pool.start()
@@ -367,16 +385,38 @@ class BatchRenderer:
     ) -> list[Rendition] | Refused:
         """The image's renditions from the next batch, on the backend it was routed to, or its refusal (render it on
         vips elsewhere); raises what rendering it raised."""
+        return await self.submit(path, fmt, spec, stem, route)
+
+    def submit(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str, route: Route = "dali") -> asyncio.Future:
+        """`render`, queued now: the future of its result (`Spilled` if `take_spillable` takes it back)."""
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Request((path, fmt, spec, stem), route, future))
         self._arrived.set()
-        return await future
+        return future
+
+    def take_spillable(self, count: int) -> int:
+        """Take back up to `count` of the newest DALI images that would not be in the next batch to start (one is
+        rendering, or more wait than a batch holds): each one's future gets `SPILLED`. How many were taken."""
+        if count <= 0:
+            return 0
+        waiting = [r for r in self._pending if not r.future.done()]
+        beyond = waiting if self.busy else waiting[self.max_batch :]
+        taken = [r for r in beyond if r.route == "dali"][-count:]
+        gone = {id(r) for r in taken}
+        self._pending = [r for r in self._pending if id(r) not in gone]
+        for request in taken:
+            request.future.set_result(SPILLED)
+        return len(taken)
 
     async def _serve(self) -> None:
         while True:
             batch = await self._gather()
             self.sizes[len(batch)] += 1
             RENDER_BATCH.observe(len(batch))
+            for request in batch:
+                self.routes[request.route] += 1
+                RENDERS.labels(request.route, "routed").inc()
+            self.busy = True
             try:
                 await self._render(batch)
             except asyncio.CancelledError:
@@ -385,6 +425,8 @@ class BatchRenderer:
                 log.exception("a render batch of %d failed", len(batch))
                 for request in batch:
                     _settle(request.future, RenderFailed(f"{exc.__class__.__name__}: {exc}"))
+            finally:
+                self.busy = False
 
     async def _gather(self) -> list[_Request]:
         while True:

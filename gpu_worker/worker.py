@@ -11,7 +11,8 @@ What keeps it reliable (README "Reliability"):
 - images render in child processes (`gpu_worker.pool`), so one that hangs is stopped at `image_timeout_s`;
 - on GPU nodes (`gpu_worker.backend_choice`) the images `route` sends to the GPU are gathered into batches for one
   GPU render process (up to `dali_max_batch`, waiting at most `batch_wait_ms`); what it leaves to vips (formats DALI
-  does not take, what it refuses or fails on) renders in the vips render processes, as everything does on CPU nodes;
+  does not take, what it refuses or fails on) renders in the vips render processes, as everything does on CPU nodes,
+  and so does a DALI image that finds a vips process idle while the GPU is busy (`gpu_worker.renderers`);
 - SIGTERM: stop reading, let in-flight jobs finish within `shutdown_grace_s`, hand the rest back to the queue;
 - Redis going away is waited out with backoff, by every loop and every job's next step; the worker never exits
   for it, and on reconnecting it takes back its own deliveries whose replies were lost;
@@ -36,11 +37,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gpu_worker.backends.base import Backend, Refused, Rendition
+from gpu_worker.backends.base import Backend, Rendition, Route
 from gpu_worker.backends.route import RoutedBackend, decide, source_size
 from gpu_worker.deliverer import Deliverer
 from gpu_worker.metrics import BATCH_SIZE, JOB_ERRORS, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from gpu_worker.pool import BatchRenderer, RenderPool
+from gpu_worker.renderers import Renderers
 from thumbify import logs, tracing
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
 from thumbify.jobs import Job, JobStore, Thumbnail
@@ -122,11 +124,13 @@ class Worker:
         if not await self._unless_stopped(self._start_renderers()):
             await self._close()
             return
+        self.renderers = Renderers(self.pool, self.gpu, self.settings.gpu_spill)
+        spill = ", spilling to idle vips processes" if self.settings.gpu_spill else ""
         log.info(
             "worker %s: %d render processes%s, up to %d jobs in flight, batches of up to %d",
             self.name,
             self.processes,
-            f" + 1 GPU render process (batches of up to {self.gpu.max_batch})" if self.gpu else "",
+            f" + 1 GPU render process (batches of up to {self.gpu.max_batch}{spill})" if self.gpu else "",
             self.capacity,
             self.settings.batch_size,
         )
@@ -523,18 +527,14 @@ class Worker:
         return thumbnails
 
     async def _render(self, path: Path, job: Job) -> list[Rendition]:
-        """On the GPU backend the image is routed to (`route.decide`, once per image), unless it refuses it; else,
-        and on CPU nodes, on vips."""
+        """Where the image is routed (`route.decide`, once per image; vips on CPU nodes), as `Renderers` sends it."""
         fmt = job.source["format"]
+        where: Route = "vips"
         if self.gpu is not None:
             cap, size = self.settings.one_shot_max_pixels, source_size(job.source)
             # Without the probed size (an old job) the header says it: read off the event loop.
             where = decide(path, fmt, size, cap) if size else await asyncio.to_thread(decide, path, fmt, None, cap)
-            if where != "vips":
-                result = await self.gpu.render(path, fmt, job.spec, job.stem, where)
-                if not isinstance(result, Refused):
-                    return result
-        return await self.pool.render(path, fmt, job.spec, job.stem)
+        return await self.renderers.render(path, fmt, job.spec, job.stem, where)
 
 
 def _ids(messages: list[Message]) -> str:

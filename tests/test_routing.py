@@ -385,11 +385,66 @@ def test_batches_in_a_render_process_and_a_slow_image_fails_alone(tmp_path: Path
     asyncio.run(main())
 
 
+def test_only_dali_images_that_would_miss_the_next_batch_are_taken_back() -> None:
+    from gpu_worker.pool import SPILLED
+
+    async def main() -> None:
+        gpu = BatchRenderer(RenderPool(Settings(), VipsBackend(), size=1), max_batch=4, wait_s=1)
+        spec = ThumbnailSpec(sizes="64")
+        routes = ["dali"] * 5 + ["tiles"]
+        futures = [gpu.submit(Path(f"{i}.jpg"), "jpeg", spec, str(i), r) for i, r in enumerate(routes)]
+        # Idle GPU: the first four make its next batch; of the two past it only the DALI one spills.
+        assert gpu.take_spillable(10) == 1
+        assert [f.done() for f in futures] == [False] * 4 + [True, False] and futures[4].result() is SPILLED
+        # A batch rendering: every waiting DALI image would wait for it; the newest go first, as many as asked.
+        gpu.busy = True
+        assert gpu.take_spillable(2) == 2 and [f.done() for f in futures[2:4]] == [True, True]
+        assert gpu.take_spillable(0) == 0 and not futures[1].done()
+        assert gpu.take_spillable(10) == 2 and not futures[5].done()  # tiles stays
+
+    asyncio.run(main())
+
+
+@pytest.mark.service  # render processes
+@needs_dali
+def test_under_load_dali_images_spill_to_idle_vips_processes_and_a_lone_one_goes_to_the_gpu(tmp_path: Path) -> None:
+    from gpu_worker.renderers import Renderers
+
+    photos = [item(tmp_path, f"p{i}.jpg", images.photo_like(640, 480, seed=40 + i), sizes="96") for i in range(24)]
+    settings = Settings(image_timeout_s=60, vips_concurrency=1)
+
+    async def main(spill: bool) -> tuple[dict, list[list[str]], list[str]]:
+        vips = RenderPool(settings, VipsBackend(), size=2)
+        gpu_pool = RenderPool(settings, RoutedBackend("cpu", num_threads=1, max_batch=4, defer_vips=True), size=1)
+        gpu = BatchRenderer(gpu_pool, max_batch=4, wait_s=0.05)
+        await asyncio.gather(vips.start(), gpu.start())
+        renderers = Renderers(vips, gpu, spill)
+        try:
+            lone = names(await renderers.render(*photos[0], "dali"))
+            assert dict(renderers.counts) == {("dali", "routed"): 1}, "a lone image goes to the idle GPU"
+            got = await asyncio.gather(*(renderers.render(*it, "dali") for it in photos))
+            return dict(renderers.counts), [names(r) for r in got], lone
+        finally:
+            await asyncio.gather(vips.close(), gpu.close())
+
+    counts, got, lone = asyncio.run(main(spill=True))
+    assert lone == ["thumb_p0_96x72.jpg"]
+    assert got == [[f"thumb_p{i}_96x72.jpg"] for i in range(24)]
+    # Both worked: the GPU process on batches, the idle vips processes on what arrived while a batch rendered.
+    assert counts[("dali", "routed")] > 1 and counts[("vips", "spilled")] > 0, counts
+    assert sum(counts.values()) == 25, counts
+
+    counts, got, _ = asyncio.run(main(spill=False))
+    assert got == [[f"thumb_p{i}_96x72.jpg"] for i in range(24)]
+    assert counts == {("dali", "routed"): 25}, counts
+
+
 # -- a worker running the router ------------------------------------------------------------------------------------
 
 
 @needs_dali
-def test_a_worker_on_the_router_batches_and_finishes_every_job(redis_server: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("spill", [False, True], ids=["no-spill", "spill"])
+def test_a_worker_on_the_router_batches_and_finishes_every_job(redis_server: str, tmp_path: Path, spill: bool) -> None:
     from gpu_worker.worker import Worker
     from thumbify.jobs import JobStore, new_job_id
     from thumbify.keyspace import Keys
@@ -407,6 +462,7 @@ def test_a_worker_on_the_router_batches_and_finishes_every_job(redis_server: str
         dali_threads=1,
         one_shot_max_pixels=CAP,
         tiles_strip_rows=64,
+        gpu_spill=spill,
     )
     uploads = {
         **{f"p{i}.jpg": images.photo_like(400 + 16 * i, 300, seed=20 + i) for i in range(6)},
@@ -445,13 +501,15 @@ def test_a_worker_on_the_router_batches_and_finishes_every_job(redis_server: str
                 await asyncio.sleep(0.1)
             assert worker.gpu is not None and len(worker.gpu.pids()) == 1 and len(worker.pool.pids()) == 1
             sizes = dict(worker.gpu.sizes)
+            spilled = worker.renderers.counts["vips", "spilled"]
         finally:
             worker.stop()
             await asyncio.wait_for(run, 60)
             await redis.aclose()
-        # The GIF never reached the GPU process; the rest did, in batches of more than one.
-        assert sum(n * c for n, c in sizes.items()) == len(uploads) - 1, sizes
-        assert max(sizes) > 1, sizes
+        # The GIF never reached the GPU process; the rest did, in batches of more than one, but for those an idle
+        # vips process took while the GPU was busy (spill).
+        assert sum(n * c for n, c in sizes.items()) + spilled == len(uploads) - 1, (sizes, spilled)
+        assert max(sizes) > 1 and (spill or not spilled), (sizes, spilled)
         for name, job in jobs.items():
             if name != "truncated.jpg":
                 assert job.status == "done" and job.thumbnails, (name, job.error)

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # where all three work, else "cpu", saying why in one log line at start.
     backend: Literal["auto", "gpu", "cpu"] = "auto"
     gpu_device_id: int = Field(0, ge=0)
+    # On GPU nodes, an image routed to DALI renders on a vips render process instead when one is idle and the GPU
+    # process is busy with a batch (gpu_worker/renderers.py): the node's cores work beside the GPU under load.
+    gpu_spill: bool = True
     # DALI: images per pipeline run (the GPU render process also takes batches of up to this many), CPU threads of
     # the pipeline, the share of JPEGs sent to the hardware decoder (A100/H100/H200 and later), and nvJPEG's
     # preallocation hints (pixels; 0 = none) so that typical images never grow its buffers.
