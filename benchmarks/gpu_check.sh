@@ -9,8 +9,8 @@
 #                                                 for a later call on the same (still warm) machine; says what is
 #                                                 still missing
 #   benchmarks/gpu_check.sh dali    OUT [PARTS]   core.tar and every dali.tar.NN (from PARTS or held): install, the
-#                                                 dali and router rows (each proving libnvjpeg is mapped, with the
-#                                                 hardware JPEG decoder's load), then the DALI and router GPU tests
+#                                                 dali, router and node rows (each proving libnvjpeg is mapped, with
+#                                                 the hardware JPEG decoder's load), then the DALI and router GPU tests
 #   benchmarks/gpu_check.sh rehearse-dali OUT [PARTS]   the dali stage's install, then a CPU DALI pipeline (no GPU)
 #
 # PARTS (default .gpu-check in the repository) is what scripts/pack-gpu-check.sh writes: core.tar, dali.tar.NN and
@@ -168,8 +168,8 @@ EOF
 }
 
 required_imports() {  # what the stage cannot go on without, once its sets are installed
-    "$python" -c "import numpy, pyvips, pydantic, pydantic_settings, redis, pytest, httpx, thumbify.settings, kernels
-import gpu_worker.backends.tiles; $1" && echo "imports: ok"
+    "$python" -c "import numpy, pyvips, pydantic, pydantic_settings, redis, ecs_logging, pytest, httpx, kernels
+import thumbify.settings, gpu_worker.backends.tiles, gpu_worker.renderers; $1" && echo "imports: ok"
 }
 
 run_facts() {
@@ -266,7 +266,9 @@ dali | rehearse-dali)
     fi
     bench=(--jsonl "$out/rows.jsonl" --corpus "${GPU_CHECK_CORPUS:-/tmp/thumbify-corpus}" --photos "${photos:-32}"
         --huge-side "$huge" --row-timeout 90)
-    step gpu_vs_cpu 240 "$python" -m benchmarks.gpu_vs_cpu --backends dali,router "${bench[@]}" \
+    # The rehearsal also runs the rows' CPU twins: the node row's render processes start from the packed sets too.
+    [[ $stage == rehearse-dali ]] && bench+=(--cpu-twins --groups photos,web)
+    step gpu_vs_cpu 240 "$python" -m benchmarks.gpu_vs_cpu --backends dali,router,node "${bench[@]}" \
         --out "$logs/gpu_vs_cpu.json"
     # test_corrupt_inputs: whether nvJPEG refuses a scan cut near its end (DALI's CPU decoder fills it with grey).
     gpu_tests tests/test_dali_backend.py tests/test_routing.py tests/test_corrupt_inputs.py

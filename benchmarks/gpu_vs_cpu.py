@@ -17,6 +17,10 @@ Rows, one per (backend, group), each in a fresh process so that memory peaks are
   dali-cpu, tiles-cpu   the same graphs on CPU operators / the NumPy twin (what a machine without a GPU can run)
   router      the routed backend on the GPU (dali, tiles past the one-shot cap, vips for what DALI refuses), as
               the worker's GPU render process runs it; `router-cpu` the same on the CPU devices
+  node        what a GPU node's worker runs: the router in one GPU render process fed batches, beside
+              `--node-processes` vips render processes (default: every core but two), with spill
+              (gpu_worker/renderers.py: idle vips processes take the DALI images that would wait for the GPU); as
+              many images in flight as the worker holds; `routes` says how many each took; `node-cpu` on CPU devices
 GPU rows run first, then vips; the CPU twins only with `--cpu-twins` (one per GPU backend asked for). Each row is
 written as it finishes, as one JSON line (to `--jsonl` and stdout), so a run stopped part-way keeps every row it
 finished. A GPU row where CUDA, CuPy or DALI is missing is written as unavailable, with the reason; `dali` over the
@@ -65,9 +69,10 @@ from benchmarks.common import (
 from thumbify.settings import Settings
 
 GROUPS = ("photos", "web", "huge")
-BACKENDS = ("vips", "dali", "tiles", "dali-cpu", "tiles-cpu", "router", "router-cpu")
-DEFAULT_BACKENDS = "dali,tiles,router,vips"
-GPU_BACKENDS = ("dali", "tiles", "router")
+BACKENDS = ("vips", "dali", "tiles", "dali-cpu", "tiles-cpu", "router", "router-cpu", "node", "node-cpu")
+DEFAULT_BACKENDS = "dali,tiles,router,node,vips"
+GPU_BACKENDS = ("dali", "tiles", "router", "node")
+HARDWARE_JPEG = ("dali", "router", "node")  # GPU rows that decode JPEG with nvJPEG
 STAGES = ("decode", "resize", "copy", "finish", "encode")
 HUGE_SIDE = 20000  # 400 MP
 ONE_SHOT_MAX_PIXELS = Settings.model_fields["one_shot_max_pixels"].default
@@ -78,14 +83,14 @@ ONE_SHOT_MAX_PIXELS = Settings.model_fields["one_shot_max_pixels"].default
 
 def unavailable(backend: str) -> str | None:
     """Why `backend` cannot run on this machine, or None."""
-    gpu = backend in ("dali", "tiles", "router")
-    if backend.startswith(("dali", "router")):
+    gpu = backend in GPU_BACKENDS
+    if backend.startswith(("dali", "router", "node")):
         from gpu_worker.backends.dali import dali_unavailable
 
         reason = dali_unavailable("gpu" if gpu else "cpu")
         if reason:
             return reason
-    if backend.startswith(("tiles", "router")):
+    if backend.startswith(("tiles", "router", "node")):
         try:
             from gpu_worker.backends.tiles import tiles_unavailable
         except Exception as exc:  # noqa: BLE001 - the module is not there yet, or broken
@@ -281,6 +286,14 @@ def run_row(args: dict) -> dict:
         if device == "cpu":
             del stages["copy"]
         stages = {k: v / len(timed) for k, v in stages.items()}
+    elif backend.startswith("node"):
+        device = "cpu" if backend.endswith("-cpu") else "gpu"
+        seconds, routes, gpu_pid = run_node(device, items, args, errors)
+        stages = {}
+        extra["routes"] = routes
+        extra["processes"] = args["node_processes"]
+        if device == "gpu":
+            extra["libnvjpeg"] = mapped("libnvjpeg.so", gpu_pid)
     else:  # router, router-cpu
         from gpu_worker.backends.route import RoutedBackend
 
@@ -302,9 +315,57 @@ def run_row(args: dict) -> dict:
     return {"seconds": seconds, "images": len(timed), "stages_s": stages, "errors": errors[:5], **extra}
 
 
-def mapped(library: str) -> str | None:
-    """The path of `library` where this process has it mapped (/proc/self/maps), else None."""
-    for line in Path("/proc/self/maps").read_text().splitlines():
+def run_node(device: str, items: list, args: dict, errors: list[str]) -> tuple[float, dict[str, int], int]:
+    """The node row: seconds for `items`, images per backend and why (`Renderers.counts`), the GPU process's pid."""
+    import asyncio
+
+    from gpu_worker.backends.route import RoutedBackend, decide
+    from gpu_worker.backends.vips import VipsBackend
+    from gpu_worker.pool import BatchRenderer, RenderPool
+    from gpu_worker.renderers import Renderers
+
+    processes, batch = args["node_processes"], args["batch"]
+    settings = Settings(dali_max_batch=batch, tiles_strip_rows=args["strip_rows"], vips_concurrency=1)
+    routes = [decide(path, fmt, None, settings.one_shot_max_pixels) for path, fmt, *_ in items]
+    in_flight = max(2, processes * 2) + 2 * batch  # as many as the worker holds (gpu_worker/worker.py)
+
+    async def main() -> tuple[float, dict[str, int], int]:
+        vips = RenderPool(settings, VipsBackend(settings.resample_headroom), processes)
+        gpu_backend = RoutedBackend.from_settings(settings, device, name="gpu", defer_vips=True)
+        gpu = BatchRenderer(RenderPool(settings, gpu_backend, size=1), batch, settings.batch_wait_ms / 1000)
+        await asyncio.gather(vips.start(), gpu.start())
+        renderers = Renderers(vips, gpu, settings.gpu_spill)
+        try:
+            # Warm: every vips process, and the GPU process on one batch.
+            await asyncio.gather(
+                *(renderers.render(*it, "vips") for it in items[:processes]),
+                *(renderers.render(*it, r) for it, r in list(zip(items, routes, strict=True))[:batch]),
+            )
+            before = renderers.counts.copy()
+            todo = list(zip(items, routes, strict=True))
+
+            async def feed() -> None:
+                while todo:
+                    it, where = todo.pop(0)
+                    try:
+                        await renderers.render(*it, where)
+                    except Exception as exc:  # noqa: BLE001 - counted and reported
+                        errors.append(f"{type(exc).__name__}: {exc}")
+
+            started = time.perf_counter()
+            await asyncio.gather(*(feed() for _ in range(in_flight)))
+            seconds = time.perf_counter() - started
+            counts = renderers.counts - before
+            return seconds, {f"{b}/{why}": n for (b, why), n in sorted(counts.items())}, gpu.pids()[0]
+        finally:
+            await asyncio.gather(vips.close(), gpu.close())
+
+    return asyncio.run(main())
+
+
+def mapped(library: str, pid: int | str = "self") -> str | None:
+    """The path of `library` where process `pid` (this one by default) has it mapped (/proc/PID/maps), else None."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
         if library in line:
             return line.split(maxsplit=5)[-1]
     return None
@@ -415,7 +476,7 @@ def run_in_child(args: dict, timeout: float) -> dict:
     """`run_row(args)` in a fresh interpreter, sampled from here."""
     argv = [PYTHON, "-m", "benchmarks.gpu_vs_cpu", "--row", json.dumps(args)]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    hardware_jpeg = args["backend"] in ("dali", "router")
+    hardware_jpeg = args["backend"] in HARDWARE_JPEG
     with TreeSampler(proc.pid) as sampler, JpegEngineSampler() if hardware_jpeg else nullcontext() as engine:
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -465,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="DALI batch size")
     parser.add_argument("--strip-rows", type=int, default=256)
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="vips processes (all cores)")
+    parser.add_argument(
+        "--node-processes", type=int, help="vips processes beside the GPU one in the node rows (default: 2 fewer)"
+    )
     parser.add_argument("--row-timeout", type=float, default=600.0, help="seconds before a row is stopped")
     parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -506,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                     "batch": args.batch,
                     "strip_rows": args.strip_rows,
                     "processes": args.processes,
+                    "node_processes": args.node_processes or max(1, args.processes - 2),
                 }
                 row.update(run_in_child(job, args.row_timeout))
                 if row["status"] == "ok":

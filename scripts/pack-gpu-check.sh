@@ -6,7 +6,8 @@
 #   DEST/core.tar            one file (< 60 MiB): what the GPU tests, kernels_bench and gpu_vs_cpu import that the
 #                            machine lacks — pyvips (built from its sdist: pure Python), pyvips-binary, cffi + pycparser,
 #                            pydantic + pydantic-core + annotated-types + typing-inspection + typing-extensions,
-#                            pydantic-settings + python-dotenv, redis
+#                            pydantic-settings + python-dotenv, redis, ecs-logging (the JSON log lines of render
+#                            processes whose stderr is not a terminal)
 #   DEST/dali.tar.NN         DALI for CUDA 13 (nvidia-dali-cuda130, nvidia-nvimgcodec-cu13, nvidia-nvjpeg) and its
 #                            pure-Python needs, split into parts of at most MAX_MIB (60): each travels in one call
 #   DEST/SHA256SUMS          every part's checksum (each set's lines are rewritten when that set is packed)
@@ -32,7 +33,7 @@ dest=$(cd "$dest" && pwd)
 touch "$dest/SHA256SUMS"
 
 core=(pyvips-binary cffi pycparser pydantic pydantic-core annotated-types typing-inspection typing-extensions
-    pydantic-settings python-dotenv redis)
+    pydantic-settings python-dotenv redis ecs-logging)
 dali=(nvidia-dali-cuda130 nvidia-nvimgcodec-cu13 nvidia-nvjpeg astunparse gast six optree nvtx makefun libcst pyyaml)
 
 # name==version as installed where PYTHON has it (name alone where not)

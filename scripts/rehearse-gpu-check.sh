@@ -30,7 +30,7 @@ if [[ ! -x $work/venv/bin/python ]]; then
 fi
 "$work/venv/bin/python" - <<'EOF'
 import importlib.util, sys
-packed = ["pyvips", "cffi", "pydantic", "pydantic_core", "pydantic_settings", "redis", "nvidia"]
+packed = ["pyvips", "cffi", "pydantic", "pydantic_core", "pydantic_settings", "redis", "ecs_logging", "nvidia"]
 present = [name for name in packed if importlib.util.find_spec(name)]
 if present:
     sys.exit(f"the imitation of the GPU machine has what is packed: {', '.join(present)}")
