@@ -15,7 +15,8 @@ the GPU process renders each image where the worker sent it. After that a GPU ba
 but a corrupt file (CUDA out of memory, a driver error); and both for every image of a batch that fails as a whole.
 `RoutedBackend` renders a refused image on vips in this process or, with `defer_vips` (the worker's GPU render
 process), answers the refusal, so the worker renders it in its vips render processes and the GPU process goes on
-with the next batch.
+with the next batch. Under load the worker may also render an image routed to DALI on an idle vips process instead
+of letting it wait for the GPU (spill: gpu_worker/renderers.py).
 """
 
 from __future__ import annotations
