@@ -322,12 +322,12 @@ def run_node(device: str, items: list, args: dict, errors: list[str]) -> tuple[f
     from gpu_worker.backends.route import RoutedBackend, decide
     from gpu_worker.backends.vips import VipsBackend
     from gpu_worker.pool import BatchRenderer, RenderPool
-    from gpu_worker.renderers import Renderers
+    from gpu_worker.renderers import Renderers, jobs_in_flight
 
     processes, batch = args["node_processes"], args["batch"]
     settings = Settings(dali_max_batch=batch, tiles_strip_rows=args["strip_rows"], vips_concurrency=1)
     routes = [decide(path, fmt, None, settings.one_shot_max_pixels) for path, fmt, *_ in items]
-    in_flight = max(2, processes * 2) + 2 * batch  # as many as the worker holds (gpu_worker/worker.py)
+    in_flight = jobs_in_flight(processes, batch)  # as many as the worker holds
 
     async def main() -> tuple[float, dict[str, int], int]:
         vips = RenderPool(settings, VipsBackend(settings.resample_headroom), processes)

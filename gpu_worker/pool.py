@@ -388,7 +388,7 @@ class BatchRenderer:
         return await self.submit(path, fmt, spec, stem, route)
 
     def submit(self, path: Path, fmt: str, spec: ThumbnailSpec, stem: str, route: Route = "dali") -> asyncio.Future:
-        """`render`, queued now: the future of its result (`Spilled` if `take_spillable` takes it back)."""
+        """`render`, queued now: the future of its result (`SPILLED` if `take_spillable` takes it back)."""
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Request((path, fmt, spec, stem), route, future))
         self._arrived.set()

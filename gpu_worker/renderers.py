@@ -65,5 +65,11 @@ class Renderers:
             self._spilling += self.gpu.take_spillable(self.vips.idle() - self._spilling)
 
 
+def jobs_in_flight(processes: int, gpu_batch: int = 0) -> int:
+    """Jobs a worker holds: twice its vips render processes, so the next images are fetched while the current ones
+    render, and on GPU nodes two GPU batches more (one renders while the next gathers)."""
+    return max(2, processes * 2) + 2 * gpu_batch
+
+
 def _spilled(future: asyncio.Future) -> bool:
     return future.done() and not future.cancelled() and future.exception() is None and future.result() is SPILLED

@@ -42,7 +42,7 @@ from gpu_worker.backends.route import RoutedBackend, decide, source_size
 from gpu_worker.deliverer import Deliverer
 from gpu_worker.metrics import BATCH_SIZE, JOB_ERRORS, JOB_SECONDS, JOBS, JOBS_IN_FLIGHT
 from gpu_worker.pool import BatchRenderer, RenderPool
-from gpu_worker.renderers import Renderers
+from gpu_worker.renderers import Renderers, jobs_in_flight
 from thumbify import logs, tracing
 from thumbify.errors import GaveUp, OriginalMissing, StorageFailed, ThumbifyError
 from thumbify.jobs import Job, JobStore, Thumbnail
@@ -78,9 +78,7 @@ class Worker:
         # On GPU nodes: the routed GPU backend, run in one render process fed whole batches (`self.gpu`).
         self.gpu_backend = backend if isinstance(backend, RoutedBackend) else None
         self.gpu: BatchRenderer | None = None
-        # Twice the render processes in flight, so the next images are fetched while the current ones render; on
-        # GPU nodes two GPU batches more (one renders while the next gathers).
-        self.capacity = max(2, self.processes * 2) + (2 * settings.dali_max_batch if self.gpu_backend else 0)
+        self.capacity = jobs_in_flight(self.processes, settings.dali_max_batch if self.gpu_backend else 0)
         self._preparing: set[str] = set()  # messages whose job has not yet reached its render call
         vis = settings.visibility_timeout_s
         self.extend_every_s = max(0.05, vis / 3)  # renew our claims well before anyone may take them
@@ -193,7 +191,7 @@ class Worker:
                 await self.pool.close()
                 raise
             log.error("the GPU render process did not start (%s); this worker runs vips only", exc)
-            self.capacity -= 2 * s.dali_max_batch
+            self.capacity = jobs_in_flight(self.processes)
             return
         self.gpu = gpu
 
