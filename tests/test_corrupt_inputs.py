@@ -6,8 +6,10 @@ job ends `failed` with `corrupt-image`, never `done`).
   or 6400x48), which shrink-on-load once decoded into a grey thumbnail: libvips' `fail_on` misses damage met in
   the last strip it decodes (`decode.decoded`), which with shrink-on-load is often the whole image;
 - JPEGs whose scan ends early (cut, an end-of-image marker put back; 4:4:4 and 4:2:0, with and without restart
-  markers, baseline and progressive): the damage is met in the last strip at every size; DALI's decoders fill it
-  with grey, which `damage.grey_filled` finds in the decoded image's last MCU;
+  markers, baseline and progressive): the damage is met in the last strip at every size; DALI's decoders decode
+  the missing bits as zeros or fill whole MCUs with grey, so DALI's path parses the scan's last bytes before
+  decoding (`scan_end`: a cut that stops inside an MCU) and finds grey in the decoded image's last MCU after it
+  (`damage.grey_filled`: a cut where an MCU ends, which no parse of the last bytes tells from a sound end);
 - the PngSuite's corruptions of a valid PNG (`corpus.CORRUPTIONS`): bad signature, bad CRC in IHDR, IDAT, an
   ancillary chunk and IEND, chunk lengths that lie, missing IDAT, missing IEND, truncated IDAT, damaged deflate data.
 """
@@ -38,9 +40,21 @@ LYING_JPEGS = {
     f"claims-{w}x{h}": images.jpeg_with_sof_size(w, h, PHOTO_64x48) for w, h in ((65500, 10), (20000, 10), (6400, 48))
 }
 SPECS = [{"sizes": "256"}, {"sizes": "64,512"}, {"sizes": "32x32", "fit": "cover"}]
+
+
+def cut_at_an_mcu_end(jpeg: bytes) -> bytes:
+    """`jpeg` cut (its end-of-image marker put back) where an MCU ends, at least 512 bytes of image data lost: a
+    cut that the parse of the scan's last bytes cannot tell from a sound end (found by trying cuts in turn)."""
+    for drop in range(512, len(jpeg) // 2):
+        if jpeg_damage(cut := images.cut_scan(jpeg, drop=drop)) is None:
+            return cut
+    raise AssertionError("no cut ends where an MCU does")
+
+
 # Scans that end early, an end-of-image marker put back where needed: libjpeg meets the damage in the last strip it
-# decodes (libvips' `fail_on` needs `decode.decoded`), DALI's decoders fill the rest with grey (`damage.grey_filled`
-# sees it in the last MCU), and a progressive file cut in a later scan decodes blurred (DALI leaves those to vips).
+# decodes (libvips' `fail_on` needs `decode.decoded`); DALI's path finds a cut inside an MCU in the scan's last bytes
+# and a cut where an MCU ends by the grey its decoders fill the lost MCUs with (`damage.grey_filled`); a progressive
+# file cut in a later scan decodes blurred (DALI leaves those to vips).
 SHORT_SCANS = {
     "cut-before-eoi": images.truncated_jpeg(keep=0.999) + b"\xff\xd9",
     "cut-halfway": images.truncated_jpeg(keep=0.5) + b"\xff\xd9",
@@ -50,6 +64,7 @@ SHORT_SCANS = {
     ),
     "claims-64x96": images.jpeg_with_sof_size(64, 96, images.photo_like(64, 48, seed=2, quality=95)),
     "progressive-cut": images.truncated_jpeg(keep=0.8, progressive=True) + b"\xff\xd9",
+    "cut-at-an-mcu-end": cut_at_an_mcu_end(images.photo_like(640, 480, seed=6, quality=85)),
 }
 # The same cut in a JPEG with restart markers (as cameras write them): DALI's structure walk counts them and sends
 # it to vips, which refuses it.
@@ -110,22 +125,19 @@ def test_a_scan_that_ends_early_is_refused(any_backend, tmp_path: Path, name: st
             any_backend.render(*item(tmp_path, f"{name}-{n}.jpg", SHORT_SCANS[name], **spec))
 
 
-# A scan cut inside its last MCU, an end-of-image marker put back: vips refuses it; DALI's decoders fill the missing
-# bits with zeros, so that MCU decodes (wrong, unflagged) and no MCU is left to fill with grey. What is damaged is
-# that one MCU (at most 32x32 pixels in the bottom-right corner); nothing short of a strict decode tells.
+# A scan cut inside its last MCU, an end-of-image marker put back: vips refuses it; DALI's decoders would decode the
+# missing bits as zeros (no MCU is left to fill with grey): the walk parses the scan's last bytes (`scan_end`).
 LAST_MCU_CUT = images.cut_scan(images.photo_like(640, 480, seed=3, quality=90), drop=2)
-LAST_MCU_GAP = "DALI decodes a scan cut inside its last MCU from zero bits, without a word (cpu: libjpeg-turbo)"
 
 
-def test_a_scan_cut_inside_its_last_mcu_is_refused(any_backend, request: pytest.FixtureRequest, tmp_path) -> None:
-    if type(any_backend).__name__ in ("DaliBackend", "RoutedBackend"):  # nvJPEG on the GPU may yet refuse it
-        request.applymarker(pytest.mark.xfail(strict=any_backend.device == "cpu", reason=LAST_MCU_GAP))
+def test_a_scan_cut_inside_its_last_mcu_is_refused(any_backend, tmp_path) -> None:
+    assert jpeg_damage(LAST_MCU_CUT) == "its image data stops short of its last MCU"
     with pytest.raises(CorruptImage, match="corrupt"):
         any_backend.render(*item(tmp_path, "last-mcu.jpg", LAST_MCU_CUT, sizes="256"))
 
 
 # Cuts nothing in the file's structure tells: only the decoded pixels do.
-GREY_FILLED = ["cut-before-eoi", "cut-halfway", "cut-420-odd-size", "cut-in-last-restart-interval", "claims-64x96"]
+GREY_FILLED = ["claims-64x96", "cut-at-an-mcu-end"]
 
 
 @needs_dali
@@ -133,7 +145,7 @@ GREY_FILLED = ["cut-before-eoi", "cut-halfway", "cut-420-odd-size", "cut-in-last
 def test_dali_sees_the_grey_of_a_scan_cut_short_and_leaves_it_to_vips(tmp_path: Path, name: str) -> None:
     from support.dali import cpu_dali
 
-    assert jpeg_damage(SHORT_SCANS[name]) is None  # the walk cannot tell
+    assert jpeg_damage(SHORT_SCANS[name]) is None  # the walk and the parse of the last bytes cannot tell
     dali = cpu_dali()
     with pytest.raises(CorruptImage, match="corrupt"):
         dali.render(*item(tmp_path, f"{name}.jpg", SHORT_SCANS[name], sizes="256"))

@@ -5,11 +5,14 @@ only on stderr, where libvips fails (`fail_on`). What these checks flag is refus
 vips backend then gives the readable `CorruptImage` (or renders the file, where a check was wrong about a sound one:
 a false alarm costs a detour through vips, never a wrong answer):
 
-- before decoding, a walk over the file's structure (`file_damage`): nothing is decoded;
-- after decoding, the last coding unit (MCU) of a sequential JPEG (`grey_filled`): a scan that ends early, wherever
-  it is cut and whatever marker follows the cut, leaves its remaining MCUs without coefficients, which a decoder
-  turns into flat mid-grey (luma 128 exactly). The bottom-right MCU is always among them. A sound photo whose last
-  MCU is that exact flat grey is rare.
+- before decoding, a walk over the file's structure (`file_damage`), with, for a baseline JPEG, a parse of its scan's
+  last bytes (`scan_end`: a scan cut inside an MCU, which the decoders would decode from zero bits): nothing is
+  decoded;
+- after decoding, the last coding unit (MCU) of a sequential JPEG (`grey_filled`): a scan cut where an MCU ends,
+  whatever marker follows the cut, leaves its remaining MCUs without coefficients, which a decoder turns into flat
+  mid-grey (luma 128 exactly), the bottom-right MCU among them (where only one MCU is lost, it decodes from the
+  zero bits the decoder reads past the end instead: the one cut neither check tells). A sound photo whose last MCU
+  is that exact flat grey is rare.
 
 Progressive JPEGs are not DALI's (`JpegFrame.progressive`): a cut in a later scan leaves a blurred, not a grey,
 image, which nothing short of a strict decode can tell.
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpu_worker.backends.scan_end import ScanCoding, cut_short, huffman_tables
 from thumbify.probe import JPEG_SOF, JPEG_STANDALONE, JpegDamage, jpeg_segments
 
 # The largest MCU a JPEG can have (sampling factors go up to 4): the corner of the decoded image `grey_filled` reads.
@@ -39,12 +43,15 @@ class JpegFrame:
     width: int
     height: int
     factors: tuple[tuple[int, int], ...]  # (horizontal, vertical) sampling of each component
+    ids: tuple[int, ...] = ()  # each component's id, which a scan names it by
 
     @classmethod
     def parse(cls, marker: int, sof: bytes) -> JpegFrame:
         count = sof[5] if len(sof) > 5 else 0
-        factors = tuple((sof[7 + 3 * i] >> 4, sof[7 + 3 * i] & 15) for i in range(count) if 8 + 3 * i < len(sof))
-        return cls(marker, int.from_bytes(sof[3:5], "big"), int.from_bytes(sof[1:3], "big"), factors)
+        listed = [i for i in range(count) if 8 + 3 * i < len(sof)]
+        factors = tuple((sof[7 + 3 * i] >> 4, sof[7 + 3 * i] & 15) for i in listed)
+        ids = tuple(sof[6 + 3 * i] for i in listed)
+        return cls(marker, int.from_bytes(sof[3:5], "big"), int.from_bytes(sof[1:3], "big"), factors, ids)
 
     @property
     def sequential(self) -> bool:
@@ -119,20 +126,22 @@ def jpeg_damage(data: bytes) -> str | None:
     for a baseline image coded in one scan, image data too short to hold the blocks its header declares (every
     8x8 block takes at least 2 bits: a DC code and an end-of-block code) or with fewer restart markers than its
     restart interval needs (an encoder writes one between every two intervals: a scan cut short, even with its
-    end-of-image marker put back, has lost some)."""
+    end-of-image marker put back, has lost some) or whose last code does not end an MCU (`scan_end`: a cut inside
+    the last MCU, which a decoder would decode from zero bits)."""
     if data[:2] != b"\xff\xd8":
         return "it does not start with a JPEG start-of-image marker"
     markers = _Markers(data)
     restart = 0
     frame: JpegFrame | None = None
-    scans: list[tuple[int, int, int]] = []  # (components, bytes of image data, restart markers)
-    components = 0  # of the scan being walked
+    tables: dict[tuple[int, int], np.ndarray | None] = {}
+    scans: list[tuple[bytes, int, int, int, int]] = []  # (SOS segment, image data's start, last interval's, end, RSTs)
+    sos = b""  # of the scan being walked
 
     def scan_end(start: int) -> int:
-        end, restarts, damage = markers.scan_end(start, restart)
+        end, restarts, last, damage = markers.scan_end(start, restart)
         if damage:
             raise JpegDamage(damage)
-        scans.append((components, end - start, restarts))
+        scans.append((sos, start, last, end, restarts))
         return end
 
     try:
@@ -144,17 +153,29 @@ def jpeg_damage(data: bytes) -> str | None:
                 restart = int.from_bytes(body[:2], "big")
             elif marker in JPEG_SOF and len(body) >= 6:
                 frame = JpegFrame.parse(marker, body)
+            elif marker == 0xC4:  # DHT
+                tables |= huffman_tables(body)
             elif marker == 0xDA:  # SOS: the walk reads its image data with `scan_end`
-                components = body[0] if body else 0
+                sos = body
     except JpegDamage as exc:
         return str(exc)
-    if frame and frame.sequential and len(scans) == 1 and scans[0][0] == len(frame.factors):
-        (mcus, blocks), (_, size, restarts) = frame.coding_units(), scans[0]
-        if size * 4 < blocks:
-            return f"its image data ({size} bytes) is too short for the {frame.width}x{frame.height} it declares"
-        if restart and restarts < math.ceil(mcus / restart) - 1:
-            return f"its image data ends after {restarts + 1} of the {math.ceil(mcus / restart)} restart intervals"
-    return None
+    if not (frame and frame.sequential and len(scans) == 1 and scans[0][0][:1] == bytes([len(frame.factors)])):
+        return None
+    (mcus, blocks), (sos, start, last, end, restarts) = frame.coding_units(), scans[0]
+    if (end - start) * 4 < blocks:
+        return f"its image data ({end - start} bytes) is too short for the {frame.width}x{frame.height} it declares"
+    if restart and restarts < math.ceil(mcus / restart) - 1:
+        return f"its image data ends after {restarts + 1} of the {math.ceil(mcus / restart)} restart intervals"
+    if not mcus:
+        return None  # a height left to a DNL marker: nothing to count
+    coding = ScanCoding.of(sos, dict(zip(frame.ids, frame.factors, strict=True)), tables)
+    left = mcus - restarts * restart  # MCUs in the last interval (the whole scan without restart markers)
+    if coding is None:
+        return "its scan names a component or Huffman table its headers do not define"
+    cut = cut_short(data, last, end, coding, left)
+    if cut is None:
+        return "the end of its image data could not be told from its last bytes"
+    return "its image data stops short of its last MCU" if cut else None
 
 
 class _Markers:
@@ -169,18 +190,19 @@ class _Markers:
         self.offsets, self.codes = ff[real], after[real]
         self.stops = np.flatnonzero((self.codes < 0xD0) | (self.codes > 0xD7))  # markers that are not RSTn
 
-    def scan_end(self, start: int, restart: int) -> tuple[int, int, str | None]:
+    def scan_end(self, start: int, restart: int) -> tuple[int, int, int, str | None]:
         """Where the image data starting at `start` ends (the offset of its next marker that is not a restart
-        marker) and how many restart markers it holds, or why it is damaged."""
+        marker), how many restart markers it holds and where its last interval starts, or why it is damaged."""
         first = int(np.searchsorted(self.offsets, start))
         at = int(np.searchsorted(self.stops, first))
         if at == len(self.stops):
-            return 0, 0, "the file ends in the middle of its image data"
+            return 0, 0, 0, "the file ends in the middle of its image data"
         stop = int(self.stops[at])
         restarts = self.codes[first:stop]
         if len(restarts):
             if not restart:
-                return 0, 0, "a restart marker in image data that declares no restart interval"
+                return 0, 0, 0, "a restart marker in image data that declares no restart interval"
             if not np.array_equal(restarts, 0xD0 + np.arange(len(restarts)) % 8):
-                return 0, 0, "restart markers out of sequence"
-        return int(self.offsets[stop]), len(restarts), None
+                return 0, 0, 0, "restart markers out of sequence"
+        last = int(self.offsets[stop - 1]) + 2 if len(restarts) else start
+        return int(self.offsets[stop]), len(restarts), last, None
