@@ -1,15 +1,16 @@
-"""What DALI's check before decoding costs and catches: the walk over a JPEG's structure with the parse of its
-scan's last bytes (`damage.jpeg_damage`, `scan_end`), beside the vips render of the same image.
+"""What DALI's checks of a JPEG cost and catch: before decoding, the walk over its structure with the parse of its
+scan's last bytes (`damage.jpeg_check`, `scan_end`); after, its last MCU against the grey of lost MCUs and against
+its codes (`grey_filled`, `last_mcu`); beside the vips render of the same image.
 
     python -m benchmarks.damage_cost [--corpus DIR] [--photos 4] [--rounds 7] [--cuts 24]
 
-Cost: CPU ms per image (`time.process_time`, median of the rounds) of `jpeg_damage`, of its walk alone (the parse
+Cost: CPU ms per image (`time.process_time`, median of the rounds) of `jpeg_check`, of its walk alone (the parse
 replaced by a pass), their difference (the parse), and of `VipsBackend.render` to 256 px (libvips concurrency 1).
 Catch: each corpus JPEG, and each photo again with its bottom 40% flat white (a product shot: its scan ends in a
 run of repeating bytes), cut by 1 to `--cuts` bytes with the end-of-image marker put back: how many cuts the check
-refuses; of the rest, how many leave a last MCU that a decoder (libjpeg-turbo, DALI's cpu decoder) fills with grey
-(`grey_filled`, DALI's check after decoding), and how many neither tells (the cut ends where an MCU ends, one MCU
-lost, which decodes from zero bits).
+before decoding refuses; of the rest, decoded by libjpeg-turbo (DALI's cpu decoder), how many leave a grey last MCU
+(more than one MCU lost), how many a last MCU unlike its codes (exactly one lost, decoded from zero bits), and how
+many none of the checks tells.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pyvips
 from benchmarks import corpus as corpus_mod
 from benchmarks.common import one_core_args, table, write_json
 from gpu_worker.backends import damage
+from gpu_worker.backends.scan_end import ScanEnd
 from gpu_worker.backends.vips import VipsBackend
 from thumbify.spec import ThumbnailSpec
 
@@ -39,13 +41,13 @@ def _cpu_ms(action, items: list, rounds: int) -> float:
     return statistics.median(per_round)
 
 
-def _walk_only(data: bytes) -> str | None:
-    """`jpeg_damage` with the parse of the last bytes replaced by a pass: the walk's own cost."""
-    parse, damage.cut_short = damage.cut_short, lambda *_: False
+def _walk_only(data: bytes) -> object:
+    """`jpeg_check` with the parse of the last bytes replaced by a pass: the walk's own cost."""
+    parse, damage.read_end = damage.read_end, lambda *_: ScanEnd(False)
     try:
-        return damage.jpeg_damage(data)
+        return damage.jpeg_check(data)
     finally:
-        damage.cut_short = parse
+        damage.read_end = parse
 
 
 def _flat_below(path: Path) -> bytes:
@@ -56,11 +58,12 @@ def _flat_below(path: Path) -> bytes:
 
 def _catch(data: bytes, cuts: int) -> dict[str, int]:
     frame = damage.jpeg_frame(data)
-    counts = {"refused": 0, "grey": 0, "neither": 0}
+    counts = {"refused": 0, "grey": 0, "codes": 0, "none": 0}
     for drop in range(1, cuts + 1):
         end = data.rindex(b"\xff\xd9")
         cut = data[: end - drop] + b"\xff\xd9"
-        if damage.jpeg_damage(cut):
+        found, last = damage.jpeg_check(cut)
+        if found:
             counts["refused"] += 1
             continue
         decoded = pyvips.Image.new_from_buffer(cut, "", fail_on="none")
@@ -68,7 +71,13 @@ def _catch(data: bytes, cuts: int) -> dict[str, int]:
         corner = decoded.crop(decoded.width - w, decoded.height - h, w, h)
         if corner.bands == 1:
             corner = corner.bandjoin([corner, corner])
-        counts["grey" if frame and damage.grey_filled(corner.numpy(), frame) else "neither"] += 1
+        pixels = corner.numpy()
+        if frame and damage.grey_filled(pixels, frame):
+            counts["grey"] += 1
+        elif frame and last and last.differs(pixels, *frame.last_mcu()):
+            counts["codes"] += 1
+        else:
+            counts["none"] += 1
     return counts
 
 
@@ -92,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             paths = [Path(folder) / f"{n}.jpg" for n in range(len(files))]
             for path, data in zip(paths, files, strict=True):
                 path.write_bytes(data)
-            check = _cpu_ms(damage.jpeg_damage, files, args.rounds)
+            check = _cpu_ms(damage.jpeg_check, files, args.rounds)
             walk = _cpu_ms(_walk_only, files, args.rounds)
             render = _cpu_ms(lambda p: backend.render(p, "jpeg", spec, "bench"), paths, max(1, args.rounds // 2))
-        caught = {"refused": 0, "grey": 0, "neither": 0}
+        caught = {"refused": 0, "grey": 0, "codes": 0, "none": 0}
         for data in files:
             for key, value in _catch(data, args.cuts).items():
                 caught[key] += value
@@ -111,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * check / render:.1f}%",
                 f"{caught['refused']}/{cuts}",
                 caught["grey"],
-                caught["neither"],
+                caught["codes"],
+                caught["none"],
             ]
         )
         results[label] = {
@@ -123,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     table(
         f"DALI's check before decoding: CPU ms per image (median of {args.rounds} rounds), cuts of 1-{args.cuts} bytes",
-        ["images", "n", "check", "walk", "parse", "vips render", "check/render", "refused", "grey", "neither"],
+        ["images", "n", "check", "walk", "parse", "vips render", "check/render", "refused", "grey", "codes", "none"],
         rows,
     )
     write_json("damage_cost", {"rounds": args.rounds, "cuts": args.cuts, "results": results})

@@ -270,8 +270,9 @@ dali | rehearse-dali)
     [[ $stage == rehearse-dali ]] && bench+=(--cpu-twins --groups photos,web)
     step gpu_vs_cpu 240 "$python" -m benchmarks.gpu_vs_cpu --backends dali,router,node "${bench[@]}" \
         --out "$logs/gpu_vs_cpu.json"
-    # test_corrupt_inputs: whether nvJPEG refuses a scan cut near its end (DALI's CPU decoder fills it with grey).
-    gpu_tests tests/test_dali_backend.py tests/test_routing.py tests/test_corrupt_inputs.py
+    # test_corrupt_inputs, test_last_mcu: whether nvJPEG decodes a scan cut near its end as DALI's CPU decoder does
+    # (grey for the MCUs lost, zero bits for a lost last one), and a sound file's last MCU as its codes say.
+    gpu_tests tests/test_dali_backend.py tests/test_routing.py tests/test_corrupt_inputs.py tests/test_last_mcu.py
     finish
     ;;
 esac

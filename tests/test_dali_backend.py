@@ -24,7 +24,7 @@ from support.dali import MAX_BATCH, CountingDali, RecordingVips, cpu_dali
 
 from gpu_worker.backends.base import Rendition
 from gpu_worker.backends.dali import DaliBackend, dali_unavailable
-from gpu_worker.backends.damage import file_damage, jpeg_damage
+from gpu_worker.backends.damage import file_check, jpeg_damage
 from gpu_worker.backends.plan import plan
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 from thumbify.errors import CorruptImage
@@ -154,7 +154,7 @@ def test_a_batch_mixing_good_cmyk_and_truncated_images(backend, tmp_path: Path) 
 class LetsEverythingThrough(CountingDali):
     """Sends DALI even what it should refuse: the way to make an image fail inside the pipeline."""
 
-    def refusal(self, fmt, header, data, placements, frame=None):
+    def refusal(self, fmt, header, data, placements, frame=None, structure=True):
         return None
 
 
@@ -323,15 +323,15 @@ def test_jpeg_walk_finds_damage(maker, reason: str) -> None:
 def test_png_and_webp_truncation_is_found() -> None:
     png = images.photo_like_image(100, 80).pngsave_buffer()
     webp = images.encode(images.photo_like_image(100, 80), "webp")
-    assert file_damage("png", png) is None and file_damage("webp", webp) is None
-    assert "IEND" in file_damage("png", png[:-20])
-    assert "RIFF" in file_damage("webp", webp[:-20])
+    assert file_check("png", png)[0] is None and file_check("webp", webp)[0] is None
+    assert "IEND" in file_check("png", png[:-20])[0]
+    assert "RIFF" in file_check("webp", webp[:-20])[0]
 
 
 def test_the_bad_crc_png_is_what_the_failure_test_needs(tmp_path: Path) -> None:
     """Sanity of `bad_crc_png`: the structure walk passes it, so only the decoders can tell."""
     data = bad_crc_png()
-    assert file_damage("png", data) is None
+    assert file_check("png", data)[0] is None
     with pytest.raises(pyvips.Error):
         pyvips.Image.pngload_buffer(data, fail_on="truncated").copy_memory()
 

@@ -159,10 +159,10 @@ def test_a_table_is_read_as_canonical_codes() -> None:
     """The standard luminance tables (ITU T.81 K.3): DC category 0 is 00, 1 is 010, ..., 11 is 111111110; AC 0x01
     (a 1 after no zeros) is 00, the end of block 1010, sixteen zeros 11111111001."""
     dc = huffman_table(bytes([0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]), bytes(range(12)), ac=False)
-    assert dc[0b00 << 14] == 1 << 8 | 2  # one coefficient on, 2 bits (no value bits)
-    assert dc[0b010 << 13] == 1 << 8 | 3 + 1
-    assert dc[0b110 << 13] == 1 << 8 | 3 + 5
-    assert dc[0b111111110 << 7] == 1 << 8 | 9 + 11
+    assert dc[0b00 << 14] == 0 << 16 | 1 << 8 | 2  # symbol 0: one coefficient on, 2 bits (no value bits)
+    assert dc[0b010 << 13] == 1 << 16 | 1 << 8 | 3 + 1
+    assert dc[0b110 << 13] == 5 << 16 | 1 << 8 | 3 + 5
+    assert dc[0b111111110 << 7] == 11 << 16 | 1 << 8 | 9 + 11
     assert dc[0xFFFF] == 0  # no code is all ones
     counts = bytes([0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7D])
     symbols = bytes.fromhex(
@@ -172,9 +172,9 @@ def test_a_table_is_read_as_canonical_codes() -> None:
         "f5f6f7f8f9fa"
     )
     ac = huffman_table(counts, symbols, ac=True)
-    assert ac[0b00 << 14] == 1 << 8 | 2 + 1
-    assert ac[0b1010 << 12] == 64 << 8 | 4  # the end of the block
-    assert ac[0b11111111001 << 5] == 16 << 8 | 11  # sixteen zeros
+    assert ac[0b00 << 14] == 0x01 << 16 | 1 << 8 | 2 + 1
+    assert ac[0b1010 << 12] == 0x00 << 16 | 64 << 8 | 4  # the end of the block
+    assert ac[0b11111111001 << 5] == 0xF0 << 16 | 16 << 8 | 11  # sixteen zeros
     assert huffman_table(bytes([3] + [0] * 15), bytes(3), ac=False) is None  # three codes of one bit do not exist
 
 

@@ -24,8 +24,9 @@ Choices, and why:
   formats other than JPEG, PNG and WebP; animations; alpha (libvips resamples it premultiplied); 16-bit samples;
   CMYK and other colourspaces; grey with an ICC profile; more pixels than `max_pixels`; a `cover` whose overflow
   `finishing.cut_overflow` would cut; progressive JPEGs; and broken files (`damage`): DALI's decoders fill missing
-  or damaged JPEG data with grey where libvips fails, so the file's structure is walked before decoding and a
-  sequential JPEG's last MCU is checked after (`damage.grey_filled`); vips then gives the readable `CorruptImage`.
+  or damaged JPEG data with grey where libvips fails, so the file's structure and a sequential JPEG's last bytes are
+  walked before decoding (`damage.file_check`) and its last MCU is checked after (`damage.grey_filled`,
+  `last_mcu.LastMcu.differs`); vips then gives the readable `CorruptImage`.
 - ICC profiles: DALI ignores them. The host attaches the source's profile to the resampled pixels and converts to
   sRGB as the vips backend does (it too resamples before converting).
 - A failing batch: after an error the DALI pipeline is no longer valid, so it is rebuilt and the batch bisected;
@@ -60,9 +61,10 @@ from gpu_worker.backends.base import (
     render_alone,
 )
 from gpu_worker.backends.context import RenderContext, Timings, prepare, stage
-from gpu_worker.backends.damage import MAX_MCU, JpegFrame, file_damage, grey_filled, jpeg_frame
+from gpu_worker.backends.damage import MAX_MCU, JpegFrame, file_check, grey_filled, jpeg_frame
 from gpu_worker.backends.decode import Source
 from gpu_worker.backends.finishing import render_sizes
+from gpu_worker.backends.last_mcu import LastMcu
 from gpu_worker.backends.plan import intermediate_scale, overflows
 from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
 from thumbify.geometry import Placement
@@ -100,6 +102,7 @@ class DaliSample:
     target_w: int  # the same size, upright
     target_h: int
     frame: JpegFrame | None  # a sequential JPEG's: its decoded last MCU is checked for the grey of a cut scan
+    last_mcu: LastMcu | None = None  # and against its codes, where the walk read them
 
 
 class DaliBackend:
@@ -203,10 +206,12 @@ class DaliBackend:
         data: bytes,
         placements: list[Placement],
         frame: JpegFrame | None = None,
+        structure: bool = True,
     ) -> str | None:
         """Why this image should not go through DALI (then the vips backend renders it), or None if it can.
         `header` is the libvips image opened for its header only; `placements` the job's sizes on it; `frame` a
-        JPEG's (`jpeg_frame`), read here where not given."""
+        JPEG's (`jpeg_frame`), read here where not given; `structure`: with the walk over the file's structure
+        (`damage.file_check`), which the caller makes itself otherwise."""
         if fmt not in DALI_FORMATS:
             return f"DALI does not decode {fmt} here"
         if fmt == "webp" and data[12:16] == b"VP8X" and len(data) > 20 and data[20] & 0x02:
@@ -227,15 +232,16 @@ class DaliBackend:
             return "a cover of an extreme aspect ratio"
         if fmt == "jpeg" and (frame := frame or jpeg_frame(data)) is not None and frame.progressive:
             return "a progressive JPEG (a scan cut short decodes blurred: only a strict decoder tells)"
-        return file_damage(fmt, data)
+        return file_check(fmt, data)[0] if structure else None
 
     def _prepare(self, index: int, item: Item) -> DaliSample | Refused:
         ctx = prepare(item, self.timings)
         data = ctx.path.read_bytes()
         frame = jpeg_frame(data) if ctx.fmt == "jpeg" else None
-        reason = self.refusal(ctx.fmt, ctx.header, data, ctx.placements, frame)
-        if reason:
-            return Refused(reason)
+        reason = self.refusal(ctx.fmt, ctx.header, data, ctx.placements, frame, structure=False)
+        damage, last_mcu = (None, None) if reason else file_check(ctx.fmt, data)
+        if reason or damage:
+            return Refused(reason or damage)
         target_w, target_h = self._target(ctx)
         stored_w, stored_h = (target_h, target_w) if ctx.swaps_axes else (target_w, target_h)
         return DaliSample(
@@ -246,6 +252,7 @@ class DaliBackend:
             target_w,
             target_h,
             frame if frame is not None and frame.sequential else None,
+            last_mcu,
         )
 
     def _target(self, ctx: RenderContext) -> tuple[int, int]:
@@ -354,10 +361,18 @@ class DaliBackend:
 
 
 def _cut_short(sample: DaliSample, pixels: np.ndarray, corner: np.ndarray) -> np.ndarray | Refused:
-    """`pixels`, or refused where the decoded corner shows the grey fill of a scan that ended early."""
+    """`pixels`, or refused where the decoded corner shows the grey fill of a scan that ended early, or a last MCU
+    unlike its codes (decoded from the zero bits past the end of a scan that lost exactly its last MCU)."""
     if sample.frame is not None and grey_filled(corner, sample.frame):
         log.info("%s decodes to grey in its last MCU (a scan cut short?); vips checks it", sample.ctx.path.name)
         return Refused("its last MCU decodes to the grey a decoder fills a scan cut short with")
+    if (
+        sample.frame is not None
+        and sample.last_mcu is not None
+        and sample.last_mcu.differs(corner, *sample.frame.last_mcu())
+    ):
+        log.info("%s decodes its last MCU unlike its codes (a scan cut short?); vips checks it", sample.ctx.path.name)
+        return Refused("its last MCU decodes unlike its codes (a scan that lost its last MCU)")
     return pixels
 
 

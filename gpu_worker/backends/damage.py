@@ -10,9 +10,9 @@ a false alarm costs a detour through vips, never a wrong answer):
   decoded;
 - after decoding, the last coding unit (MCU) of a sequential JPEG (`grey_filled`): a scan cut where an MCU ends,
   whatever marker follows the cut, leaves its remaining MCUs without coefficients, which a decoder turns into flat
-  mid-grey (luma 128 exactly), the bottom-right MCU among them (where only one MCU is lost, it decodes from the
-  zero bits the decoder reads past the end instead: the one cut neither check tells). A sound photo whose last MCU
-  is that exact flat grey is rare.
+  mid-grey (luma 128 exactly), the bottom-right MCU among them; where only one MCU is lost, it decodes from the
+  zero bits the decoder reads past the end instead, unlike what its codes say (`last_mcu`, from `jpeg_check`). A
+  sound photo whose last MCU is that exact flat grey is rare.
 
 Progressive JPEGs are not DALI's (`JpegFrame.progressive`): a cut in a later scan leaves a blurred, not a grey,
 image, which nothing short of a strict decode can tell.
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpu_worker.backends.scan_end import ScanCoding, cut_short, huffman_tables
+from gpu_worker.backends.last_mcu import LastMcu
+from gpu_worker.backends.scan_end import ZIGZAG, ScanCoding, huffman_tables, read_end
 from thumbify.probe import JPEG_SOF, JPEG_STANDALONE, JpegDamage, jpeg_segments
 
 # The largest MCU a JPEG can have (sampling factors go up to 4): the corner of the decoded image `grey_filled` reads.
@@ -44,14 +45,15 @@ class JpegFrame:
     height: int
     factors: tuple[tuple[int, int], ...]  # (horizontal, vertical) sampling of each component
     ids: tuple[int, ...] = ()  # each component's id, which a scan names it by
+    quant: tuple[int, ...] = ()  # each component's quantisation table
 
     @classmethod
     def parse(cls, marker: int, sof: bytes) -> JpegFrame:
         count = sof[5] if len(sof) > 5 else 0
         listed = [i for i in range(count) if 8 + 3 * i < len(sof)]
         factors = tuple((sof[7 + 3 * i] >> 4, sof[7 + 3 * i] & 15) for i in listed)
-        ids = tuple(sof[6 + 3 * i] for i in listed)
-        return cls(marker, int.from_bytes(sof[3:5], "big"), int.from_bytes(sof[1:3], "big"), factors, ids)
+        ids, quant = tuple(sof[6 + 3 * i] for i in listed), tuple(sof[8 + 3 * i] for i in listed)
+        return cls(marker, int.from_bytes(sof[3:5], "big"), int.from_bytes(sof[1:3], "big"), factors, ids, quant)
 
     @property
     def sequential(self) -> bool:
@@ -108,18 +110,24 @@ def grey_filled(corner: np.ndarray, frame: JpegFrame) -> bool:
     return bool(np.all(np.abs(luma - 128.0) <= 1.0))
 
 
-def file_damage(fmt: str, data: bytes) -> str | None:
-    """What is wrong with the structure of this file, or None: the damage DALI's decoders would paper over."""
+def file_check(fmt: str, data: bytes) -> tuple[str | None, LastMcu | None]:
+    """What is wrong with the structure of this file (None: nothing found), the damage DALI's decoders would paper
+    over; and for a baseline JPEG, its last MCU as its codes decode, for `LastMcu.differs` after decoding."""
     if fmt == "jpeg":
-        return jpeg_damage(data)
+        return jpeg_check(data)
     if fmt == "png" and data.rfind(b"IEND", max(0, len(data) - 1024)) < 0:
-        return "the PNG ends before its IEND chunk"
+        return "the PNG ends before its IEND chunk", None
     if fmt == "webp" and len(data) < int.from_bytes(data[4:8], "little") + 8:
-        return "the WebP is shorter than its RIFF header says"
-    return None
+        return "the WebP is shorter than its RIFF header says", None
+    return None, None
 
 
 def jpeg_damage(data: bytes) -> str | None:
+    """`jpeg_check`'s finding alone."""
+    return jpeg_check(data)[0]
+
+
+def jpeg_check(data: bytes) -> tuple[str | None, LastMcu | None]:
     """A cheap walk over a JPEG's markers (nothing is decoded) for the damage libvips refuses and DALI's decoders
     fill with grey: a file that ends before its end-of-image marker, a segment that runs past the end, a marker that
     may not stand where it does (a restart marker where no restart interval was declared, or out of sequence), and,
@@ -127,13 +135,17 @@ def jpeg_damage(data: bytes) -> str | None:
     8x8 block takes at least 2 bits: a DC code and an end-of-block code) or with fewer restart markers than its
     restart interval needs (an encoder writes one between every two intervals: a scan cut short, even with its
     end-of-image marker put back, has lost some) or whose last code does not end an MCU (`scan_end`: a cut inside
-    the last MCU, which a decoder would decode from zero bits)."""
+    the last MCU, which a decoder would decode from zero bits). With it, for a sound baseline YCbCr or grey JPEG,
+    its last MCU as the codes decode (`last_mcu`), where the parse of the last bytes tells which MCU is last."""
     if data[:2] != b"\xff\xd8":
-        return "it does not start with a JPEG start-of-image marker"
+        return "it does not start with a JPEG start-of-image marker", None
     markers = _Markers(data)
     restart = 0
     frame: JpegFrame | None = None
     tables: dict[tuple[int, int], np.ndarray | None] = {}
+    quant: dict[int, np.ndarray] = {}
+    rgb = False  # coded as RGB, not YCbCr: libjpeg's rule (jdapimin.c), from the JFIF and Adobe segments
+    jfif = adobe = False
     scans: list[tuple[bytes, int, int, int, int]] = []  # (SOS segment, image data's start, last interval's, end, RSTs)
     sos = b""  # of the scan being walked
 
@@ -148,8 +160,14 @@ def jpeg_damage(data: bytes) -> str | None:
         for marker, at, end in jpeg_segments(data, scan_end):
             body = data[at:end]
             if marker in JPEG_STANDALONE:
-                return f"a stray marker 0xFF{marker:02X} at offset {at}"
-            if marker == 0xDD and len(body) >= 2:  # DRI
+                return f"a stray marker 0xFF{marker:02X} at offset {at}", None
+            if marker == 0xE0 and body[:5] == b"JFIF\x00":
+                jfif = True
+            elif marker == 0xEE and body[:5] == b"Adobe" and len(body) >= 12:
+                adobe, rgb = True, body[11] == 0
+            elif marker == 0xDB:  # DQT
+                quant |= quant_tables(body)
+            elif marker == 0xDD and len(body) >= 2:  # DRI
                 restart = int.from_bytes(body[:2], "big")
             elif marker in JPEG_SOF and len(body) >= 6:
                 frame = JpegFrame.parse(marker, body)
@@ -158,24 +176,50 @@ def jpeg_damage(data: bytes) -> str | None:
             elif marker == 0xDA:  # SOS: the walk reads its image data with `scan_end`
                 sos = body
     except JpegDamage as exc:
-        return str(exc)
+        return str(exc), None
     if not (frame and frame.sequential and len(scans) == 1 and scans[0][0][:1] == bytes([len(frame.factors)])):
-        return None
+        return None, None
     (mcus, blocks), (sos, start, last, end, restarts) = frame.coding_units(), scans[0]
     if (end - start) * 4 < blocks:
-        return f"its image data ({end - start} bytes) is too short for the {frame.width}x{frame.height} it declares"
+        return (
+            f"its image data ({end - start} bytes) is too short for the {frame.width}x{frame.height} it declares",
+            None,
+        )
     if restart and restarts < math.ceil(mcus / restart) - 1:
-        return f"its image data ends after {restarts + 1} of the {math.ceil(mcus / restart)} restart intervals"
+        return f"its image data ends after {restarts + 1} of the {math.ceil(mcus / restart)} restart intervals", None
     if not mcus:
-        return None  # a height left to a DNL marker: nothing to count
+        return None, None  # a height left to a DNL marker: nothing to count
     coding = ScanCoding.of(sos, dict(zip(frame.ids, frame.factors, strict=True)), tables)
     left = mcus - restarts * restart  # MCUs in the last interval (the whole scan without restart markers)
     if coding is None:
-        return "its scan names a component or Huffman table its headers do not define"
-    cut = cut_short(data, last, end, coding, left)
-    if cut is None:
-        return "the end of its image data could not be told from its last bytes"
-    return "its image data stops short of its last MCU" if cut else None
+        return "its scan names a component or Huffman table its headers do not define", None
+    ended = read_end(data, last, end, coding, left)
+    if ended.cut is None:
+        return "the end of its image data could not be told from its last bytes", None
+    if ended.cut:
+        return "its image data stops short of its last MCU", None
+    if len(frame.ids) == 3 and not jfif:
+        rgb = rgb if adobe else frame.ids == (82, 71, 66)  # 'R', 'G', 'B'
+    lead = frame.ids.index(coding.lead_id) if coding.lead_id in frame.ids else -1
+    if ended.last is None or rgb or lead != 0 or frame.quant[0] not in quant:
+        return None, None
+    return None, LastMcu.of(ended.last, quant[frame.quant[0]], frame.factors[0] if len(frame.ids) > 1 else (1, 1))
+
+
+def quant_tables(dqt: bytes) -> dict[int, np.ndarray]:
+    """The quantisation tables a DQT segment defines, by destination, in natural (row-major) order."""
+    tables, at = {}, 0
+    while at < len(dqt):
+        wide = dqt[at] >> 4  # 16-bit entries
+        size = 128 if wide else 64
+        if at + 1 + size > len(dqt):
+            break
+        values = np.frombuffer(dqt[at + 1 : at + 1 + size], ">u2" if wide else np.uint8).astype(np.float64)
+        table = np.empty(64)
+        table[ZIGZAG] = values
+        tables[dqt[at] & 15] = table
+        at += 1 + size
+    return tables
 
 
 class _Markers:

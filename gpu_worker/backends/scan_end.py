@@ -11,14 +11,18 @@ milliseconds of host time, what the GPU is there to save). Where in the code the
 parse starts in every state it could be in there (each of the first 32 bits, as no symbol takes more than 31; each
 block of the MCU; each coefficient) and all of them run to the end: the true parse is one of them. Huffman codes
 resynchronise within a few symbols, so the parses merge (a state that two reach is followed once); where some still
-disagree at the end, a longer tail is parsed, up to the whole scan, whose start is known. Only code lengths are
-read, never a coefficient's value (values, DC prediction included, do not change where the next code starts).
+disagree at the end, a longer tail is parsed, up to the whole scan, whose start is known. The parses read code
+lengths only (values, DC prediction included, do not change where the next code starts).
 
 A flat area (a white background) codes every MCU alike: its bytes repeat, and parses out of step with each other
 stay so through it, however long. There the parse starts before the repeating run and, once a parse is back in a
 state it was in one period of the run earlier, skips whole cycles to the run's end.
 
 The work is bounded (`_BUDGET`): data that keeps the parses apart (noise) is left undecided, never parsed at length.
+
+A sound end also gives the last MCU's values (`ScanEnd.last`, for `last_mcu`): where it began is followed in the
+last 1024 bits, and a parse that joins another there must agree where their MCU began (`_clash`), else it is not
+known.
 """
 
 from __future__ import annotations
@@ -33,7 +37,14 @@ _SPREAD = 32  # bits of the tail's start tried: a symbol (code and extra bits) i
 _BLOCK = 64  # coefficients of an 8x8 block
 _PADDING = 7  # one-bits that may fill the last byte
 _ZRL, _EOB = 0xF0, 0x00  # AC symbols: sixteen zeros; end of block
+# The natural (row-major) index of each coefficient in the order a block codes them (T.81 figure A.6).
+ZIGZAG = np.array(
+    [0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21]
+    + [28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61]
+    + [54, 47, 55, 62, 63]
+)
 _SCALAR = 64  # parses left when following each in turn beats stepping them together
+_LATE = 1024  # bits before the end from which parses follow where their MCUs began
 _DENSE = 2048 + _SPREAD  # bits at a tail's start where parses step together (states seen: an array, not a set)
 _BUDGET = 20_000_000, 60_000  # states stepped together, symbols read one parse at a time: ~50 ms at most each
 _LONGEST_PERIOD = 64  # bytes of a repeating run's period looked for
@@ -43,10 +54,11 @@ LONGEST_TAIL = 4096  # beyond it (and short of the whole scan, or a repeating ru
 
 
 def huffman_table(counts: bytes, symbols: bytes, ac: bool) -> np.ndarray | None:
-    """A DHT table as the move each value of the next 16 bits makes: `advance | step << 8`, where `advance` is the
-    bits the symbol they start with takes (its code and the value's bits; 0 where they start none) and `step` the
-    coefficients it moves the block on (a DC symbol 1; an AC one its zeros and one, 16 for sixteen zeros, `_BLOCK`
-    for the end of the block). None for a table whose codes do not fit in 16 bits (no decoder accepts it)."""
+    """A DHT table as the move each value of the next 16 bits makes: `advance | step << 8 | symbol << 16`, where
+    `advance` is the bits the symbol they start with takes (its code and the value's bits; 0 where they start none)
+    and `step` the coefficients it moves the block on (a DC symbol 1; an AC one its zeros and one, 16 for sixteen
+    zeros, `_BLOCK` for the end of the block). None for a table whose codes do not fit in 16 bits (no decoder
+    accepts it)."""
     lengths = np.repeat(np.arange(1, _WINDOW + 1), np.frombuffer(counts, np.uint8))
     values = np.frombuffer(symbols, np.uint8).astype(np.int32)
     if not len(lengths) or len(lengths) != len(values):
@@ -63,7 +75,7 @@ def huffman_table(counts: bytes, symbols: bytes, ac: bool) -> np.ndarray | None:
         step = np.ones_like(values)
     table = np.zeros(1 << _WINDOW, np.int32)
     # Canonical codes, left-aligned to 16 bits, cover [0, covered) in the order they are listed.
-    table[:covered] = np.repeat(advance | step << 8, spans)
+    table[:covered] = np.repeat(advance | step << 8 | values << 16, spans)
     return table
 
 
@@ -85,6 +97,8 @@ class ScanCoding:
     tables: np.ndarray  # (tables, 65536) from `huffman_table`
     dc: tuple[int, ...]
     ac: tuple[int, ...]
+    lead: int = 1  # the MCU's first blocks, of the scan's first component (`lead_id`), in raster order
+    lead_id: int = 0
 
     @functools.cached_property
     def dc_rows(self) -> np.ndarray:
@@ -114,34 +128,55 @@ class ScanCoding:
             h, v = factors[component] if count > 1 else (1, 1)  # a scan of one component: an MCU is one block
             dc += [rows.setdefault(dc_table, len(rows))] * (h * v)
             ac += [rows.setdefault(ac_table, len(rows))] * (h * v)
-        return cls(np.stack([tables[key] for key in rows]), tuple(dc), tuple(ac))
+        lead = factors[sos[1]][0] * factors[sos[1]][1] if count > 1 else 1
+        return cls(np.stack([tables[key] for key in rows]), tuple(dc), tuple(ac), lead, sos[1])
 
 
-def cut_short(data: bytes, start: int, end: int, coding: ScanCoding, mcus: int, tail: int = FIRST_TAIL) -> bool | None:
-    """Whether the image data `data[start:end]` (stuffed, with no restart marker in it), which should code `mcus`
-    MCUs, stops short of its last MCU's end: True for a cut, False where it ends as an encoder ends it, None where
-    the tails parsed left it undecided. Where only a tail was parsed, a cut that ends exactly where an earlier MCU
-    does passes (no count is known there): the last MCU then decodes from zero bits or, with more lost, grey, which
-    `damage.grey_filled` finds. `tail`: the bytes parsed first."""
+@dataclass(frozen=True)
+class ScanEnd:
+    """How a scan ends: `cut` (True: short of its last MCU's end; None: undecided) and, where it is not cut and
+    one MCU is last whichever parse is followed, that MCU's blocks of the lead component as coded (`ZIGZAG` undone;
+    quantised; a DC as the difference from the block before), for the decoded pixels to be held against."""
+
+    cut: bool | None
+    last: np.ndarray | None = None  # (coding.lead, 64)
+
+
+def read_end(data: bytes, start: int, end: int, coding: ScanCoding, mcus: int, tail: int = FIRST_TAIL) -> ScanEnd:
+    """How the image data `data[start:end]` (stuffed, with no restart marker in it), which should code `mcus` MCUs,
+    ends. Where only a tail was parsed, a cut that ends exactly where an earlier MCU does passes (no count is known
+    there): its last MCU then decodes from zero bits or, with more lost, grey, which the decoded pixels show (`last`,
+    `damage.grey_filled`). `tail`: the bytes parsed first."""
     while True:
         at = max(start, end - tail)
         if at > start and data[at - 1] == 0xFF:  # a stuffed zero is not a byte of code
             at += 1
         code = _code(data[at:end])
-        verdict = _Tail(code, coding).verdict(mcus if at == start else None)
-        if verdict is not None or at == start:
-            return verdict
-        if tail >= LONGEST_TAIL or (_repeating_run(code) or (1,))[0] == 0:  # no longer tail of a run would agree
-            break
-        tail *= 4
+        ended = _Tail(code, coding).end(mcus if at == start else None)
+        if at == start or ended.cut or ended.last is not None:
+            return ended  # exact; cut; or sound, its last MCU known
+        if ended.cut is None and (tail >= LONGEST_TAIL or (_repeating_run(code) or (1,))[0] == 0):
+            return _after_run(data, start, end, coding, mcus)  # undecided: a run no longer tail would settle?
+        if tail >= LONGEST_TAIL or (ended.cut is False and tail > FIRST_TAIL):
+            return ended
+        tail *= 4  # undecided; or sound, but parses that joined in its last MCU disagree where it began (once)
+
+
+def _after_run(data: bytes, start: int, end: int, coding: ScanCoding, mcus: int) -> ScanEnd:
+    """How image data that ends in a run of repeating bytes (a flat area) ends: parsed from before the run."""
     code = _code(data[start:end])
     run = _repeating_run(code)
     if run is None:
-        return None
+        return ScanEnd(None)
     first, period = run
     at = max(0, first - FIRST_TAIL)
     repeat = (first - at) * 8, period * 8, (len(code) - _END - at) * 8
-    return _Tail(code[at:], coding, repeat).verdict(mcus if at == 0 else None)
+    return _Tail(code[at:], coding, repeat).end(mcus if at == 0 else None)
+
+
+def cut_short(data: bytes, start: int, end: int, coding: ScanCoding, mcus: int, tail: int = FIRST_TAIL) -> bool | None:
+    """`read_end(...).cut`: whether the image data stops short of its last MCU's end."""
+    return read_end(data, start, end, coding, mcus, tail).cut
 
 
 def _code(stuffed: bytes) -> bytes:
@@ -164,6 +199,20 @@ class _OverBudget(Exception):
     pass
 
 
+def _clash(owner, began):
+    """Whether two parses that reached the same state (arrays, or ints) disagree where its MCU began: each holds
+    where, or, if it has seen no MCU start since it started at `p`, `-p - 2` (it agrees with an MCU that began
+    before `p`; two such agree)."""
+    if isinstance(owner, int) and isinstance(began, int):  # one parse's (numpy would take 100 times as long)
+        if owner >= 0 and began >= 0:
+            return owner != began
+        return owner > -began - 2 if owner >= 0 else began > -owner - 2 if began >= 0 else False
+    known_owner, known = owner >= 0, began >= 0
+    return np.where(
+        known_owner & known, owner != began, np.where(known_owner, owner > -began - 2, known & (began > -owner - 2))
+    )
+
+
 class _Tail:
     """The parses of some image data (code: no stuffing) to its end. A parse's state is one int, `_key`: its
     position in bits, the block of the MCU and the coefficient of the block it is at."""
@@ -175,23 +224,27 @@ class _Tail:
         self.coding = coding
         self.blocks = len(coding.dc)
         self.repeat = repeat  # (first bit, period, end) in bits of a repeating run, for `_follow` to skip
-        # The states some parse has been in: over the first bits, an array (read many at once, and one at a time
-        # through the view), beyond them a set; `slots` picks one of each state stepped together.
-        self.dense = min(self.bits, _DENSE)
+        # The states some parse has been in, each with where its MCU began by the first parse there (`_clash`):
+        # over the first bits, where the parses step together, arrays (`slots` picks one of each state stepped
+        # together); beyond, a dict.
+        self.dense = min(self.bits + _SPREAD, _DENSE)
         size = self._key(self.dense + 1, 0, 0)
         self.seen_array = np.zeros(size, np.uint8)
         self.seen_near = memoryview(self.seen_array)
-        self.seen_far: set[int] = set()
+        self.owners = np.empty(size, np.int32)
+        self.far_owners: dict[int, int] = {}
+        self.unsure = -1  # the last position where two parses that merged disagree where their MCU began
         self.slots = np.empty(size, np.int32)
         self.stepped, self.read = 0, 0
+        self.last_starts: set[int] = set()  # where the last MCU starts (< 0: not seen), by each parse ending sound
 
     def _key(self, p, block, k):
         return (p * self.blocks + block) * _BLOCK + k
 
-    def verdict(self, mcus: int | None) -> bool | None:
-        """Whether the data is cut (True) or not, by the parse from its first bit at an MCU's start where it is the
-        whole scan or interval, which codes `mcus` MCUs, else by every parse from each state it could be in there;
-        None where those disagree or the work would go over budget."""
+    def end(self, mcus: int | None) -> ScanEnd:
+        """How the data ends, by the parse from its first bit at an MCU's start where it is the whole scan or
+        interval, which codes `mcus` MCUs, else by every parse from each state it could be in there (undecided where
+        those disagree, or the work would go over budget; cut where every parse fails)."""
         found: set[bool] = set()
         try:
             if mcus is not None:
@@ -199,15 +252,51 @@ class _Tail:
             else:
                 self._every(found)
         except _OverBudget:
-            return None
-        return found.pop() if len(found) == 1 else None if found else True
+            return ScanEnd(None)
+        if found != {False}:
+            return ScanEnd(None if len(found) > 1 else True)
+        (start,) = self.last_starts if len(self.last_starts) == 1 else (-1,)
+        if start < 0 or start <= self.unsure:  # the parse that ended may have joined the true one in that MCU
+            return ScanEnd(False)
+        return ScanEnd(False, self._blocks(start, self.coding.lead))
+
+    def _blocks(self, p: int, count: int) -> np.ndarray | None:
+        """`count` blocks' coefficients as coded from bit `p` (an MCU's start), or None where they do not read."""
+        words, lookups = self.word_list, self.lookups
+        out = np.zeros((count, _BLOCK))
+        for block in range(count):
+            k = 0
+            while k < _BLOCK:
+                window = (words[p >> 3] >> (16 - (p & 7))) & 0xFFFF
+                move = lookups[2 * block + (k > 0)][window]
+                advance, step, symbol = move & 0xFF, (move >> 8) & 0xFF, move >> 16
+                size = symbol & 15 if k else symbol
+                if not advance or p + advance > self.bits:
+                    return None
+                at = p + advance - size  # the value's bits follow the code
+                bits = (words[at >> 3] >> (32 - (at & 7) - size)) & ((1 << size) - 1)
+                if size:  # a value of `size` bits whose first bit is 0 is negative (T.81 F.2.2.1, EXTEND)
+                    value = bits if bits >> (size - 1) else bits - (1 << size) + 1
+                    out[block, ZIGZAG[k + step - 1 if k else 0]] = value
+                p += advance
+                k += step
+        return out
 
     def _every(self, found: set[bool]) -> None:
         keys = np.arange(self._key(_SPREAD, 0, 0))  # every state of the first 32 bits
-        while len(keys) > _SCALAR and keys.max() < self._key(self.dense, 0, 0):
-            keys = self._step(keys, found)
-        for key in keys.tolist():
-            self._follow(key, found)
+        # Far from the end, where no last MCU begins that `LastMcu` would be asked about, where MCUs began is not
+        # followed: a last MCU that began before `unsure` is not known.
+        late = self._key(min(self.dense, self.bits) - _LATE, 0, 0)
+        while len(keys) > _SCALAR and keys.max() < late:
+            keys = self._sync(keys)
+        self.unsure = max(self.unsure, int(keys.max()) // (self.blocks * _BLOCK) if len(keys) else -1)
+        at = keys // (self.blocks * _BLOCK)
+        # Each parse: its state, where its MCU began (`_clash`) and where the one before began (-1: not seen).
+        parses = np.stack([keys, np.where(keys % (self.blocks * _BLOCK) == 0, at, -at - 2), np.full(len(keys), -1)])
+        while parses.shape[1] > _SCALAR and parses[0].max() < self._key(self.dense - _SPREAD, 0, 0):
+            parses = self._step(parses, found)
+        for key, began, last in parses.T.tolist():
+            self._follow(key, found, began=began, last=last)
 
     @functools.cached_property
     def word_list(self) -> list[int]:
@@ -219,8 +308,9 @@ class _Tail:
         tables = self.coding.tables
         return [tables[row].data for pair in zip(self.coding.dc, self.coding.ac, strict=True) for row in pair]
 
-    def _step(self, keys: np.ndarray, found: set[bool]) -> np.ndarray:
-        """Every state one symbol on, those seen before dropped; the verdicts of those that reach the end."""
+    def _sync(self, keys: np.ndarray) -> np.ndarray:
+        """Every state one symbol on, those seen before dropped (`_step` without where MCUs began: far from the end,
+        where none reaches it)."""
         self.stepped += len(keys)
         if self.stepped > _BUDGET[0]:
             raise _OverBudget
@@ -232,17 +322,58 @@ class _Tail:
         block, p = position % self.blocks, position // self.blocks
         window = (self.words[p >> 3] >> (16 - (p & 7))) & 0xFFFF
         move = self.coding.tables[np.where(k == 0, self.coding.dc_rows[block], self.coding.ac_rows[block]), window]
-        advance, step = move & 0xFF, move >> 8
+        advance, step = move & 0xFF, (move >> 8) & 0xFF
+        k = k + step
+        done = (k == _BLOCK) | (step == _BLOCK)
+        block = block + done
+        key = self._key(p + advance, np.where(block == self.blocks, 0, block), np.where(done, 0, k))
+        return key[(advance > 0) & ((k < _BLOCK) | done)]
+
+    def _step(self, parses: np.ndarray, found: set[bool]) -> np.ndarray:
+        """Every parse (`_every`) one symbol on, those in a state seen before dropped; the verdicts of those that
+        reach the end (`_follow`, many at once)."""
+        self.stepped += parses.shape[1]
+        if self.stepped > _BUDGET[0]:
+            raise _OverBudget
+        keys = parses[0]
+        order = np.arange(len(keys), dtype=np.int32)
+        self.slots[keys] = order
+        first = self.slots[keys]
+        seen = self.seen_array[keys] == 1
+        keep = (first == order) & ~seen  # one of each, not seen before
+        if not keep.all():  # parses that merge: where do they disagree where their MCU began?
+            merging = np.flatnonzero(~keep)
+            ahead = np.where(seen[merging], self.owners[keys[merging]], parses[1, first[merging]])
+            clash = _clash(ahead, parses[1, merging])
+            if clash.any():
+                self.unsure = max(self.unsure, int(keys[merging[clash]].max()) // (self.blocks * _BLOCK))
+            parses = parses[:, keep]
+        keys, begun = parses[0], parses[1]
+        self.seen_array[keys] = 1
+        self.owners[keys] = begun
+        k, position = keys % _BLOCK, keys // _BLOCK
+        block, p = position % self.blocks, position // self.blocks
+        window = (self.words[p >> 3] >> (16 - (p & 7))) & 0xFFFF
+        move = self.coding.tables[np.where(k == 0, self.coding.dc_rows[block], self.coding.ac_rows[block]), window]
+        advance, step = move & 0xFF, (move >> 8) & 0xFF
         after = p + advance
         ends = (after > self.bits) | ((advance == 0) & (p + _WINDOW > self.bits))
         if ends.any():
-            found.update(self._cut(p[ends], block[ends], k[ends], window[ends]).tolist())
+            cut = self._cut(p[ends], block[ends], k[ends], window[ends])
+            found.update(cut.tolist())
+            self.last_starts.update(parses[2, ends][~cut].tolist())
         k = k + step
         done = (k == _BLOCK) | (step == _BLOCK)
-        alive = ~ends & (advance > 0) & ((k < _BLOCK) | done)
-        block = np.where(done, block + 1, block)
+        block = block + done
         wraps = block == self.blocks
-        return self._key(after, np.where(wraps, 0, block), np.where(done, 0, k))[alive]
+        moved = np.stack(
+            [
+                self._key(after, np.where(wraps, 0, block), np.where(done, 0, k)),
+                np.where(wraps, after, begun),
+                np.where(wraps, begun, parses[2]),
+            ]
+        )
+        return moved[:, ~ends & (advance > 0) & ((k < _BLOCK) | done)]
 
     def _cut(self, p, block, k, window):
         """For parses that cannot read another whole symbol (arrays, or one parse's ints): whether they stop short
@@ -252,32 +383,37 @@ class _Tail:
         whole = (block == 0) & (k == 0) & (left <= _PADDING) & ((window >> (16 - fill)) == (1 << fill) - 1)
         return np.logical_not(whole)
 
-    def _follow(self, key: int, found: set[bool], mcus: int | None = None) -> None:
+    def _follow(
+        self, key: int, found: set[bool], mcus: int | None = None, began: int | None = None, last: int = -1
+    ) -> None:
         """One parse to its end, or to a state another has reached (the `_step` loop, one state at a time); from an
         MCU's start, where `mcus` is known, counting the MCUs it reads. In a repeating run, once at an MCU's start
         where it was a whole number of periods before, it skips as many such cycles as the run holds."""
         words, bits, blocks, dense = self.word_list, self.bits, self.blocks, self.dense
-        near, far, lookups = self.seen_near, self.seen_far, self.lookups
+        near, owners, lookups = self.seen_near, self.far_owners, self.lookups
         position, k = divmod(key, _BLOCK)
         p, block = divmod(position, blocks)
         run, period, run_end = self.repeat or (bits, 1, bits)
         marks: dict[int, tuple[int, int]] | None = {}  # phase in the run -> (position, MCUs read) at an MCU's start
         read = 0
+        if began is None:
+            began = p if block == k == 0 else -p - 2  # where this MCU began; `last`: the one before
         for _ in range(_BUDGET[1] - self.read):
             key = (p * blocks + block) * _BLOCK + k
-            if p < dense:
-                if near[key]:
-                    break
-                near[key] = 1
-            elif key in far:
+            if key in owners or (p < dense and near[key]):  # another parse was here: this one ends in it
+                # (a state `_sync` saw has no owner: it lies before `unsure`, where no answer counts)
+                if _clash(owners[key] if key in owners else int(self.owners[key]), began):
+                    self.unsure = max(self.unsure, p)
                 break
-            else:
-                far.add(key)
+            owners[key] = began
             window = (words[p >> 3] >> (16 - (p & 7))) & 0xFFFF
             move = lookups[2 * block + (k > 0)][window]
-            advance, step = move & 0xFF, move >> 8
+            advance, step = move & 0xFF, (move >> 8) & 0xFF
             if p + advance > bits or (not advance and p + _WINDOW > bits):
-                found.add(bool(self._cut(p, block, k, window)) or (mcus is not None and read != mcus))
+                cut = bool(self._cut(p, block, k, window)) or (mcus is not None and read != mcus)
+                found.add(cut)
+                if not cut:
+                    self.last_starts.add(last)
                 break
             k += step
             if not advance or (k > _BLOCK and step != _BLOCK):
@@ -289,11 +425,13 @@ class _Tail:
             if block:
                 continue
             read += 1
+            began, last = p, began
             if marks is not None and p >= run:
                 if (phase := (p - run) % period) in marks:
                     before, read_before = marks[phase]
                     cycles = max(0, (run_end - 64 - p) // (p - before))
                     p, read = p + cycles * (p - before), read + cycles * (read - read_before)
+                    began, last = p, -1
                     marks = None  # one skip takes it to the run's end
                 else:
                     marks[phase] = p, read

@@ -1,0 +1,155 @@
+"""The decoded last MCU held against its codes (`gpu_worker.backends.last_mcu`): the check after decoding for the one
+cut the parse of a scan's last bytes cannot tell, a scan that lost exactly its last MCU (cut where the MCU before it
+ends, one-bits after as an encoder's fill would be), whose last MCU a decoder reads from those bits and the zeros past
+the end. Sound files of every coding must decode as their codes say, on libjpeg-turbo and on DALI's cpu decoder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pyvips
+from support import images
+from support.backends import needs_dali
+from support.renditions import item
+
+from gpu_worker.backends.damage import MAX_MCU, grey_filled, jpeg_check, jpeg_frame
+from gpu_worker.backends.last_mcu import LastMcu
+from gpu_worker.backends.vips import VipsBackend
+from thumbify.errors import CorruptImage
+from thumbify.probe import jpeg_segments
+
+
+def corner(data: bytes) -> np.ndarray:
+    """The bottom-right corner of the file as libjpeg-turbo decodes it, damage and all (RGB, as DALI's)."""
+    decoded = pyvips.Image.new_from_buffer(data, "", fail_on="none")
+    if decoded.bands == 1:
+        decoded = decoded.bandjoin([decoded, decoded])
+    w, h = min(MAX_MCU, decoded.width), min(MAX_MCU, decoded.height)
+    return decoded.crop(decoded.width - w, decoded.height - h, w, h).numpy()
+
+
+def jpeg(width: int, height: int, seed: int, grey: bool = False, clipped: bool = False, **options) -> bytes:
+    image = images.photo_like_image(width, height, seed)
+    if clipped:  # saturated colours, highlights and shadows clipped
+        image = (image.cast("float") * 1.6 - 60).cast("uchar")
+    return (image.colourspace("b-w") if grey else image).jpegsave_buffer(**options)
+
+
+SOUND = {
+    "420": jpeg(640, 480, 1, Q=80),
+    "420-partial-mcu": jpeg(197, 251, 207, Q=68),
+    "444-q100": jpeg(1147, 440, 184, Q=100, restart_interval=5),
+    "444-clipped": jpeg(531, 829, 143, clipped=True, Q=89, subsample_mode="off"),
+    "grey": jpeg(333, 217, 3, grey=True, Q=90),
+    "optimised": jpeg(820, 964, 14, Q=77, optimize_coding=True),
+    "restarts": jpeg(912, 1101, 230, Q=89, restart_interval=27),
+    "clipped-420": jpeg(400, 300, 5, clipped=True, Q=95),
+}
+
+
+@pytest.mark.parametrize("name", list(SOUND))
+def test_sound_files_decode_as_their_codes_say(name: str) -> None:
+    data = SOUND[name]
+    damage, last = jpeg_check(data)
+    assert damage is None and last is not None
+    assert not last.differs(corner(data), *jpeg_frame(data).last_mcu())
+
+
+def lost_last_mcu(data: bytes) -> bytes:
+    """`data` cut where the MCU before its last one ends (its end-of-image marker put back): found as the cut that
+    neither the parse of the last bytes refuses nor leaves grey (more than one MCU lost)."""
+    frame = jpeg_frame(data)
+    for drop in range(1, 400):
+        cut = images.cut_scan(data, drop=drop)
+        if jpeg_check(cut)[0] is None and not grey_filled(corner(cut), frame):
+            return cut
+    raise AssertionError("no cut lost exactly the last MCU")
+
+
+# Files whose cuts of a few bytes include one that loses exactly the last MCU (found by `benchmarks.damage_cost`).
+LOST = {
+    "444": lost_last_mcu(jpeg(523, 746, 43, Q=88, subsample_mode="off")),
+    "420": lost_last_mcu(jpeg(398, 197, 114, grey=True, Q=56)),
+    "optimised-420": lost_last_mcu(jpeg(646, 543, 22, Q=60, optimize_coding=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(LOST))
+def test_a_scan_that_lost_its_last_mcu_decodes_unlike_its_codes(tmp_path: Path, name: str) -> None:
+    cut = LOST[name]
+    damage, last = jpeg_check(cut)
+    assert damage is None and last is not None  # the walk and the parse cannot tell
+    assert last.differs(corner(cut), *jpeg_frame(cut).last_mcu())
+    with pytest.raises(CorruptImage):  # the vips backend refuses it
+        VipsBackend().render(*item(tmp_path, f"{name}.jpg", cut, sizes="256"))
+
+
+def test_no_backend_doubts_a_sound_file(any_backend, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """On the GPU too (`-m gpu`): nvJPEG's decode of each sound file's last MCU is what its codes say (a false alarm
+    would send it to vips, logged)."""
+    caplog.set_level(logging.INFO, logger="gpu_worker.backends.dali")
+    for name, data in SOUND.items():
+        any_backend.render(*item(tmp_path, f"{name}.jpg", data, sizes="128"))
+    assert not [r.message for r in caplog.records if "last MCU" in r.message]
+
+
+def test_every_backend_refuses_a_scan_that_lost_its_last_mcu(any_backend, tmp_path: Path) -> None:
+    """On the GPU too (`-m gpu`): whether nvJPEG decodes the lost MCU as libjpeg-turbo does, the job fails."""
+    for name, cut in LOST.items():
+        with pytest.raises(CorruptImage, match="corrupt"):
+            any_backend.render(*item(tmp_path, f"{name}.jpg", cut, sizes="256"))
+
+
+@needs_dali
+@pytest.mark.parametrize("name", list(LOST))
+def test_dali_leaves_a_scan_that_lost_its_last_mcu_to_vips(tmp_path: Path, name: str) -> None:
+    from support.dali import cpu_dali
+
+    dali = cpu_dali()
+    with pytest.raises(CorruptImage, match="corrupt"):
+        dali.render(*item(tmp_path, f"{name}.jpg", LOST[name], sizes="256"))
+    assert dali.runs and dali.fallback.calls == [f"{name}.jpg"]  # DALI decoded it, held it against its codes
+
+
+@needs_dali
+def test_dali_renders_sound_files_itself(tmp_path: Path) -> None:
+    """No false alarm on DALI's own decoder: every sound file is rendered by DALI, none referred to vips."""
+    from support.dali import cpu_dali
+
+    dali = cpu_dali()
+    items = [item(tmp_path, f"{name}.jpg", data, sizes="128") for name, data in SOUND.items()]
+    results = dali.render_batch(items)
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert dali.fallback.calls == []
+
+
+def test_blocks_are_compared_less_their_level_and_where_unclipped() -> None:
+    """A block of one horizontal cosine, as its codes say: the decoded pixels match whatever their level, and pixels
+    clipped at white are left out; a flat block, or the cosine's opposite, do not match."""
+    coefficients = np.zeros((1, 64))
+    coefficients[0, 1] = 40  # the first horizontal frequency
+    last = LastMcu.of(coefficients, np.full(64, 10.0), (1, 1))
+    wave = last.pixels
+    assert np.isclose(np.nanmean(wave), 0) and np.ptp(wave) > 50
+
+    def rgb(luma: np.ndarray) -> np.ndarray:
+        return np.repeat(np.clip(np.round(luma), 0, 255)[:, :, None], 3, axis=2).astype(np.uint8)
+
+    assert not last.differs(rgb(wave + 100), 8, 8)
+    assert not last.differs(rgb(wave + 230), 8, 8)  # its bright half clipped at 255: left out
+    assert last.differs(rgb(np.full((8, 8), 100.0)), 8, 8)
+    assert last.differs(rgb(100 - wave), 8, 8)
+    assert not last.differs(rgb(100 - wave)[:1, :2], 1, 2)  # two pixels: too few to judge
+
+
+def test_files_coded_as_rgb_are_not_checked() -> None:
+    """An Adobe segment saying the components are R, G and B (no JFIF): the lead component is red, not luma, and the
+    check is left out rather than judged on the wrong channel."""
+    data = SOUND["444-clipped"]
+    assert not any(marker == 0xE0 for marker, _, _ in jpeg_segments(data))  # libvips writes no JFIF segment
+    adobe = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # transform 0: RGB
+    assert jpeg_check(data[:2] + adobe + data[2:]) == (None, None)
+    assert jpeg_check(data)[1] is not None
