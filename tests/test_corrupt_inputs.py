@@ -8,8 +8,9 @@ job ends `failed` with `corrupt-image`, never `done`).
 - JPEGs whose scan ends early (cut, an end-of-image marker put back; 4:4:4 and 4:2:0, with and without restart
   markers, baseline and progressive): the damage is met in the last strip at every size; DALI's decoders decode
   the missing bits as zeros or fill whole MCUs with grey, so DALI's path parses the scan's last bytes before
-  decoding (`scan_end`: a cut that stops inside an MCU) and finds grey in the decoded image's last MCU after it
-  (`damage.grey_filled`: a cut where an MCU ends, which no parse of the last bytes tells from a sound end);
+  decoding (`scan_end`: a cut that stops inside an MCU) and, after it, finds grey in the decoded image's last MCU
+  (`damage.grey_filled`: a cut where an MCU ends, more than one lost) or a last MCU unlike its codes (one lost:
+  tests/test_last_mcu.py);
 - the PngSuite's corruptions of a valid PNG (`corpus.CORRUPTIONS`): bad signature, bad CRC in IHDR, IDAT, an
   ancillary chunk and IEND, chunk lengths that lie, missing IDAT, missing IEND, truncated IDAT, damaged deflate data.
 """
