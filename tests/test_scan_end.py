@@ -17,7 +17,7 @@ from support import images
 
 from gpu_worker.backends import scan_end
 from gpu_worker.backends.damage import jpeg_damage
-from gpu_worker.backends.scan_end import ScanCoding, cut_short, huffman_table, huffman_tables
+from gpu_worker.backends.scan_end import ScanCoding, huffman_table, huffman_tables, read_end
 from thumbify.probe import JPEG_SOF, jpeg_segments
 
 CUT = "its image data stops short of its last MCU"
@@ -89,9 +89,9 @@ def test_sound_files_pass(name: str) -> None:
     assert jpeg_damage(data) is None
     if b"\xff\xdd" not in data[: data.index(b"\xff\xda")]:  # no restart interval: parse it every way
         start, end, coding, mcus = scan_of(data)
-        assert cut_short(data, start, end, coding, mcus, tail=end - start) is False  # the whole scan, counted
+        assert read_end(data, start, end, coding, mcus, tail=end - start).cut is False  # the whole scan, counted
         for tail in (16, 64, 256):  # tails whose start is unknown
-            assert cut_short(data, start, end, coding, mcus, tail=tail) is False, tail
+            assert read_end(data, start, end, coding, mcus, tail=tail).cut is False, tail
 
 
 # Small files of each coding, for cuts at every length a whole scan is parsed for.
@@ -110,10 +110,10 @@ SMALL = {
 def test_every_cut_is_refused_where_the_whole_scan_is_parsed(name: str) -> None:
     data = SMALL[name]
     start, end, coding, mcus = scan_of(data)
-    assert cut_short(data, start, end, coding, mcus, tail=end - start) is False
+    assert read_end(data, start, end, coding, mcus, tail=end - start).cut is False
     for drop in range(1, min(100, end - start)):
         cut = images.cut_scan(data, drop=drop)
-        assert cut_short(cut, start, end - drop, coding, mcus, tail=end - start), drop
+        assert read_end(cut, start, end - drop, coding, mcus, tail=end - start).cut, drop
 
 
 def test_cuts_are_refused_from_the_last_bytes_alone() -> None:

@@ -144,8 +144,7 @@ def jpeg_check(data: bytes) -> tuple[str | None, LastMcu | None]:
     frame: JpegFrame | None = None
     tables: dict[tuple[int, int], np.ndarray | None] = {}
     quant: dict[int, np.ndarray] = {}
-    rgb = False  # coded as RGB, not YCbCr: libjpeg's rule (jdapimin.c), from the JFIF and Adobe segments
-    jfif = adobe = False
+    jfif, transform = False, None  # the JFIF segment; the Adobe segment's colour transform
     scans: list[tuple[bytes, int, int, int, int]] = []  # (SOS segment, image data's start, last interval's, end, RSTs)
     sos = b""  # of the scan being walked
 
@@ -164,7 +163,7 @@ def jpeg_check(data: bytes) -> tuple[str | None, LastMcu | None]:
             if marker == 0xE0 and body[:5] == b"JFIF\x00":
                 jfif = True
             elif marker == 0xEE and body[:5] == b"Adobe" and len(body) >= 12:
-                adobe, rgb = True, body[11] == 0
+                transform = body[11]
             elif marker == 0xDB:  # DQT
                 quant |= quant_tables(body)
             elif marker == 0xDD and len(body) >= 2:  # DRI
@@ -198,10 +197,9 @@ def jpeg_check(data: bytes) -> tuple[str | None, LastMcu | None]:
         return "the end of its image data could not be told from its last bytes", None
     if ended.cut:
         return "its image data stops short of its last MCU", None
-    if len(frame.ids) == 3 and not jfif:
-        rgb = rgb if adobe else frame.ids == (82, 71, 66)  # 'R', 'G', 'B'
-    lead = frame.ids.index(coding.lead_id) if coding.lead_id in frame.ids else -1
-    if ended.last is None or rgb or lead != 0 or frame.quant[0] not in quant:
+    # Coded as RGB, not YCbCr (libjpeg's rule, jdapimin.c): the lead component is then red, not luma.
+    rgb = transform == 0 if transform is not None else not jfif and frame.ids == (82, 71, 66)  # 'R', 'G', 'B'
+    if ended.last is None or rgb or coding.lead_id != frame.ids[0] or frame.quant[0] not in quant:
         return None, None
     return None, LastMcu.of(ended.last, quant[frame.quant[0]], frame.factors[0] if len(frame.ids) > 1 else (1, 1))
 

@@ -155,7 +155,7 @@ def read_end(data: bytes, start: int, end: int, coding: ScanCoding, mcus: int, t
         ended = _Tail(code, coding).end(mcus if at == start else None)
         if at == start or ended.cut or ended.last is not None:
             return ended  # exact; cut; or sound, its last MCU known
-        if ended.cut is None and (tail >= LONGEST_TAIL or (_repeating_run(code) or (1,))[0] == 0):
+        if ended.cut is None and (tail >= LONGEST_TAIL or (run := _repeating_run(code)) is not None and run[0] == 0):
             return _after_run(data, start, end, coding, mcus)  # undecided: a run no longer tail would settle?
         if tail >= LONGEST_TAIL or (ended.cut is False and tail > FIRST_TAIL):
             return ended
@@ -172,11 +172,6 @@ def _after_run(data: bytes, start: int, end: int, coding: ScanCoding, mcus: int)
     at = max(0, first - FIRST_TAIL)
     repeat = (first - at) * 8, period * 8, (len(code) - _END - at) * 8
     return _Tail(code[at:], coding, repeat).end(mcus if at == 0 else None)
-
-
-def cut_short(data: bytes, start: int, end: int, coding: ScanCoding, mcus: int, tail: int = FIRST_TAIL) -> bool | None:
-    """`read_end(...).cut`: whether the image data stops short of its last MCU's end."""
-    return read_end(data, start, end, coding, mcus, tail).cut
 
 
 def _code(stuffed: bytes) -> bytes:
@@ -308,6 +303,15 @@ class _Tail:
         tables = self.coding.tables
         return [tables[row].data for pair in zip(self.coding.dc, self.coding.ac, strict=True) for row in pair]
 
+    def _moves(self, keys: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The states `keys` as (position, block, coefficient), the 16 bits at each position, and the move the
+        symbol there makes (`huffman_table`: the bits it takes, the coefficients it moves on)."""
+        k, position = keys % _BLOCK, keys // _BLOCK
+        block, p = position % self.blocks, position // self.blocks
+        window = (self.words[p >> 3] >> (16 - (p & 7))) & 0xFFFF
+        move = self.coding.tables[np.where(k == 0, self.coding.dc_rows[block], self.coding.ac_rows[block]), window]
+        return p, block, k, window, move & 0xFF, (move >> 8) & 0xFF
+
     def _sync(self, keys: np.ndarray) -> np.ndarray:
         """Every state one symbol on, those seen before dropped (`_step` without where MCUs began: far from the end,
         where none reaches it)."""
@@ -318,11 +322,7 @@ class _Tail:
         self.slots[keys] = order
         keys = keys[(self.slots[keys] == order) & (self.seen_array[keys] == 0)]  # one of each, not seen before
         self.seen_array[keys] = 1
-        k, position = keys % _BLOCK, keys // _BLOCK
-        block, p = position % self.blocks, position // self.blocks
-        window = (self.words[p >> 3] >> (16 - (p & 7))) & 0xFFFF
-        move = self.coding.tables[np.where(k == 0, self.coding.dc_rows[block], self.coding.ac_rows[block]), window]
-        advance, step = move & 0xFF, (move >> 8) & 0xFF
+        p, block, k, _, advance, step = self._moves(keys)
         k = k + step
         done = (k == _BLOCK) | (step == _BLOCK)
         block = block + done
@@ -351,11 +351,7 @@ class _Tail:
         keys, begun = parses[0], parses[1]
         self.seen_array[keys] = 1
         self.owners[keys] = begun
-        k, position = keys % _BLOCK, keys // _BLOCK
-        block, p = position % self.blocks, position // self.blocks
-        window = (self.words[p >> 3] >> (16 - (p & 7))) & 0xFFFF
-        move = self.coding.tables[np.where(k == 0, self.coding.dc_rows[block], self.coding.ac_rows[block]), window]
-        advance, step = move & 0xFF, (move >> 8) & 0xFF
+        p, block, k, window, advance, step = self._moves(keys)
         after = p + advance
         ends = (after > self.bits) | ((advance == 0) & (p + _WINDOW > self.bits))
         if ends.any():
