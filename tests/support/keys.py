@@ -21,3 +21,8 @@ def create_key(keys_file: Path, name: str, *scopes: str, source_prefixes: tuple[
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def secret_of(key: str) -> str:
+    """The 43-character secret of a `tfy_<id>_<secret>` key (the secret itself may hold "_")."""
+    return key.split("_", 2)[2]
