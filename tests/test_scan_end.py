@@ -9,14 +9,16 @@ tail, every cut but those that end exactly where an earlier MCU ends (no count i
 
 from __future__ import annotations
 
+import functools
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 from support import images
 
-from gpu_worker.backends import scan_end
-from gpu_worker.backends.damage import jpeg_damage
+from gpu_worker.backends import damage, scan_end
+from gpu_worker.backends.damage import jpeg_check, jpeg_damage
 from gpu_worker.backends.scan_end import ScanCoding, huffman_table, huffman_tables, read_end
 from thumbify.probe import JPEG_SOF, jpeg_segments
 
@@ -211,3 +213,22 @@ def test_a_flat_end_is_told_through_its_repeating_run(data: bytes) -> None:
     assert jpeg_damage(data) is None
     for drop in (1, 2):
         assert jpeg_damage(images.cut_scan(data, drop=drop)) == CUT, drop
+
+
+# A tail whose wrong parse and the true one end in the same state, where an MCU starts, having begun the last MCU in
+# different places: read from 256 bytes, its last MCU's codes were another MCU's (a false alarm after decoding).
+SAME_END_OTHER_LAST = vips_jpeg(96, 174, seed=7019, Q=100, restart_interval=21)
+
+
+@pytest.mark.usefixtures("whole_scans")
+@pytest.mark.parametrize("name", [*SOUND, "same-end-other-last"])
+def test_the_last_mcu_read_from_a_tail_is_the_one_the_whole_scan_ends_in(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    data = SOUND.get(name, SAME_END_OTHER_LAST)
+    from_tail = jpeg_check(data)[1]
+    monkeypatch.setattr(damage, "read_end", functools.partial(read_end, tail=len(data)))
+    whole = jpeg_check(data)[1]
+    assert whole is not None
+    # (where the parses of a tail disagree on it, it is not read: no check rather than a wrong one)
+    assert from_tail is None or np.allclose(from_tail.pixels, whole.pixels, equal_nan=True)

@@ -219,7 +219,8 @@ class _Tail:
         self.coding = coding
         self.blocks = len(coding.dc)
         self.repeat = repeat  # (first bit, period, end) in bits of a repeating run, for `_follow` to skip
-        # The states some parse has been in, each with where its MCU began by the first parse there (`_clash`):
+        # The states some parse has been in, each with where its MCU began by the first parse there (`_clash`; at an
+        # MCU's start, where the one before began):
         # over the first bits, where the parses step together, arrays (`slots` picks one of each state stepped
         # together); beyond, a dict.
         self.dense = min(self.bits + _SPREAD, _DENSE)
@@ -341,16 +342,18 @@ class _Tail:
         first = self.slots[keys]
         seen = self.seen_array[keys] == 1
         keep = (first == order) & ~seen  # one of each, not seen before
+        # At an MCU's start every parse began it there: what they may disagree on is where the one before began.
+        mark = np.where(keys % (self.blocks * _BLOCK) == 0, parses[2], parses[1])
         if not keep.all():  # parses that merge: where do they disagree where their MCU began?
             merging = np.flatnonzero(~keep)
-            ahead = np.where(seen[merging], self.owners[keys[merging]], parses[1, first[merging]])
-            clash = _clash(ahead, parses[1, merging])
+            ahead = np.where(seen[merging], self.owners[keys[merging]], mark[first[merging]])
+            clash = _clash(ahead, mark[merging])
             if clash.any():
                 self.unsure = max(self.unsure, int(keys[merging[clash]].max()) // (self.blocks * _BLOCK))
-            parses = parses[:, keep]
+            parses, mark = parses[:, keep], mark[keep]
         keys, begun = parses[0], parses[1]
         self.seen_array[keys] = 1
-        self.owners[keys] = begun
+        self.owners[keys] = mark
         p, block, k, window, advance, step = self._moves(keys)
         after = p + advance
         ends = (after > self.bits) | ((advance == 0) & (p + _WINDOW > self.bits))
@@ -396,12 +399,13 @@ class _Tail:
             began = p if block == k == 0 else -p - 2  # where this MCU began; `last`: the one before
         for _ in range(_BUDGET[1] - self.read):
             key = (p * blocks + block) * _BLOCK + k
+            mark = last if block == k == 0 else began  # as `_step`'s
             if key in owners or (p < dense and near[key]):  # another parse was here: this one ends in it
                 # (a state `_sync` saw has no owner: it lies before `unsure`, where no answer counts)
-                if _clash(owners[key] if key in owners else int(self.owners[key]), began):
+                if _clash(owners[key] if key in owners else int(self.owners[key]), mark):
                     self.unsure = max(self.unsure, p)
                 break
-            owners[key] = began
+            owners[key] = mark
             window = (words[p >> 3] >> (16 - (p & 7))) & 0xFFFF
             move = lookups[2 * block + (k > 0)][window]
             advance, step = move & 0xFF, (move >> 8) & 0xFF
