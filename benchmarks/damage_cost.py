@@ -2,7 +2,7 @@
 scan's last bytes (`damage.jpeg_check`, `scan_end`); after, its last MCU against the grey of lost MCUs and against
 its codes (`grey_filled`, `last_mcu`); beside the vips render of the same image.
 
-    python -m benchmarks.damage_cost [--corpus DIR] [--photos 4] [--rounds 7] [--cuts 24]
+    python -m benchmarks.damage_cost [--corpus DIR] [--photos 4] [--rounds 7] [--cuts 24] [--sample 300]
 
 Cost: CPU ms per image (`time.process_time`, median of the rounds) of `jpeg_check`, of its walk alone (the parse
 replaced by a pass), their difference (the parse), and of `VipsBackend.render` to 256 px (libvips concurrency 1).
@@ -11,10 +11,18 @@ run of repeating bytes), cut by 1 to `--cuts` bytes with the end-of-image marker
 before decoding refuses; of the rest, decoded by libjpeg-turbo (DALI's cpu decoder), how many leave a grey last MCU
 (more than one MCU lost), how many a last MCU unlike its codes (exactly one lost, decoded from zero bits), and how
 many none of the checks tells.
+
+Held against a wider sample (`--sample N`, 0 to skip): N synthetic files (`corpus.photo`) of every coding libvips
+writes (4:2:0, 4:4:4, grey, optimised Huffman tables, restart intervals, clipped colours; qualities 30 to 100; sizes
+16 to 1200 px each way, half of them a multiple of 16 and 1 or 2 pixels: a last MCU that shows 1 to 4), each sound
+(refused by any check: a false alarm, a detour through vips; `worst`: the most levels a pixel of its decoded last
+MCU stands off its codes, against `last_mcu.MISMATCH`) and cut by 1 to 11 bytes; the cuts none of the checks tells
+are listed with how many pixels of their last MCU show.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import sys
 import tempfile
@@ -26,6 +34,7 @@ import pyvips
 from benchmarks import corpus as corpus_mod
 from benchmarks.common import one_core_args, table, write_json
 from gpu_worker.backends import damage
+from gpu_worker.backends.last_mcu import MISMATCH
 from gpu_worker.backends.scan_end import ScanEnd
 from gpu_worker.backends.vips import VipsBackend
 from thumbify.spec import ThumbnailSpec
@@ -56,34 +65,102 @@ def _flat_below(path: Path) -> bytes:
     return photo.insert(white.cast("uchar"), 0, photo.height - white.height).jpegsave_buffer(Q=90)
 
 
-def _catch(data: bytes, cuts: int) -> dict[str, int]:
+def _corner(data: bytes):
+    """The bottom-right corner as libjpeg-turbo (DALI's cpu decoder) decodes it, damage and all, RGB."""
+    decoded = pyvips.Image.new_from_buffer(data, "", fail_on="none")
+    w, h = min(damage.MAX_MCU, decoded.width), min(damage.MAX_MCU, decoded.height)
+    corner = decoded.crop(decoded.width - w, decoded.height - h, w, h)
+    return (corner.bandjoin([corner, corner]) if corner.bands == 1 else corner).numpy()
+
+
+def _verdict(data: bytes, frame) -> str:
+    """Which of DALI's checks tells `data` (as cut or sound): refused before decoding, grey, codes, or none."""
+    found, last = damage.jpeg_check(data)
+    if found:
+        return "refused"
+    pixels = _corner(data)
+    if frame and damage.grey_filled(pixels, frame):
+        return "grey"
+    if frame and last and last.lost(pixels, frame):
+        return "codes"
+    return "none"
+
+
+def _catch(data: bytes, cuts: int, missed: list | None = None) -> dict[str, int]:
     frame = damage.jpeg_frame(data)
     counts = {"refused": 0, "grey": 0, "codes": 0, "none": 0}
     for drop in range(1, cuts + 1):
         end = data.rindex(b"\xff\xd9")
-        cut = data[: end - drop] + b"\xff\xd9"
-        found, last = damage.jpeg_check(cut)
-        if found:
-            counts["refused"] += 1
-            continue
-        decoded = pyvips.Image.new_from_buffer(cut, "", fail_on="none")
-        w, h = min(damage.MAX_MCU, decoded.width), min(damage.MAX_MCU, decoded.height)
-        corner = decoded.crop(decoded.width - w, decoded.height - h, w, h)
-        if corner.bands == 1:
-            corner = corner.bandjoin([corner, corner])
-        pixels = corner.numpy()
-        if frame and damage.grey_filled(pixels, frame):
-            counts["grey"] += 1
-        elif frame and last and last.differs(pixels, *frame.last_mcu()):
-            counts["codes"] += 1
-        else:
-            counts["none"] += 1
+        verdict = _verdict(data[: end - drop] + b"\xff\xd9", frame)
+        counts[verdict] += 1
+        if verdict == "none" and missed is not None and frame:
+            missed.append({"drop": drop, "shows": frame.last_mcu(), "mcu": frame.mcu()})
     return counts
+
+
+CODINGS = {
+    "4:2:0": {},
+    "4:4:4": {"subsample_mode": "off"},
+    "grey": {},
+    "optimised": {"optimize_coding": True},
+    "restarts": {},
+    "clipped": {},
+}
+
+
+def _synthetic(n: int, rng: random.Random) -> tuple[str, int, int, bytes]:
+    coding = list(CODINGS)[n % len(CODINGS)]
+    width, height = rng.randint(16, 1200), rng.randint(16, 1200)
+    if n // len(CODINGS) % 2:  # a last MCU showing 1 or 2 pixels each way: the hardest to check after decoding
+        width, height = width // 16 * 16 + rng.randint(1, 2), height // 16 * 16 + rng.randint(1, 2)
+    image = corpus_mod.photo(n, width, height)
+    options = {"Q": rng.choice([30, 50, 60, 75, 80, 88, 90, 95, 100]), **CODINGS[coding]}
+    if coding == "grey":
+        image = image.colourspace("b-w")
+    elif coding == "restarts":
+        options["restart_interval"] = rng.randint(1, 40)
+    elif coding == "clipped":  # saturated colours, highlights and shadows clipped
+        image = (image.cast("float") * 1.6 - 60).cast("uchar")
+    return coding, width, height, image.jpegsave_buffer(**options)
+
+
+def _sample(count: int) -> tuple[list[list[object]], dict]:
+    """The wider sample's rows (one per coding) and its figures."""
+    rng = random.Random(11)
+    found: dict[str, dict] = {}
+    for n in range(count):
+        coding, width, height, data = _synthetic(n, rng)
+        row = found.setdefault(coding, {"files": 0, "false_alarms": [], "worst": 0.0, "cuts": {}, "missed": []})
+        row["files"] += 1
+        frame = damage.jpeg_frame(data)
+        if _verdict(data, frame) != "none":
+            row["false_alarms"].append([n, width, height])
+        last = damage.jpeg_check(data)[1]
+        if last is not None and frame:
+            row["worst"] = max(row["worst"], last.worst(_corner(data), *frame.last_mcu()))
+        for key, value in _catch(data, 11, row["missed"]).items():
+            row["cuts"][key] = row["cuts"].get(key, 0) + value
+    rows = [
+        [
+            coding,
+            r["files"],
+            len(r["false_alarms"]),
+            f"{r['worst']:.2f}",
+            f"{r['cuts']['refused']}/{sum(r['cuts'].values())}",
+            r["cuts"]["grey"],
+            r["cuts"]["codes"],
+            r["cuts"]["none"],
+            " ".join(f"{m['shows'][0]}x{m['shows'][1]}" for m in r["missed"]),
+        ]
+        for coding, r in found.items()
+    ]
+    return rows, found
 
 
 def main(argv: list[str] | None = None) -> int:
     def extra(ap) -> None:
         ap.add_argument("--cuts", type=int, default=24, help="cut each file by 1 to N bytes")
+        ap.add_argument("--sample", type=int, default=300, help="synthetic files of every coding (0: none)")
 
     args = one_core_args(__doc__, argv, photos=4, rounds=7, add=extra)
     corpus = corpus_mod.ensure(args.corpus, photos=args.photos)
@@ -136,7 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         ["images", "n", "check", "walk", "parse", "vips render", "check/render", "refused", "grey", "codes", "none"],
         rows,
     )
-    write_json("damage_cost", {"rounds": args.rounds, "cuts": args.cuts, "results": results})
+    sample: dict = {}
+    if args.sample:
+        sample_rows, sample = _sample(args.sample)
+        table(
+            f"{args.sample} synthetic files, sound and cut by 1-11 bytes (libjpeg-turbo decoding)",
+            ["coding", "files", "false alarms", "worst", "refused", "grey", "codes", "none", "none: last MCU shows"],
+            sample_rows,
+            note=f"worst: levels off its codes, sound files (a pixel beyond {MISMATCH} is a mismatch)",
+        )
+    write_json("damage_cost", {"rounds": args.rounds, "cuts": args.cuts, "results": results, "sample": sample})
     return 0
 
 

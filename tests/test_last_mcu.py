@@ -15,7 +15,7 @@ from support import images
 from support.backends import needs_dali
 from support.renditions import item
 
-from gpu_worker.backends.damage import MAX_MCU, grey_filled, jpeg_check, jpeg_frame
+from gpu_worker.backends.damage import MAX_MCU, JpegFrame, grey_filled, jpeg_check, jpeg_frame
 from gpu_worker.backends.last_mcu import LastMcu
 from gpu_worker.backends.vips import VipsBackend
 from thumbify.errors import CorruptImage
@@ -47,6 +47,10 @@ SOUND = {
     "optimised": jpeg(820, 964, 14, Q=77, optimize_coding=True),
     "restarts": jpeg(912, 1101, 230, Q=89, restart_interval=27),
     "clipped-420": jpeg(400, 300, 5, clipped=True, Q=95),
+    # A last MCU that shows one pixel: the MCU before it is held against its codes.
+    "444-one-pixel-shown": jpeg(521, 737, 0, Q=90, subsample_mode="off"),
+    "420-one-pixel-shown": jpeg(337, 209, 1, Q=80),
+    "grey-one-row-shown": jpeg(402, 233, 8, grey=True, Q=85),
 }
 
 
@@ -55,7 +59,7 @@ def test_sound_files_decode_as_their_codes_say(name: str) -> None:
     data = SOUND[name]
     damage, last = jpeg_check(data)
     assert damage is None and last is not None
-    assert not last.differs(corner(data), *jpeg_frame(data).last_mcu())
+    assert not last.lost(corner(data), jpeg_frame(data))
 
 
 def lost_last_mcu(data: bytes) -> bytes:
@@ -74,6 +78,9 @@ LOST = {
     "444": lost_last_mcu(jpeg(523, 746, 43, Q=88, subsample_mode="off")),
     "420": lost_last_mcu(jpeg(398, 197, 114, grey=True, Q=56)),
     "optimised-420": lost_last_mcu(jpeg(646, 543, 22, Q=60, optimize_coding=True)),
+    # The lost MCU shows one pixel, as its codes would by chance: the MCU before it decodes as the codes say.
+    "444-one-pixel-shown": lost_last_mcu(SOUND["444-one-pixel-shown"]),
+    "420-one-pixel-shown": lost_last_mcu(SOUND["420-one-pixel-shown"]),
 }
 
 
@@ -82,7 +89,7 @@ def test_a_scan_that_lost_its_last_mcu_decodes_unlike_its_codes(tmp_path: Path, 
     cut = LOST[name]
     damage, last = jpeg_check(cut)
     assert damage is None and last is not None  # the walk and the parse cannot tell
-    assert last.differs(corner(cut), *jpeg_frame(cut).last_mcu())
+    assert last.lost(corner(cut), jpeg_frame(cut))
     with pytest.raises(CorruptImage):  # the vips backend refuses it
         VipsBackend().render(*item(tmp_path, f"{name}.jpg", cut, sizes="256"))
 
@@ -142,7 +149,8 @@ def test_blocks_are_compared_less_their_level_and_where_unclipped() -> None:
     assert not last.differs(rgb(wave + 230), 8, 8)  # its bright half clipped at 255: left out
     assert last.differs(rgb(np.full((8, 8), 100.0)), 8, 8)
     assert last.differs(rgb(100 - wave), 8, 8)
-    assert not last.differs(rgb(100 - wave)[:1, :2], 1, 2)  # two pixels: too few to judge
+    assert last.differs(rgb(100 - wave)[:1, :2], 1, 2)  # two pixels: judged by their median
+    assert not last.differs(rgb(100 - wave)[:1, :1], 1, 1)  # one pixel: too few to judge
 
 
 def test_files_coded_as_rgb_are_not_checked() -> None:
@@ -153,3 +161,33 @@ def test_files_coded_as_rgb_are_not_checked() -> None:
     adobe = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # transform 0: RGB
     assert jpeg_check(data[:2] + adobe + data[2:]) == (None, None)
     assert jpeg_check(data)[1] is not None
+
+
+def test_the_mcu_before_a_last_mcu_too_small_to_judge_is_held_against_the_codes() -> None:
+    """A last MCU that shows one pixel (an 8x8-MCU image 17 x 9 pixels): the codes are the MCU before it's, as decoded
+    (left, or above where the image is one MCU wide), when that MCU decodes as they say; not where it decodes
+    otherwise, nor where the codes are flat (any flat MCU would match them)."""
+    coefficients = np.zeros((1, 64))
+    coefficients[0, 1] = 40  # the first horizontal frequency
+    last = LastMcu.of(coefficients, np.full(64, 10.0), (1, 1))
+    flat = LastMcu.of(np.zeros((1, 64)), np.full(64, 10.0), (1, 1))
+    wave = np.repeat(np.clip(np.round(last.pixels + 120), 0, 255)[:, :, None], 3, axis=2).astype(np.uint8)
+
+    def corner(before: np.ndarray) -> np.ndarray:  # 9 x 17: the MCU before the last one at the left of its row
+        out = np.full((9, 17, 3), 90, np.uint8)
+        out[8:, 8:16] = before[:1]
+        out[:8, :8] = out[:8, 8:16] = before  # the row above, as much like it
+        return out
+
+    wide, tall = JpegFrame(0xC0, 17, 9, ((1, 1),)), JpegFrame(0xC0, 1, 17, ((1, 1),))
+    assert wide.last_mcu() == (1, 1)
+    assert last.lost(corner(wave), wide)
+    assert not last.lost(corner(255 - wave), wide)
+    assert not last.lost(corner(np.full((8, 8, 3), 120, np.uint8)), wide)
+    assert not flat.lost(corner(np.full((8, 8, 3), 120, np.uint8)), wide)
+    coefficients[0, 1], coefficients[0, 8] = 0, 40  # the first vertical frequency
+    upright = LastMcu.of(coefficients, np.full(64, 10.0), (1, 1))
+    column = np.full((17, 1, 3), 90, np.uint8)
+    column[8:16] = np.transpose(wave, (1, 0, 2))[:, :1]  # the MCU above, as the codes say
+    assert upright.lost(column, tall)
+    assert not last.lost(column, tall)  # the horizontal wave's column is flat: no pattern to tell by

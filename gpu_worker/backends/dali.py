@@ -26,7 +26,7 @@ Choices, and why:
   `finishing.cut_overflow` would cut; progressive JPEGs; and broken files (`damage`): DALI's decoders fill missing
   or damaged JPEG data with grey where libvips fails, so the file's structure and a sequential JPEG's last bytes are
   walked before decoding (`damage.file_check`) and its last MCU is checked after (`damage.grey_filled`,
-  `last_mcu.LastMcu.differs`); vips then gives the readable `CorruptImage`.
+  `last_mcu.LastMcu.lost`); vips then gives the readable `CorruptImage`.
 - ICC profiles: DALI ignores them. The host attaches the source's profile to the resampled pixels and converts to
   sRGB as the vips backend does (it too resamples before converting).
 - A failing batch: after an error the DALI pipeline is no longer valid, so it is rebuilt and the batch bisected;
@@ -361,16 +361,12 @@ class DaliBackend:
 
 
 def _cut_short(sample: DaliSample, pixels: np.ndarray, corner: np.ndarray) -> np.ndarray | Refused:
-    """`pixels`, or refused where the decoded corner shows the grey fill of a scan that ended early, or a last MCU
-    unlike its codes (decoded from the zero bits past the end of a scan that lost exactly its last MCU)."""
+    """`pixels`, or refused where the decoded corner shows the grey fill of a scan that ended early, or a scan that
+    lost exactly its last MCU (`LastMcu.lost`: decoded from the zero bits past the end, unlike its codes)."""
     if sample.frame is not None and grey_filled(corner, sample.frame):
         log.info("%s decodes to grey in its last MCU (a scan cut short?); vips checks it", sample.ctx.path.name)
         return Refused("its last MCU decodes to the grey a decoder fills a scan cut short with")
-    if (
-        sample.frame is not None
-        and sample.last_mcu is not None
-        and sample.last_mcu.differs(corner, *sample.frame.last_mcu())
-    ):
+    if sample.frame is not None and sample.last_mcu is not None and sample.last_mcu.lost(corner, sample.frame):
         log.info("%s decodes its last MCU unlike its codes (a scan cut short?); vips checks it", sample.ctx.path.name)
         return Refused("its last MCU decodes unlike its codes (a scan that lost its last MCU)")
     return pixels

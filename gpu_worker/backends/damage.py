@@ -112,7 +112,7 @@ def grey_filled(corner: np.ndarray, frame: JpegFrame) -> bool:
 
 def file_check(fmt: str, data: bytes) -> tuple[str | None, LastMcu | None]:
     """What is wrong with the structure of this file (None: nothing found), the damage DALI's decoders would paper
-    over; and for a baseline JPEG, its last MCU as its codes decode, for `LastMcu.differs` after decoding."""
+    over; and for a baseline JPEG, its last MCU as its codes decode, for `LastMcu.lost` after decoding."""
     if fmt == "jpeg":
         return jpeg_check(data)
     if fmt == "png" and data.rfind(b"IEND", max(0, len(data) - 1024)) < 0:

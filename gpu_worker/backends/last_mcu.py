@@ -8,23 +8,40 @@ which `damage.grey_filled` finds). What the codes say is known but for each bloc
 difference from the block before, which the last bytes do not hold), so each block is compared less its own level,
 on the lead component (luma), whose decoded value the RGB pixels give back whatever the chroma (Y from R, G and B
 cancels Cb and Cr), leaving out pixels a channel of which clipped.
+
+A last MCU that shows only a few pixels (an image a pixel or two wider or taller than a multiple of the MCU) may not
+show the lost MCU's pattern. Then the MCU before it is held against the codes too: if the last MCU was lost, the
+codes are that MCU's, and it decodes exactly as they say; in a sound file it is another MCU's area. Codes with no
+pattern (a flat area) are left out: any flat MCU would match them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gpu_worker.backends.damage import JpegFrame
 
 # The orthonormal 8-point DCT-II, whose inverse is JPEG's IDCT: pixels = DCT.T @ coefficients @ DCT.
 _DCT = np.array(
     [[np.sqrt((1 if u == 0 else 2) / 8) * np.cos((2 * x + 1) * u * np.pi / 16) for x in range(8)] for u in range(8)]
 )
 _LUMA = np.array([0.299, 0.587, 0.114])
-# Median absolute deviation, in levels, of a block's decoded luma from its codes' beyond which the two differ: sound
-# files measured at most 0.25 (libjpeg-turbo), an MCU decoded from zero bits mostly 3 to 24 (tests/test_last_mcu.py).
-MISMATCH = 1.5
-_FEWEST = 4  # pixels of a block to judge it by (a last MCU may show as few as one)
+# Levels a pixel's decoded luma may stand off its codes' (less the block's level) in a sound file: an IDCT that meets
+# IEEE 1180 is off by at most 1, rounding R, G and B adds at most 0.5 (sound files measured at most 1.05 on
+# libjpeg-turbo). An MCU decoded from zero bits is off by 3 to 60 somewhere, often in a few pixels only (its
+# coefficients are a pattern of -1s: a spike in one corner), which a median over the block would not see.
+MISMATCH = 4.0
+# Levels within which a decoded MCU is a decode of these very codes (the error bounds above), and the range of levels
+# the codes must span for that to say so: a flat or smooth area matches flat codes by chance.
+_SAME = 1.5
+_PATTERN = 6.0
+_FEWEST = 2  # pixels of a block to judge it by: its level is their median (a last MCU may show as few as one)
+_ENOUGH = 16  # pixels judged in a last MCU below which the MCU before it is held against its codes too
+_BEFORE = 8  # pixels of the MCU before to judge it by: a row of a block (a last MCU row may show one)
 
 
 @dataclass(frozen=True)
@@ -47,16 +64,49 @@ class LastMcu:
             pixels[8 * y : 8 * y + 8, 8 * x : 8 * x + 8] = _DCT.T @ dequantised @ _DCT
         return cls(pixels)
 
-    def differs(self, corner: np.ndarray, rows: int, columns: int) -> bool:
+    def lost(self, corner: np.ndarray, frame: JpegFrame) -> bool:
         """Whether the decoded image's bottom-right corner (`corner`: RGB, cut from the stored, not yet upright,
-        pixels), whose last MCU shows `rows` x `columns` pixels, decodes unlike these codes in any block."""
-        if corner.ndim != 3 or corner.shape[0] < rows or corner.shape[1] < columns:
+        pixels, at most `damage.MAX_MCU` square) shows a scan that lost its last MCU: that MCU decodes unlike these
+        codes; or it shows too few pixels to tell, and the MCU before it (to its left; above, in an image one MCU
+        wide) decodes as these codes, which have a pattern, say."""
+        rows, columns = frame.last_mcu()
+        worst, judged, _ = self._held(corner, rows, columns)
+        if worst > MISMATCH:
+            return True
+        if judged >= _ENOUGH:
             return False
+        mcu_w, mcu_h = frame.mcu()
+        if frame.width > mcu_w:  # the MCU to the left: as many rows, a whole MCU across
+            before, rows, columns = corner[:, : corner.shape[1] - columns], rows, mcu_w
+        elif frame.height > mcu_h:  # the MCU above: a whole MCU down, as many columns
+            before, rows, columns = corner[: corner.shape[0] - rows], mcu_h, columns
+        else:
+            return False  # one MCU: the whole scan was parsed, its count known
+        worst, judged, pattern = self._held(before, rows, columns)
+        return judged >= _BEFORE and worst <= _SAME and pattern > _PATTERN
+
+    def differs(self, corner: np.ndarray, rows: int, columns: int) -> bool:
+        """Whether the MCU at the bottom right of `corner`, which shows `rows` x `columns` pixels, decodes unlike
+        these codes in any block."""
+        return self.worst(corner, rows, columns) > MISMATCH
+
+    def worst(self, corner: np.ndarray, rows: int, columns: int) -> float:
+        """The most levels any pixel of the MCU at the bottom right of `corner` stands off these codes, less its
+        block's level (0 where no block has enough pixels to judge)."""
+        return self._held(corner, rows, columns)[0]
+
+    def _held(self, corner: np.ndarray, rows: int, columns: int) -> tuple[float, int, float]:
+        """The MCU at the bottom right of `corner` (`rows` x `columns` of it shown) against these codes: the most
+        levels a pixel stands off them, less its block's level; how many pixels were judged; and the range of the
+        codes' levels over them (how much pattern was held against)."""
+        if corner.ndim != 3 or corner.shape[0] < rows or corner.shape[1] < columns:
+            return 0.0, 0, 0.0
         rgb = corner[-rows:, -columns:, :3].astype(np.float64)
         luma = rgb @ _LUMA if rgb.shape[2] == 3 else rgb[:, :, 0]
         usable = np.all((rgb > 0) & (rgb < 255), axis=2) & ~np.isnan(self.pixels[:rows, :columns])
         coded = np.nan_to_num(self.pixels[:rows, :columns])
         deviation = luma - coded
+        worst, judged, pattern = 0.0, 0, 0.0
         for y in range(0, rows, 8):
             for x in range(0, columns, 8):
                 area = np.s_[y : y + 8, x : x + 8]
@@ -64,6 +114,8 @@ class LastMcu:
                 # Where the codes put luma past black or white, the decoder clipped it: not comparable.
                 inside = usable[area] & (coded[area] + level > 1) & (coded[area] + level < 254)
                 block = deviation[area][inside]
-                if len(block) >= _FEWEST and np.median(np.abs(block - np.median(block))) > MISMATCH:
-                    return True
-        return False
+                if len(block) >= _FEWEST:
+                    worst = max(worst, float(np.abs(block - np.median(block)).max()))
+                    judged += len(block)
+                    pattern = max(pattern, float(np.ptp(coded[area][inside])))
+        return worst, judged, pattern
