@@ -17,6 +17,8 @@ job ends `failed` with `corrupt-image`, never `done`).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from support import corpus, images
 from support.backends import needs_dali
 from support.problems import assert_problem, is_failed_corrupt
 from support.renditions import item
-from support.service import Service
+from support.service import ROOT, Service
 
 from gpu_worker.backends.damage import jpeg_damage, jpeg_frame
 from gpu_worker.backends.vips import VipsBackend, configure_vips
@@ -176,6 +178,44 @@ def test_sound_jpegs_still_render_at_every_shrink(tmp_path: Path) -> None:
         data = images.photo_like(w, h, seed=w, quality=80)
         for sizes in ("8", "100", "64,300", str(max(w, h))):
             assert backend.render(*item(tmp_path, f"ok-{w}x{h}.jpg", data, sizes=sizes))
+
+
+# A garbage collection inside pyvips' GLib log handler (a Python callback: any allocation there may set one off) that
+# frees the last reference to a damaged JPEG's image, as an exception's traceback holds it in a cycle: its loader
+# warns as it closes, a log message sent from inside a log handler, which GLib makes fatal (a test worker aborted so,
+# mid-decode). Here the collection is forced there, in a process of its own with a worker's libvips settings.
+_FREED_INSIDE_THE_LOG_HANDLER = """
+import gc, sys
+import pyvips
+from thumbify.probe import configure_vips
+configure_vips(1)
+handle = pyvips.logger.log
+def collect_then_log(*args, **kwargs):
+    gc.collect()
+    return handle(*args, **kwargs)
+pyvips.logger.log = collect_then_log
+gc.disable()
+damaged = pyvips.Image.new_from_buffer(sys.stdin.buffer.read(), "", access="sequential")
+damaged.avg()
+cycle = [damaged]
+cycle.append(cycle)
+del damaged, cycle
+print(pyvips.Image.black(8, 8).avg())
+"""
+
+
+@pytest.mark.service
+def test_a_damaged_jpeg_freed_inside_the_libvips_log_handler_does_not_abort_the_process() -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", _FREED_INSIDE_THE_LOG_HANDLER],
+        input=SHORT_SCANS["cut-before-eoi"],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr.decode(errors="replace")[-2000:]
+    assert run.stdout.strip() == b"0.0"
+    assert b"(recursed)" in run.stderr  # the loader's warning, printed by GLib's fallback instead
 
 
 # -- PNG: at upload and at the backend -----------------------------------------------------------------------------

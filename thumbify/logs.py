@@ -115,9 +115,8 @@ def configure(log_format: str, level: str, service: str, stream: TextIO | None =
     root.setLevel(level.upper())
     # libvips' messages only when debugging: its chatter ("threadpool completed", once per image) and its warnings
     # about damaged data, which the render reports as the job's error anyway. They arrive through pyvips' GLib log
-    # callback, often on a libvips thread in the middle of a decode; formatting a record there (the ECS formatter
-    # allocates a good deal, and a garbage collection it sets off may finalize pyvips objects inside the callback)
-    # once aborted a test process, so at other levels the logger drops them before any record is made.
+    # callback, often on a libvips thread in the middle of a decode, where a record costs more than it tells (what
+    # a garbage collection set off there may do is `probe.configure_vips`' concern).
     logging.getLogger("pyvips").setLevel(logging.DEBUG if level.lower() == "debug" else logging.ERROR)
     logging.captureWarnings(True)  # a library's warning is a line like any other, not loose text on stderr
     for name in ("uvicorn", "uvicorn.error"):

@@ -14,6 +14,7 @@ import mmap
 import os
 import re
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -102,7 +103,8 @@ class SourceInfo:
 def configure_vips(concurrency: int = 0) -> None:
     """Process-wide libvips settings for a long-running server handling untrusted input: untrusted loaders blocked,
     no operation cache (a cached load keeps the file open and its memory held after the upload is gone; memory that
-    never returns is the peers' most common complaint), and, where given, a bounded thread pool per image."""
+    never returns is the peers' most common complaint), a log message sent from inside pyvips' log handler not
+    fatal (`_recursed_logs_not_fatal`), and, where given, a bounded thread pool per image."""
     import pyvips
 
     if hasattr(pyvips, "block_untrusted_set"):
@@ -110,8 +112,31 @@ def configure_vips(concurrency: int = 0) -> None:
     pyvips.cache_set_max(0)
     pyvips.cache_set_max_mem(0)
     pyvips.cache_set_max_files(0)
+    _recursed_logs_not_fatal(pyvips)
     if concurrency:
         pyvips.vips_lib.vips_concurrency_set(concurrency)
+
+
+_G_LOG_LEVEL_ERROR = 1 << 2
+
+
+def _recursed_logs_not_fatal(pyvips) -> None:
+    """GLib aborts the process on a log message sent while a log handler runs in the same thread (a recursion), and
+    pyvips' handler is Python: a garbage collection it sets off (any allocation may) can free the last reference to
+    an image of a damaged JPEG (held in a cycle, by an exception's traceback), whose loader warns as it closes
+    ("read gave 1 warnings"), and the whole worker aborted mid-decode. GLib's fallback then prints such a message to
+    stderr instead. The GLib functions are reached through pyvips' compiled module (ctypes: pyvips declares neither);
+    where pyvips runs without one (ABI mode), the process keeps GLib's default."""
+    import ctypes
+
+    module = sys.modules.get("_libvips") if getattr(pyvips, "API_mode", False) else None
+    if module is None or not getattr(module, "__file__", None):
+        return
+    glib = ctypes.CDLL(module.__file__)  # symbols resolve as they do for pyvips: to the GLib its libvips uses
+    glib.g_log_set_always_fatal.argtypes = [ctypes.c_int]
+    glib.g_log_set_fatal_mask.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    glib.g_log_set_always_fatal(_G_LOG_LEVEL_ERROR)  # was ERROR | RECURSION; errors stay fatal, as GLib insists
+    glib.g_log_set_fatal_mask(b"VIPS", _G_LOG_LEVEL_ERROR)
 
 
 @functools.cache
