@@ -14,10 +14,12 @@ many none of the checks tells.
 
 Held against a wider sample (`--sample N`, 0 to skip): N synthetic files (`corpus.photo`) of every coding libvips
 writes (4:2:0, 4:4:4, grey, optimised Huffman tables, restart intervals, clipped colours; qualities 30 to 100; sizes
-16 to 1200 px each way, half of them a multiple of 16 and 1 or 2 pixels: a last MCU that shows 1 to 4), each sound
-(refused by any check: a false alarm, a detour through vips; `worst`: the most levels a pixel of its decoded last
-MCU stands off its codes, against `last_mcu.MISMATCH`) and cut by 1 to 11 bytes; the cuts none of the checks tells
-are listed with how many pixels of their last MCU show.
+16 to 1200 px each way, half of them a multiple of 16 and 1 to 4 pixels: a last MCU that shows 1 to 16), each sound
+(`left to vips`: its last MCU shows too few pixels for DALI, `last_mcu.too_few_shown`; refused by any other check: a
+false alarm, a detour through vips; `worst`: the most levels a pixel of its decoded last MCU stands off its codes,
+against `last_mcu.MISMATCH`) and cut by 1 to 11 bytes; the cuts none of the checks tells are listed with how many
+pixels of their last MCU show, and counted by pixels shown: where the checks after decoding would leave some untold,
+which is what sets `last_mcu.TOO_FEW`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import pyvips
 from benchmarks import corpus as corpus_mod
 from benchmarks.common import one_core_args, table, write_json
 from gpu_worker.backends import damage
-from gpu_worker.backends.last_mcu import MISMATCH
+from gpu_worker.backends.last_mcu import MISMATCH, TOO_FEW, too_few_shown
 from gpu_worker.backends.scan_end import ScanEnd
 from gpu_worker.backends.vips import VipsBackend
 from thumbify.spec import ThumbnailSpec
@@ -74,7 +76,8 @@ def _corner(data: bytes):
 
 
 def _verdict(data: bytes, frame) -> str:
-    """Which of DALI's checks tells `data` (as cut or sound): refused before decoding, grey, codes, or none."""
+    """Which of DALI's checks after `refusal` tells `data` (as cut or sound): refused before decoding, grey, codes,
+    or none."""
     found, last = damage.jpeg_check(data)
     if found:
         return "refused"
@@ -87,14 +90,17 @@ def _verdict(data: bytes, frame) -> str:
 
 
 def _catch(data: bytes, cuts: int, missed: list | None = None) -> dict[str, int]:
+    """How each cut of `data` is told; `small`: by the refusal of a last MCU showing too few pixels alone (the
+    other checks would not have told it); `missed` gets those and the untold ones."""
     frame = damage.jpeg_frame(data)
-    counts = {"refused": 0, "grey": 0, "codes": 0, "none": 0}
+    small = bool(frame and frame.sequential and too_few_shown(frame))
+    counts = {"refused": 0, "grey": 0, "codes": 0, "small": 0, "none": 0}
     for drop in range(1, cuts + 1):
         end = data.rindex(b"\xff\xd9")
         verdict = _verdict(data[: end - drop] + b"\xff\xd9", frame)
-        counts[verdict] += 1
         if verdict == "none" and missed is not None and frame:
-            missed.append({"drop": drop, "shows": frame.last_mcu(), "mcu": frame.mcu()})
+            missed.append({"drop": drop, "shows": frame.last_mcu(), "mcu": frame.mcu(), "small": small})
+        counts["small" if small and verdict == "none" else verdict] += 1
     return counts
 
 
@@ -111,8 +117,8 @@ CODINGS = {
 def _synthetic(n: int, rng: random.Random) -> tuple[str, int, int, bytes]:
     coding = list(CODINGS)[n % len(CODINGS)]
     width, height = rng.randint(16, 1200), rng.randint(16, 1200)
-    if n // len(CODINGS) % 2:  # a last MCU showing 1 or 2 pixels each way: the hardest to check after decoding
-        width, height = width // 16 * 16 + rng.randint(1, 2), height // 16 * 16 + rng.randint(1, 2)
+    if n // len(CODINGS) % 2:  # a last MCU showing 1 to 4 pixels each way: the hardest to check after decoding
+        width, height = width // 16 * 16 + rng.randint(1, 4), height // 16 * 16 + rng.randint(1, 4)
     image = corpus_mod.photo(n, width, height)
     options = {"Q": rng.choice([30, 50, 60, 75, 80, 88, 90, 95, 100]), **CODINGS[coding]}
     if coding == "grey":
@@ -124,37 +130,58 @@ def _synthetic(n: int, rng: random.Random) -> tuple[str, int, int, bytes]:
     return coding, width, height, image.jpegsave_buffer(**options)
 
 
-def _sample(count: int) -> tuple[list[list[object]], dict]:
-    """The wider sample's rows (one per coding) and its figures."""
+def _sample(count: int) -> tuple[list[list[object]], list[list[object]], dict]:
+    """The wider sample's rows by coding, its rows by how many pixels the last MCU shows (16 or fewer), and its
+    figures."""
     rng = random.Random(11)
     found: dict[str, dict] = {}
+    shown: dict[int, dict] = {}
     for n in range(count):
         coding, width, height, data = _synthetic(n, rng)
-        row = found.setdefault(coding, {"files": 0, "false_alarms": [], "worst": 0.0, "cuts": {}, "missed": []})
+        row = found.setdefault(
+            coding, {"files": 0, "left_to_vips": 0, "false_alarms": [], "worst": 0.0, "cuts": {}, "missed": []}
+        )
         row["files"] += 1
         frame = damage.jpeg_frame(data)
-        if _verdict(data, frame) != "none":
+        pixels = _corner(data)
+        if frame.sequential and too_few_shown(frame):
+            row["left_to_vips"] += 1
+        elif _verdict(data, frame) != "none":
             row["false_alarms"].append([n, width, height])
         last = damage.jpeg_check(data)[1]
-        if last is not None and frame:
-            row["worst"] = max(row["worst"], last.worst(_corner(data), *frame.last_mcu()))
-        for key, value in _catch(data, 11, row["missed"]).items():
+        if last is not None:
+            row["worst"] = max(row["worst"], last.worst(pixels, *frame.last_mcu()))
+        missed: list = []
+        for key, value in _catch(data, 11, missed).items():
             row["cuts"][key] = row["cuts"].get(key, 0) + value
-    rows = [
+        row["missed"] += missed
+        rows, columns = frame.last_mcu()
+        if rows * columns <= 16:
+            at = shown.setdefault(rows * columns, {"files": 0, "cuts": 0, "untold_by_decoding": 0})
+            at["files"] += 1
+            at["cuts"] += 11
+            at["untold_by_decoding"] += len(missed)
+    by_coding = [
         [
             coding,
             r["files"],
+            r["left_to_vips"],
             len(r["false_alarms"]),
             f"{r['worst']:.2f}",
             f"{r['cuts']['refused']}/{sum(r['cuts'].values())}",
             r["cuts"]["grey"],
             r["cuts"]["codes"],
+            r["cuts"]["small"],
             r["cuts"]["none"],
-            " ".join(f"{m['shows'][0]}x{m['shows'][1]}" for m in r["missed"]),
+            " ".join(f"{m['shows'][0]}x{m['shows'][1]}" for m in r["missed"] if not m["small"]),
         ]
         for coding, r in found.items()
     ]
-    return rows, found
+    by_shown = [
+        [pixels, at["files"], at["cuts"], at["untold_by_decoding"], "yes" if pixels <= TOO_FEW else ""]
+        for pixels, at in sorted(shown.items())
+    ]
+    return by_coding, by_shown, {"by_coding": found, "by_shown": shown}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             check = _cpu_ms(damage.jpeg_check, files, args.rounds)
             walk = _cpu_ms(_walk_only, files, args.rounds)
             render = _cpu_ms(lambda p: backend.render(p, "jpeg", spec, "bench"), paths, max(1, args.rounds // 2))
-        caught = {"refused": 0, "grey": 0, "codes": 0, "none": 0}
+        caught = {"refused": 0, "grey": 0, "codes": 0, "small": 0, "none": 0}
         for data in files:
             for key, value in _catch(data, args.cuts).items():
                 caught[key] += value
@@ -198,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{caught['refused']}/{cuts}",
                 caught["grey"],
                 caught["codes"],
+                caught["small"],
                 caught["none"],
             ]
         )
@@ -210,17 +238,48 @@ def main(argv: list[str] | None = None) -> int:
         }
     table(
         f"DALI's check before decoding: CPU ms per image (median of {args.rounds} rounds), cuts of 1-{args.cuts} bytes",
-        ["images", "n", "check", "walk", "parse", "vips render", "check/render", "refused", "grey", "codes", "none"],
+        [
+            "images",
+            "n",
+            "check",
+            "walk",
+            "parse",
+            "vips render",
+            "check/render",
+            "refused",
+            "grey",
+            "codes",
+            "small",
+            "none",
+        ],
         rows,
     )
     sample: dict = {}
     if args.sample:
-        sample_rows, sample = _sample(args.sample)
+        by_coding, by_shown, sample = _sample(args.sample)
         table(
             f"{args.sample} synthetic files, sound and cut by 1-11 bytes (libjpeg-turbo decoding)",
-            ["coding", "files", "false alarms", "worst", "refused", "grey", "codes", "none", "none: last MCU shows"],
-            sample_rows,
-            note=f"worst: levels off its codes, sound files (a pixel beyond {MISMATCH} is a mismatch)",
+            [
+                "coding",
+                "files",
+                "left to vips",
+                "false alarms",
+                "worst",
+                "refused",
+                "grey",
+                "codes",
+                "small",
+                "none",
+                "none: last MCU shows",
+            ],
+            by_coding,
+            note=f"left to vips: sound files whose last MCU shows {TOO_FEW} pixels or fewer (not decoded by DALI); "
+            f"small: cuts told by that alone; worst: levels off its codes, sound files (over {MISMATCH}: a mismatch)",
+        )
+        table(
+            "The same files by how many pixels their last MCU shows (16 or fewer)",
+            ["pixels shown", "files", "cuts", "untold by the checks after decoding", "left to vips"],
+            by_shown,
         )
     write_json("damage_cost", {"rounds": args.rounds, "cuts": args.cuts, "results": results, "sample": sample})
     return 0

@@ -23,10 +23,11 @@ Choices, and why:
   the plan) and a walk over the file's structure, is refused (`base.Refused`: the vips backend renders it):
   formats other than JPEG, PNG and WebP; animations; alpha (libvips resamples it premultiplied); 16-bit samples;
   CMYK and other colourspaces; grey with an ICC profile; more pixels than `max_pixels`; a `cover` whose overflow
-  `finishing.cut_overflow` would cut; progressive JPEGs; and broken files (`damage`): DALI's decoders fill missing
-  or damaged JPEG data with grey where libvips fails, so the file's structure and a sequential JPEG's last bytes are
-  walked before decoding (`damage.file_check`) and its last MCU is checked after (`damage.grey_filled`,
-  `last_mcu.LastMcu.lost`); vips then gives the readable `CorruptImage`.
+  `finishing.cut_overflow` would cut; progressive JPEGs; a sequential JPEG whose last MCU shows only a few pixels
+  (`last_mcu.too_few_shown`: too few to tell after decoding whether it was lost); and broken files (`damage`):
+  DALI's decoders fill missing or damaged JPEG data with grey where libvips fails, so the file's structure and a
+  sequential JPEG's last bytes are walked before decoding (`damage.file_check`) and its last MCU is checked after
+  (`damage.grey_filled`, `last_mcu.LastMcu.lost`); vips then gives the readable `CorruptImage`.
 - ICC profiles: DALI ignores them. The host attaches the source's profile to the resampled pixels and converts to
   sRGB as the vips backend does (it too resamples before converting).
 - A failing batch: after an error the DALI pipeline is no longer valid, so it is rebuilt and the batch bisected;
@@ -64,7 +65,7 @@ from gpu_worker.backends.context import RenderContext, Timings, prepare, stage
 from gpu_worker.backends.damage import MAX_MCU, JpegFrame, file_check, grey_filled, jpeg_frame
 from gpu_worker.backends.decode import Source
 from gpu_worker.backends.finishing import render_sizes
-from gpu_worker.backends.last_mcu import LastMcu
+from gpu_worker.backends.last_mcu import LastMcu, too_few_shown
 from gpu_worker.backends.plan import intermediate_scale, overflows
 from gpu_worker.backends.vips import DEFAULT_HEADROOM, VipsBackend
 from thumbify.geometry import Placement
@@ -230,8 +231,11 @@ class DaliBackend:
             return f"{header.width}x{header.height} is over the one-shot cap of {self.max_pixels:,} pixels"
         if any(overflows(p) for p in placements):
             return "a cover of an extreme aspect ratio"
-        if fmt == "jpeg" and (frame := frame or jpeg_frame(data)) is not None and frame.progressive:
-            return "a progressive JPEG (a scan cut short decodes blurred: only a strict decoder tells)"
+        if fmt == "jpeg" and (frame := frame or jpeg_frame(data)) is not None:
+            if frame.progressive:
+                return "a progressive JPEG (a scan cut short decodes blurred: only a strict decoder tells)"
+            if frame.sequential and too_few_shown(frame):
+                return "a last MCU showing too few pixels to tell after decoding whether the scan lost it"
         return file_check(fmt, data)[0] if structure else None
 
     def _prepare(self, index: int, item: Item) -> DaliSample | Refused:

@@ -7,12 +7,14 @@ and the zeros it supplies past the end: its pixels are not what the last MCU's c
 which `damage.grey_filled` finds). What the codes say is known but for each block's level (a DC is coded as the
 difference from the block before, which the last bytes do not hold), so each block is compared less its own level,
 on the lead component (luma), whose decoded value the RGB pixels give back whatever the chroma (Y from R, G and B
-cancels Cb and Cr), leaving out pixels a channel of which clipped.
+cancels Cb and Cr), leaving out pixels a channel of which clipped. A pixel clipped in every channel still bounds its
+block's level: white ones from below, black ones from above (a lost MCU's few pixels shown may all be clipped).
 
 A last MCU that shows only a few pixels (an image a pixel or two wider or taller than a multiple of the MCU) may not
 show the lost MCU's pattern. Then the MCU before it is held against the codes too: if the last MCU was lost, the
 codes are that MCU's, and it decodes exactly as they say; in a sound file it is another MCU's area. Codes with no
-pattern (a flat area) are left out: any flat MCU would match them.
+pattern (a flat area) are left out: any flat MCU would match them. A last MCU of `TOO_FEW` pixels or fewer is not
+judged at all (`too_few_shown`): DALI leaves the file to vips, whose strict decoder counts the MCUs.
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ _PATTERN = 6.0
 _FEWEST = 2  # pixels of a block to judge it by: its level is their median (a last MCU may show as few as one)
 _ENOUGH = 16  # pixels judged in a last MCU below which the MCU before it is held against its codes too
 _BEFORE = 8  # pixels of the MCU before to judge it by: a row of a block (a last MCU row may show one)
+# Pixels a last MCU may show at or below which neither it nor the MCU before tells a lost MCU every time: 2 of 3,487
+# cuts untold where it showed 1 to 4 pixels, none of 5,786 where it showed 5 to 16 (`benchmarks.damage_cost
+# --sample 1200`).
+TOO_FEW = 4
+
+
+def too_few_shown(frame: JpegFrame) -> bool:
+    """Whether a JPEG's last MCU shows `TOO_FEW` pixels or fewer, too few to tell from its decode that it was lost
+    (an image of one MCU aside: the parse of its scan's last bytes reads the whole scan)."""
+    rows, columns = frame.last_mcu()
+    mcu_w, mcu_h = frame.mcu()
+    return rows * columns <= TOO_FEW and (frame.width > mcu_w or frame.height > mcu_h)
 
 
 @dataclass(frozen=True)
@@ -103,14 +117,24 @@ class LastMcu:
             return 0.0, 0, 0.0
         rgb = corner[-rows:, -columns:, :3].astype(np.float64)
         luma = rgb @ _LUMA if rgb.shape[2] == 3 else rgb[:, :, 0]
-        usable = np.all((rgb > 0) & (rgb < 255), axis=2) & ~np.isnan(self.pixels[:rows, :columns])
+        coded_here = ~np.isnan(self.pixels[:rows, :columns])
+        usable = np.all((rgb > 0) & (rgb < 255), axis=2) & coded_here
+        # A pixel white (black) in every channel was decoded from luma at white or above (black or below): a bound
+        # on its block's level, where nothing else of it can be compared.
+        white, black = np.all(rgb >= 255, axis=2) & coded_here, np.all(rgb <= 0, axis=2) & coded_here
         coded = np.nan_to_num(self.pixels[:rows, :columns])
         deviation = luma - coded
         worst, judged, pattern = 0.0, 0, 0.0
         for y in range(0, rows, 8):
             for x in range(0, columns, 8):
                 area = np.s_[y : y + 8, x : x + 8]
-                level = np.median(deviation[area][usable[area]]) if usable[area].any() else 0.0
+                level = np.median(deviation[area][usable[area]]) if usable[area].any() else None
+                floor = float(np.max(255 - coded[area][white[area]], initial=-np.inf))
+                ceiling = float(np.min(0 - coded[area][black[area]], initial=np.inf))
+                if level is None:  # the level that fits the bounds best
+                    worst = max(worst, (floor - ceiling) / 2)
+                    continue
+                worst = max(worst, floor - level, level - ceiling)
                 # Where the codes put luma past black or white, the decoder clipped it: not comparable.
                 inside = usable[area] & (coded[area] + level > 1) & (coded[area] + level < 254)
                 block = deviation[area][inside]
@@ -118,4 +142,4 @@ class LastMcu:
                     worst = max(worst, float(np.abs(block - np.median(block)).max()))
                     judged += len(block)
                     pattern = max(pattern, float(np.ptp(coded[area][inside])))
-        return worst, judged, pattern
+        return float(worst), judged, pattern
