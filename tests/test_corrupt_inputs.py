@@ -30,7 +30,7 @@ from support.problems import assert_problem, is_failed_corrupt
 from support.renditions import item
 from support.service import ROOT, Service
 
-from gpu_worker.backends.damage import jpeg_damage, jpeg_frame
+from gpu_worker.backends.damage import grey_filled, jpeg_damage, jpeg_frame
 from gpu_worker.backends.vips import VipsBackend, configure_vips
 from thumbify.errors import CorruptImage, UnsupportedMedia
 from thumbify.probe import png_damage, probe
@@ -54,6 +54,22 @@ def cut_at_an_mcu_end(jpeg: bytes) -> bytes:
     raise AssertionError("no cut ends where an MCU does")
 
 
+def cut_in_a_flat_area(width: int = 1024, height: int = 768) -> bytes:
+    """A photo whose bottom 40% is flat near-white (a product shot), cut where an MCU ends a few MCUs short: the codes
+    left end in that flat area, so only the fill of the lost MCUs tells the cut (their grey on libjpeg-turbo; what
+    nvJPEG fills them with is what the GPU run of this file shows)."""
+    photo = images.photo_like_image(width, height, seed=9)
+    flat = pyvips.Image.black(width, height * 2 // 5, bands=3) + 250
+    jpeg = photo.insert(flat.cast("uchar"), 0, height - flat.height).jpegsave_buffer(Q=90)
+    for drop in range(1, 64):
+        cut = images.cut_scan(jpeg, drop=drop)
+        decoded = pyvips.Image.new_from_buffer(cut, "", fail_on="none")
+        corner = decoded.crop(decoded.width - 16, decoded.height - 16, 16, 16).numpy()
+        if jpeg_damage(cut) is None and grey_filled(corner, jpeg_frame(cut)):
+            return cut
+    raise AssertionError("no cut loses whole MCUs of the flat area")
+
+
 # Scans that end early, an end-of-image marker put back where needed: libjpeg meets the damage in the last strip it
 # decodes (libvips' `fail_on` needs `decode.decoded`); DALI's path finds a cut inside an MCU in the scan's last bytes
 # and a cut where an MCU ends by the grey its decoders fill the lost MCUs with (`damage.grey_filled`); a progressive
@@ -68,6 +84,7 @@ SHORT_SCANS = {
     "claims-64x96": images.jpeg_with_sof_size(64, 96, images.photo_like(64, 48, seed=2, quality=95)),
     "progressive-cut": images.truncated_jpeg(keep=0.8, progressive=True) + b"\xff\xd9",
     "cut-at-an-mcu-end": cut_at_an_mcu_end(images.photo_like(640, 480, seed=6, quality=85)),
+    "cut-in-a-flat-area": cut_in_a_flat_area(),
 }
 # The same cut in a JPEG with restart markers (as cameras write them): DALI's structure walk counts them and sends
 # it to vips, which refuses it.
@@ -140,7 +157,7 @@ def test_a_scan_cut_inside_its_last_mcu_is_refused(any_backend, tmp_path) -> Non
 
 
 # Cuts nothing in the file's structure tells: only the decoded pixels do.
-GREY_FILLED = ["claims-64x96", "cut-at-an-mcu-end"]
+GREY_FILLED = ["claims-64x96", "cut-at-an-mcu-end", "cut-in-a-flat-area"]
 
 
 @needs_dali
