@@ -79,9 +79,11 @@ def _verdict(data: bytes, frame) -> str:
     """Which of DALI's checks after `refusal` tells `data` (as cut or sound): refused before decoding, grey, codes,
     or none."""
     found, last = damage.jpeg_check(data)
-    if found:
-        return "refused"
-    pixels = _corner(data)
+    return "refused" if found else _told_after_decoding(last, _corner(data), frame)
+
+
+def _told_after_decoding(last, pixels, frame) -> str:
+    """Which check after decoding tells the decoded corner `pixels`: grey, codes, or none."""
     if frame and damage.grey_filled(pixels, frame):
         return "grey"
     if frame and last and last.lost(pixels, frame):
@@ -93,7 +95,7 @@ def _catch(data: bytes, cuts: int, missed: list | None = None) -> dict[str, int]
     """How each cut of `data` is told; `small`: by the refusal of a last MCU showing too few pixels alone (the
     other checks would not have told it); `missed` gets those and the untold ones."""
     frame = damage.jpeg_frame(data)
-    small = bool(frame and frame.sequential and too_few_shown(frame))
+    small = bool(frame and too_few_shown(frame))
     counts = {"refused": 0, "grey": 0, "codes": 0, "small": 0, "none": 0}
     for drop in range(1, cuts + 1):
         end = data.rindex(b"\xff\xd9")
@@ -143,12 +145,12 @@ def _sample(count: int) -> tuple[list[list[object]], list[list[object]], dict]:
         )
         row["files"] += 1
         frame = damage.jpeg_frame(data)
+        found, last = damage.jpeg_check(data)
         pixels = _corner(data)
-        if frame.sequential and too_few_shown(frame):
+        if too_few_shown(frame):
             row["left_to_vips"] += 1
-        elif _verdict(data, frame) != "none":
+        elif found or _told_after_decoding(last, pixels, frame) != "none":
             row["false_alarms"].append([n, width, height])
-        last = damage.jpeg_check(data)[1]
         if last is not None:
             row["worst"] = max(row["worst"], last.worst(pixels, *frame.last_mcu()))
         missed: list = []

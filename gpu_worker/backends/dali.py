@@ -234,7 +234,7 @@ class DaliBackend:
         if fmt == "jpeg" and (frame := frame or jpeg_frame(data)) is not None:
             if frame.progressive:
                 return "a progressive JPEG (a scan cut short decodes blurred: only a strict decoder tells)"
-            if frame.sequential and too_few_shown(frame):
+            if too_few_shown(frame):
                 return "a last MCU showing too few pixels to tell after decoding whether the scan lost it"
         return file_check(fmt, data)[0] if structure else None
 

@@ -51,11 +51,11 @@ TOO_FEW = 4
 
 
 def too_few_shown(frame: JpegFrame) -> bool:
-    """Whether a JPEG's last MCU shows `TOO_FEW` pixels or fewer, too few to tell from its decode that it was lost
-    (an image of one MCU aside: the parse of its scan's last bytes reads the whole scan)."""
+    """Whether a sequential JPEG's last MCU shows `TOO_FEW` pixels or fewer, too few to tell from its decode that it
+    was lost (an image of one MCU aside: the parse of its scan's last bytes reads the whole scan)."""
     rows, columns = frame.last_mcu()
     mcu_w, mcu_h = frame.mcu()
-    return rows * columns <= TOO_FEW and (frame.width > mcu_w or frame.height > mcu_h)
+    return frame.sequential and rows * columns <= TOO_FEW and (frame.width > mcu_w or frame.height > mcu_h)
 
 
 @dataclass(frozen=True)
