@@ -10,26 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pyvips
 from support import images
 from support.backends import needs_dali
 from support.renditions import item
 
 from benchmarks import corpus
-from gpu_worker.backends.damage import MAX_MCU, JpegFrame, grey_filled, jpeg_check, jpeg_frame
+from gpu_worker.backends.damage import JpegFrame, grey_filled, jpeg_check, jpeg_frame
 from gpu_worker.backends.last_mcu import LastMcu, too_few_shown
 from gpu_worker.backends.vips import VipsBackend
 from thumbify.errors import CorruptImage
 from thumbify.probe import jpeg_segments
-
-
-def corner(data: bytes) -> np.ndarray:
-    """The bottom-right corner of the file as libjpeg-turbo decodes it, damage and all (RGB, as DALI's)."""
-    decoded = pyvips.Image.new_from_buffer(data, "", fail_on="none")
-    if decoded.bands == 1:
-        decoded = decoded.bandjoin([decoded, decoded])
-    w, h = min(MAX_MCU, decoded.width), min(MAX_MCU, decoded.height)
-    return decoded.crop(decoded.width - w, decoded.height - h, w, h).numpy()
 
 
 def jpeg(width: int, height: int, seed: int, grey: bool = False, clipped: bool = False, **options) -> bytes:
@@ -60,7 +50,7 @@ def test_sound_files_decode_as_their_codes_say(name: str) -> None:
     data = SOUND[name]
     damage, last = jpeg_check(data)
     assert damage is None and last is not None
-    assert not last.lost(corner(data), jpeg_frame(data))
+    assert not last.lost(images.decoded_corner(data), jpeg_frame(data))
 
 
 def lost_last_mcu(data: bytes) -> bytes:
@@ -69,7 +59,7 @@ def lost_last_mcu(data: bytes) -> bytes:
     frame = jpeg_frame(data)
     for drop in range(1, 400):
         cut = images.cut_scan(data, drop=drop)
-        if jpeg_check(cut)[0] is None and not grey_filled(corner(cut), frame):
+        if jpeg_check(cut)[0] is None and not grey_filled(images.decoded_corner(cut), frame):
             return cut
     raise AssertionError("no cut lost exactly the last MCU")
 
@@ -90,7 +80,7 @@ def test_a_scan_that_lost_its_last_mcu_decodes_unlike_its_codes(tmp_path: Path, 
     cut = LOST[name]
     damage, last = jpeg_check(cut)
     assert damage is None and last is not None  # the walk and the parse cannot tell
-    assert last.lost(corner(cut), jpeg_frame(cut))
+    assert last.lost(images.decoded_corner(cut), jpeg_frame(cut))
     with pytest.raises(CorruptImage):  # the vips backend refuses it
         VipsBackend().render(*item(tmp_path, f"{name}.jpg", cut, sizes="256"))
 
@@ -120,7 +110,8 @@ def test_a_lost_mcu_that_shows_too_few_pixels_is_left_to_the_strict_decoder(any_
     frame = jpeg_frame(UNTOLD)
     damage, last = jpeg_check(UNTOLD)
     assert damage is None and last is not None and frame.last_mcu() == (1, 1)
-    assert not grey_filled(corner(UNTOLD), frame) and not last.lost(corner(UNTOLD), frame)  # decoding cannot tell
+    decoded = images.decoded_corner(UNTOLD)
+    assert not grey_filled(decoded, frame) and not last.lost(decoded, frame)  # decoding cannot tell
     assert too_few_shown(frame)
     with pytest.raises(CorruptImage, match="corrupt"):
         any_backend.render(*item(tmp_path, "untold.jpg", UNTOLD, sizes="256"))

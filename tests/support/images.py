@@ -676,3 +676,15 @@ def hevc_heic(width: int = 96, height: int = 64) -> bytes:
     array[:, : width // 2] = (200, 30, 30)
     array[:, width // 2 :] = (30, 30, 200)
     return heic_of(from_array(array))
+
+
+def decoded_corner(data: bytes) -> np.ndarray:
+    """The bottom-right corner (at most `damage.MAX_MCU` square) of a JPEG as libjpeg-turbo decodes it, damage and
+    all, RGB: what DALI's checks after decoding are handed."""
+    from gpu_worker.backends.damage import MAX_MCU
+
+    decoded = pyvips.Image.new_from_buffer(data, "", fail_on="none")
+    if decoded.bands == 1:
+        decoded = decoded.bandjoin([decoded, decoded])
+    w, h = min(MAX_MCU, decoded.width), min(MAX_MCU, decoded.height)
+    return decoded.crop(decoded.width - w, decoded.height - h, w, h).numpy()
